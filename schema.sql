@@ -1,0 +1,63 @@
+-- timelapse-events database schema, version 1 (PRAGMA user_version = 1).
+--
+-- PUBLIC CONTRACT: any local process may produce an event with one statement,
+--
+--     INSERT INTO sse_events(event_type, event_data) VALUES (?, ?);
+--
+-- optionally also setting `priority` and `source`. Every other column is owned by the hub.
+-- The CHECK constraints below are the table's own defence against bad rows from outside:
+-- a row that breaks one is rejected at INSERT, with SQLite's "CHECK constraint failed".
+--
+-- Columns, in the order the original design had them:
+--   id            row id, assigned by SQLite, never reused (AUTOINCREMENT)
+--   event_type    1..64 characters of A-Z a-z 0-9 _ . : -   (no spaces, no newlines: SSE framing)
+--   event_data    a JSON object, as text
+--   created_at    UTC, millisecond precision, set by SQLite when the row is inserted
+--   processed_at  NULL until the hub has dispatched (or rejected) the row
+--   retry_count   kept for compatibility with the original design; the hub leaves it at 0
+--   priority      low | normal | high | critical   (higher is dispatched first)
+--   source        free-form producer name, 1..64 characters, e.g. 'camera-3' or 'cron'
+--   seq           the row's place in the stream, assigned when dispatched (NULL before);
+--                 SSE cursors are built from it. A row with processed_at set and seq NULL
+--                 was rejected by the hub (see the log) and is never sent.
+
+CREATE TABLE IF NOT EXISTS sse_events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_type   TEXT    NOT NULL
+                 CHECK (typeof(event_type) = 'text'
+                        AND length(event_type) BETWEEN 1 AND 64
+                        AND event_type NOT GLOB '*[^A-Za-z0-9_.:-]*'),
+    event_data   TEXT    NOT NULL
+                 CHECK (typeof(event_data) = 'text'
+                        AND json_valid(event_data)
+                        AND json_type(event_data) = 'object'),
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    processed_at TEXT,
+    retry_count  INTEGER NOT NULL DEFAULT 0,
+    priority     TEXT    NOT NULL DEFAULT 'normal'
+                 CHECK (priority IN ('low', 'normal', 'high', 'critical')),
+    source       TEXT    NOT NULL DEFAULT 'system'
+                 CHECK (typeof(source) = 'text' AND length(source) BETWEEN 1 AND 64),
+    seq          INTEGER
+);
+
+-- "Next undispatched batch, highest priority first, then oldest": a walk of this small
+-- partial index (only pending rows are in it). The CASE must match store/events.rs exactly.
+CREATE INDEX IF NOT EXISTS sse_events_pending ON sse_events (
+    (CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END),
+    id
+) WHERE processed_at IS NULL;
+
+-- "Replay after cursor": a range walk of this index. UNIQUE also guards the stream order.
+CREATE UNIQUE INDEX IF NOT EXISTS sse_events_seq ON sse_events (seq);
+
+-- Hub bookkeeping. `stream_id` is random per database file, so a cursor from another (or a
+-- deleted and recreated) database is recognised; `pruned_seq` is the highest seq retention
+-- has deleted, so a cursor older than what is stored is recognised too.
+CREATE TABLE IF NOT EXISTS hub_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('stream_id', lower(hex(randomblob(4))));
+INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('pruned_seq', '0');

@@ -1,0 +1,242 @@
+//! Fan-out of dispatched frames to subscribers. The poller publishes; each stream thread
+//! holds a [`Subscription`]. Knows nothing of HTTP.
+//!
+//! Every subscriber has its own bounded queue, filled with `try_send`: a subscriber whose
+//! queue is full is cut off on the spot (its queue is dropped, its stream ends, its client
+//! resumes from its cursor), so a stuck client can never block the poller or other clients,
+//! nor grow memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::error::{Error, Result};
+use crate::sse::{Filter, Frame};
+
+/// Frames a subscriber may have queued before it is cut off (about 1 s at 1,000 events/s).
+pub(crate) const QUEUE_FRAMES: usize = 1024;
+
+/// The subscriber map. Its one Mutex is held only to publish a batch (`try_send`s, which
+/// never block), to subscribe, and to unsubscribe; never across I/O.
+#[derive(Default)]
+pub(crate) struct Broadcast {
+    subs: Mutex<Subs>,
+    cut_off: AtomicU64,
+    published: AtomicI64,
+}
+
+#[derive(Default)]
+struct Subs {
+    map: HashMap<u64, Sub>,
+    next_id: u64,
+    closed: bool,
+}
+
+struct Sub {
+    tx: Sender<Arc<Frame>>,
+    filter: Filter,
+    info: Arc<SubInfo>,
+}
+
+/// What stats report about one subscriber.
+#[derive(Debug)]
+pub(crate) struct SubInfo {
+    pub(crate) peer: String,
+    pub(crate) filter: Filter,
+    /// Seq of the last frame its stream wrote.
+    pub(crate) delivered: AtomicI64,
+}
+
+/// One subscriber's end: frames arrive on `rx` in stream order. Dropping it unsubscribes.
+pub(crate) struct Subscription {
+    id: u64,
+    pub(crate) rx: Receiver<Arc<Frame>>,
+    pub(crate) info: Arc<SubInfo>,
+    broadcast: Arc<Broadcast>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.broadcast.lock().map.remove(&self.id);
+    }
+}
+
+impl Broadcast {
+    fn lock(&self) -> MutexGuard<'_, Subs> {
+        // Every mutation of Subs is a single insert/remove/clear, so a panic elsewhere while
+        // the lock was held cannot have left the map half-updated: keep using it.
+        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a subscriber for frames matching `filter`.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] once the hub is shutting down.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        filter: Filter,
+        peer: String,
+    ) -> Result<Subscription> {
+        let (tx, rx) = bounded(QUEUE_FRAMES);
+        let info = Arc::new(SubInfo {
+            peer,
+            filter: filter.clone(),
+            delivered: AtomicI64::new(0),
+        });
+        let mut subs = self.lock();
+        if subs.closed {
+            return Err(Error::Closed);
+        }
+        let id = subs.next_id;
+        subs.next_id += 1;
+        subs.map.insert(
+            id,
+            Sub {
+                tx,
+                filter,
+                info: info.clone(),
+            },
+        );
+        Ok(Subscription {
+            id,
+            rx,
+            info,
+            broadcast: self.clone(),
+        })
+    }
+
+    /// Offers each frame, in order, to every subscriber whose filter matches; cuts off those
+    /// whose queue is full.
+    pub(crate) fn publish(&self, frames: &[Arc<Frame>]) {
+        let Some(last) = frames.last() else { return };
+        let mut subs = self.lock();
+        let mut cut = 0;
+        subs.map.retain(|_, sub| {
+            for frame in frames.iter().filter(|f| sub.filter.matches_frame(f)) {
+                match sub.tx.try_send(frame.clone()) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        log::info!(
+                            "cutting off slow subscriber {} ({} frames queued); it will resume from its cursor",
+                            sub.info.peer,
+                            QUEUE_FRAMES
+                        );
+                        cut += 1;
+                        return false;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            true
+        });
+        drop(subs);
+        self.published.store(last.seq, Ordering::Release);
+        if cut > 0 {
+            self.cut_off.fetch_add(cut, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends every subscription (their queues drain, then report disconnected) and refuses
+    /// new ones.
+    pub(crate) fn close(&self) {
+        let mut subs = self.lock();
+        subs.closed = true;
+        subs.map.clear();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Subscribers cut off for being slow, since start.
+    pub(crate) fn cut_off_total(&self) -> u64 {
+        self.cut_off.load(Ordering::Relaxed)
+    }
+
+    /// Seq of the last published frame.
+    pub(crate) fn published_seq(&self) -> i64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the subscribers, for stats.
+    pub(crate) fn subscribers(&self) -> Vec<Arc<SubInfo>> {
+        self.lock().map.values().map(|s| s.info.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Cursor, Event, EventId, Priority};
+
+    fn frame(seq: i64, t: &str, camera: i64) -> Arc<Frame> {
+        let mut data = serde_json::Map::new();
+        data.insert("camera_id".into(), camera.into());
+        Frame::new(&Event {
+            cursor: Cursor { stream: 1, seq },
+            id: EventId(seq),
+            event_type: t.into(),
+            data,
+            priority: Priority::Normal,
+            source: "t".into(),
+            created_at: String::new(),
+        })
+    }
+
+    #[test]
+    fn every_matching_subscriber_gets_frames_in_order() -> Result<()> {
+        let b = Arc::new(Broadcast::default());
+        let all = b.subscribe(Filter::default(), "a".into())?;
+        let cam2 = b.subscribe(
+            Filter {
+                types: None,
+                camera_id: Some(2),
+            },
+            "b".into(),
+        )?;
+        let frames: Vec<_> = (1..=6).map(|s| frame(s, "image_captured", s % 3)).collect();
+        b.publish(&frames);
+        let got: Vec<i64> = all.rx.try_iter().map(|f| f.seq).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+        let got: Vec<i64> = cam2.rx.try_iter().map(|f| f.seq).collect();
+        assert_eq!(got, vec![2, 5]);
+        assert_eq!(b.published_seq(), 6);
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_subscriber_is_cut_off_and_others_continue() -> Result<()> {
+        let b = Arc::new(Broadcast::default());
+        let slow = b.subscribe(Filter::default(), "slow".into())?;
+        let fast = b.subscribe(Filter::default(), "fast".into())?;
+        for seq in 1..=(QUEUE_FRAMES as i64 + 10) {
+            b.publish(&[frame(seq, "x", 1)]);
+            while fast.rx.try_recv().is_ok() {}
+        }
+        assert_eq!(b.cut_off_total(), 1);
+        assert_eq!(
+            slow.rx.try_iter().count(),
+            QUEUE_FRAMES,
+            "queued frames still drain"
+        );
+        assert!(slow.rx.recv().is_err(), "then it reports disconnected");
+        b.publish(&[frame(10_000, "x", 1)]);
+        assert_eq!(fast.rx.try_recv().map(|f| f.seq).ok(), Some(10_000));
+        Ok(())
+    }
+
+    #[test]
+    fn close_ends_subscriptions_and_refuses_new_ones() -> Result<()> {
+        let b = Arc::new(Broadcast::default());
+        let s = b.subscribe(Filter::default(), "a".into())?;
+        b.close();
+        assert!(s.rx.recv().is_err());
+        assert!(matches!(
+            b.subscribe(Filter::default(), "b".into()),
+            Err(Error::Closed)
+        ));
+        Ok(())
+    }
+}

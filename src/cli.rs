@@ -1,0 +1,144 @@
+//! Command-line interface: subcommands and flags, each flag also read from an environment
+//! variable (`TIMELAPSE_EVENTS_*`). `serve` is run by `main.rs`, which owns signals.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, DEFAULT_DB_PATH, Synchronous};
+use crate::emitter::Emitter;
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, Priority};
+
+/// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub: HTTP API, event streams and dashboard.
+    Serve(ServeArgs),
+    /// Store one event in the database (the hub dispatches it).
+    Emit(EmitArgs),
+}
+
+/// Flags shared by every subcommand that opens the database.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "TIMELAPSE_EVENTS_DB", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+    /// SQLite synchronous mode: `normal` (survives a crash of the hub) or `full` (also
+    /// survives power loss; every commit waits for the disk).
+    #[arg(long, env = "TIMELAPSE_EVENTS_SYNCHRONOUS", default_value = "normal", value_parser = parse_sync)]
+    pub synchronous: Synchronous,
+}
+
+fn parse_sync(s: &str) -> std::result::Result<Synchronous, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// `serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Database flags.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address to listen on; use 0.0.0.0:8080 for the LAN.
+    #[arg(long, env = "TIMELAPSE_EVENTS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Seconds of silence before a heartbeat comment is sent on a stream.
+    #[arg(long, env = "TIMELAPSE_EVENTS_HEARTBEAT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+    /// Most event streams open at once; more get 503 with Retry-After.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_CLIENTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub max_clients: u64,
+    /// Bearer token required by POST /api/events (required for POST off loopback).
+    #[arg(long, env = "TIMELAPSE_EVENTS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// An origin allowed by CORS, e.g. http://192.168.1.20:3000 (repeatable; in the
+    /// environment, comma-separated).
+    #[arg(
+        long = "cors-origin",
+        env = "TIMELAPSE_EVENTS_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// The hub config these flags describe.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a value out of range.
+    pub fn config(&self) -> Result<Config> {
+        let config = Config {
+            db_path: self.db.db.clone(),
+            bind: self.bind,
+            heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
+            max_clients: usize::try_from(self.max_clients).unwrap_or(usize::MAX),
+            token: self.token.clone(),
+            cors_origins: self.cors_origins.clone(),
+            synchronous: self.db.synchronous,
+            ..Config::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `emit` flags.
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// Database flags.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Event type: letters, digits and _ . : - (at most 64).
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// Payload: a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// low, normal, high or critical.
+    #[arg(long, default_value = "normal")]
+    pub priority: String,
+    /// Producer name.
+    #[arg(long, default_value = "cli")]
+    pub source: String,
+}
+
+/// Runs a subcommand other than `serve`, printing its result to stdout.
+///
+/// # Errors
+/// Whatever the subcommand hit; `main` prints it and exits 1.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(_) => Err(Error::Config {
+            field: "command",
+            reason: "serve is run by main".into(),
+        }),
+        Command::Emit(args) => {
+            let data: Value = serde_json::from_str(&args.data).map_err(|e| Error::Invalid {
+                field: "data",
+                reason: format!("not JSON: {e}"),
+            })?;
+            let event = NewEvent::new(args.event_type, data)
+                .with_priority(args.priority.parse::<Priority>()?)
+                .with_source(args.source);
+            let emitter = Emitter::open_with(&args.db.db, args.db.synchronous)?;
+            let id = emitter.emit(event)?;
+            println!("{id}");
+            Ok(())
+        }
+    }
+}

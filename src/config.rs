@@ -1,0 +1,201 @@
+//! Every setting of the hub, with its default, in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The default database file, relative to the working directory.
+pub const DEFAULT_DB_PATH: &str = "timelapse-events.db";
+
+/// SQLite's `synchronous` setting for the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Durable against a crash of the process; a power cut may lose the last commits
+    /// (WAL + NORMAL). The default.
+    #[default]
+    Normal,
+    /// Durable against power loss: every commit waits for fsync.
+    Full,
+}
+
+impl Synchronous {
+    /// The pragma value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Synchronous::Normal),
+            "full" => Ok(Synchronous::Full),
+            _ => Err(Error::Config {
+                field: "synchronous",
+                reason: format!("`{s}` is not `normal` or `full`"),
+            }),
+        }
+    }
+}
+
+/// Settings of a [`Hub`](crate::Hub). Build one with `Config { field, ..Config::default() }`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite file. Defaults to `./timelapse-events.db`.
+    pub db_path: PathBuf,
+    /// Where the HTTP server listens. Defaults to `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// A bare `:` comment is sent after this much silence on a stream. Defaults to 15 s.
+    pub heartbeat_interval: Duration,
+    /// Most event streams held open at once; more get `503`. Defaults to 256.
+    pub max_clients: usize,
+    /// When set, `POST /api/events` needs `Authorization: Bearer <token>`. Defaults to none.
+    pub token: Option<String>,
+    /// Origins allowed by CORS (exact match, e.g. `http://192.168.1.20:3000`). Defaults to none.
+    pub cors_origins: Vec<String>,
+    /// SQLite `synchronous`. Defaults to [`Synchronous::Normal`].
+    pub synchronous: Synchronous,
+    /// How long a write waits for another connection's lock. Defaults to 5 s.
+    pub busy_timeout: Duration,
+    /// A stream whose client does not take a write within this long is dropped. Defaults to 10 s.
+    pub send_timeout: Duration,
+    /// How often the poller checks for rows inserted by other processes
+    /// (one `PRAGMA data_version`, about 2 µs). Defaults to 5 ms.
+    pub poll_interval: Duration,
+    /// Most rows the poller dispatches in one transaction. Defaults to 512.
+    pub batch_rows: usize,
+    /// Threads answering HTTP requests (streams get threads of their own). Defaults to 4.
+    pub http_workers: usize,
+    /// How long shutdown waits for streams to write their last bytes. Defaults to 1 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: PathBuf::from(DEFAULT_DB_PATH),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            heartbeat_interval: Duration::from_secs(15),
+            max_clients: 256,
+            token: None,
+            cors_origins: Vec::new(),
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(5),
+            batch_rows: 512,
+            http_workers: 4,
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings that cannot work.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| {
+            Err(Error::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval > Duration::from_secs(3600)
+        {
+            return bad("heartbeat_interval", "must be between 1 ms and 1 hour");
+        }
+        if self.max_clients == 0 || self.max_clients > 10_000 {
+            return bad("max_clients", "must be between 1 and 10000");
+        }
+        if let Some(t) = &self.token
+            && (t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return bad("token", "must be non-empty printable ASCII without spaces");
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval", "must be above zero");
+        }
+        if self.batch_rows == 0 {
+            return bad("batch_rows", "must be above zero");
+        }
+        if self.http_workers == 0 {
+            return bad("http_workers", "must be above zero");
+        }
+        if self.send_timeout.is_zero() {
+            return bad("send_timeout", "must be above zero");
+        }
+        Ok(())
+    }
+
+    /// True when the hub listens only on a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().is_loopback()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(c.max_clients, 256);
+        assert!(c.is_loopback());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases: [(Config, &str); 3] = [
+            (
+                Config {
+                    max_clients: 0,
+                    ..Config::default()
+                },
+                "max_clients",
+            ),
+            (
+                Config {
+                    token: Some("a b".into()),
+                    ..Config::default()
+                },
+                "token",
+            ),
+            (
+                Config {
+                    heartbeat_interval: Duration::ZERO,
+                    ..Config::default()
+                },
+                "heartbeat_interval",
+            ),
+        ];
+        for (c, field) in cases {
+            match c.validate() {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected config error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn synchronous_parses_case_insensitively() {
+        assert_eq!("FULL".parse::<Synchronous>().ok(), Some(Synchronous::Full));
+        assert_eq!(
+            "normal".parse::<Synchronous>().ok(),
+            Some(Synchronous::Normal)
+        );
+        assert!("off".parse::<Synchronous>().is_err());
+    }
+}

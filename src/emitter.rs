@@ -1,0 +1,252 @@
+//! In-process producers: [`Emitter`], a cheap handle that capture threads clone, and the one
+//! writer thread (`tle-writer`) behind it that commits their events in groups.
+//!
+//! SQLite has one writer at a time. Rather than many threads fighting for its lock (measured
+//! here: two threads committing single rows were slower than one, and unfair), every emit is
+//! queued, in arrival order, to one thread that takes whatever is waiting (up to
+//! [`MAX_GROUP_ROWS`]) and commits it in one transaction. One fsync then covers the group,
+//! which is what makes `--synchronous full` affordable on an SD card.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use rusqlite::Connection;
+
+use crate::config::Synchronous;
+use crate::error::{Error, Result};
+use crate::event::{EventId, NewEvent};
+use crate::hub::{join_thread, spawn_named};
+use crate::store::{Store, events};
+
+/// Most events committed in one transaction.
+pub const MAX_GROUP_ROWS: usize = 1024;
+/// Emits that may wait for the writer before `emit` blocks.
+const QUEUE_JOBS: usize = 8192;
+
+struct Job {
+    event: NewEvent,
+    data: String,
+    reply: Sender<Result<EventId>>,
+}
+
+/// A cheap, cloneable handle for producing events from any thread.
+///
+/// `emit` returns once the event is committed to SQLite (durably, as the `synchronous`
+/// setting defines it). It takes no lock: it queues to the writer thread and waits for its
+/// answer on a channel of its own. Clones share one writer.
+///
+/// ```no_run
+/// use timelapse_events::{Emitter, NewEvent};
+/// let emitter = Emitter::open("timelapse-events.db")?;
+/// let id = emitter.emit(NewEvent::image_captured(1, 7, 120, 2))?;
+/// println!("stored as {id}");
+/// # Ok::<(), timelapse_events::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Emitter {
+    tx: Sender<Job>,
+    // Set for an emitter made by `open`: the last clone dropped stops its writer thread.
+    _owner: Option<Arc<Writer>>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter").finish_non_exhaustive()
+    }
+}
+
+impl Emitter {
+    /// An emitter of its own for another process writing into a hub's database file: it
+    /// opens (and if need be creates) the database and starts a writer thread, which stops
+    /// when the last clone is dropped. The hub picks the events up within its poll interval.
+    ///
+    /// # Errors
+    /// The database cannot be opened or migrated, or the thread cannot start.
+    pub fn open(db_path: impl AsRef<Path>) -> Result<Emitter> {
+        Emitter::open_with(db_path, Synchronous::Normal)
+    }
+
+    /// [`Emitter::open`] with a `synchronous` setting.
+    ///
+    /// # Errors
+    /// As [`Emitter::open`].
+    pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
+        let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
+        let (writer, emitter) = Writer::start(&store, None)?;
+        Ok(Emitter {
+            _owner: Some(Arc::new(writer)),
+            ..emitter
+        })
+    }
+
+    /// Stores one event and returns its row id once it is committed.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad type, payload, or source (nothing is stored);
+    /// [`Error::Db`] when SQLite refused (e.g. busy timeout or disk full; see
+    /// [`Error::is_busy`], [`Error::is_disk_full`]); [`Error::Closed`] after shutdown.
+    pub fn emit(&self, event: NewEvent) -> Result<EventId> {
+        let data = event.validate()?;
+        let (reply, answer) = bounded(1);
+        self.tx
+            .send(Job { event, data, reply })
+            .map_err(|_| Error::Closed)?;
+        // The writer answers every job it takes; a dropped reply means it stopped first.
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+}
+
+/// The writer thread and the means to stop it.
+pub(crate) struct Writer {
+    stop: Mutex<Option<Sender<()>>>,
+    handle: Mutex<Option<JoinHandle<Result<()>>>>,
+}
+
+impl Writer {
+    /// Starts `tle-writer` on a dedicated connection. After each commit it nudges `wake`
+    /// (the poller), if given.
+    pub(crate) fn start(store: &Store, wake: Option<Sender<()>>) -> Result<(Writer, Emitter)> {
+        let conn = store.dedicated()?;
+        let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let handle = spawn_named("writer", None, move || {
+            writer_loop(conn, &rx, &stop_rx, wake.as_ref());
+            Ok(())
+        })?;
+        Ok((
+            Writer {
+                stop: Mutex::new(Some(stop_tx)),
+                handle: Mutex::new(Some(handle)),
+            },
+            Emitter { tx, _owner: None },
+        ))
+    }
+
+    /// Commits what is queued, answers it, and ends the thread. Idempotent.
+    pub(crate) fn stop(&self) -> Result<()> {
+        // Poisoning cannot leave these Options half-written: take() is the only mutation.
+        drop(
+            self.stop
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        handle.map_or(Ok(()), |h| join_thread("writer", h))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("{}", e.chain());
+        }
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: &Receiver<Job>,
+    stop: &Receiver<()>,
+    wake: Option<&Sender<()>>,
+) {
+    let mut group: Vec<Job> = Vec::with_capacity(64);
+    loop {
+        let stopping = select! {
+            recv(rx) -> job => match job {
+                Ok(job) => { group.push(job); false }
+                Err(_) => true, // every Emitter is gone
+            },
+            recv(stop) -> _ => true,
+        };
+        while group.len() < MAX_GROUP_ROWS {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&mut conn, &mut group);
+            if let Some(wake) = wake {
+                // Full means a wake-up is already pending; that one covers us.
+                let _ = wake.try_send(());
+            }
+        }
+        if stopping {
+            // Drain what was queued before the stop so every accepted emit is answered.
+            while let Ok(job) = rx.try_recv() {
+                group.push(job);
+                if group.len() == MAX_GROUP_ROWS {
+                    commit_group(&mut conn, &mut group);
+                }
+            }
+            if !group.is_empty() {
+                commit_group(&mut conn, &mut group);
+            }
+            log::debug!("writer stopped");
+            return;
+        }
+    }
+}
+
+fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
+    let rows: Vec<events::Insert<'_>> = group
+        .iter()
+        .map(|j| events::Insert {
+            event: &j.event,
+            data: j.data.clone(),
+        })
+        .collect();
+    let outcome = events::insert_batch(conn, &rows);
+    drop(rows);
+    match outcome {
+        Ok(results) => {
+            for (job, result) in group.drain(..).zip(results) {
+                if let Ok(id) = &result {
+                    log::debug!("stored event {id} ({})", job.event.event_type);
+                }
+                // The emitter may have given up waiting (its thread ended): nothing to tell.
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            log::warn!("{} events not stored: {}", group.len(), e.chain());
+            let text = e.chain();
+            let busy = e.is_busy();
+            let full = e.is_disk_full();
+            let mut first = Some(e);
+            for job in group.drain(..) {
+                // Every caller gets the same cause; the first gets the original error value.
+                let err = first
+                    .take()
+                    .unwrap_or_else(|| clone_error(&text, busy, full));
+                let _ = job.reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// The group-wide error, for the second and later callers (rusqlite errors are not Clone).
+fn clone_error(text: &str, busy: bool, full: bool) -> Error {
+    let code = if busy {
+        rusqlite::ffi::SQLITE_BUSY
+    } else if full {
+        rusqlite::ffi::SQLITE_FULL
+    } else {
+        rusqlite::ffi::SQLITE_ERROR
+    };
+    Error::Db {
+        op: "commit events",
+        source: rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            Some(text.to_owned()),
+        ),
+    }
+}

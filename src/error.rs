@@ -1,0 +1,176 @@
+//! The crate's one error type. Display covers this layer only; the cause is in `source()`.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Shorthand for `Result<T, timelapse_events::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can fail inside the hub.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is out of range; `field` is the config key.
+    Config {
+        /// The config field, e.g. `max_clients`.
+        field: &'static str,
+        /// Why the value was refused.
+        reason: String,
+    },
+    /// An event was refused before it reached the database.
+    Invalid {
+        /// The offending field: `type`, `data`, `priority` or `source`.
+        field: &'static str,
+        /// Why it was refused, in words a producer can act on.
+        reason: String,
+    },
+    /// SQLite failed while doing `op`, e.g. "insert event".
+    Db {
+        /// What the hub was doing.
+        op: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// No pooled database connection could be had.
+    Pool {
+        /// The pool's error.
+        source: r2d2::Error,
+    },
+    /// The database was written by a newer version of timelapse-events.
+    SchemaTooNew {
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The newest version this binary knows.
+        supported: i64,
+    },
+    /// An I/O operation failed; `op` says which.
+    Io {
+        /// What the hub was doing.
+        op: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP listener could not be bound.
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    Spawn {
+        /// The thread's name.
+        name: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A thread of the hub panicked or ended with an error.
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// What it reported.
+        reason: String,
+    },
+    /// The hub (or the emitter's writer) has been shut down.
+    Closed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { field, reason } => write!(f, "config `{field}`: {reason}"),
+            Error::Invalid { field, reason } => write!(f, "invalid event `{field}`: {reason}"),
+            Error::Db { op, source } => match db_condition(source) {
+                Some(cond) => write!(f, "database: cannot {op} ({cond})"),
+                None => write!(f, "database: cannot {op}"),
+            },
+            Error::Pool { .. } => write!(f, "database: no connection available"),
+            Error::SchemaTooNew { found, supported } => write!(
+                f,
+                "database schema version {found} is newer than this binary supports \
+                 (version {supported}); upgrade timelapse-events"
+            ),
+            Error::Io { op, .. } => write!(f, "cannot {op}"),
+            Error::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
+            Error::Spawn { name, .. } => write!(f, "cannot start thread {name}"),
+            Error::Thread { name, reason } => write!(f, "thread {name} failed: {reason}"),
+            Error::Closed => write!(f, "the hub is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Db { source, .. } => Some(source),
+            Error::Pool { source } => Some(source),
+            Error::Io { source, .. } | Error::Bind { source, .. } | Error::Spawn { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// True when SQLite gave up waiting for another connection's lock (busy timeout).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Db { source, .. } if sqlite_code(source)
+            == Some(rusqlite::ErrorCode::DatabaseBusy))
+    }
+
+    /// True when the disk (or SQLite's `max_page_count`) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Db { source, .. } if sqlite_code(source)
+            == Some(rusqlite::ErrorCode::DiskFull))
+    }
+
+    /// The error and its causes as one line: `a: b: c`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+}
+
+fn sqlite_code(e: &rusqlite::Error) -> Option<rusqlite::ErrorCode> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.code),
+        _ => None,
+    }
+}
+
+/// A plain-words name for the conditions an operator can act on.
+fn db_condition(e: &rusqlite::Error) -> Option<&'static str> {
+    match sqlite_code(e)? {
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+            Some("database is locked by another connection; busy timeout expired")
+        }
+        rusqlite::ErrorCode::DiskFull => Some("disk full"),
+        rusqlite::ErrorCode::ConstraintViolation => Some("rejected by a CHECK constraint"),
+        rusqlite::ErrorCode::ReadOnly => Some("database is read-only"),
+        rusqlite::ErrorCode::DatabaseCorrupt => Some("database file is corrupt"),
+        _ => None,
+    }
+}
+
+/// Tags a rusqlite error with what we were doing: `.map_err(db("insert event"))?`.
+pub(crate) fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |source| Error::Db { op, source }
+}
+
+/// Tags an I/O error with what we were doing.
+pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(source: r2d2::Error) -> Self {
+        Error::Pool { source }
+    }
+}

@@ -1,0 +1,210 @@
+//! The HTTP server: our own listener, tiny_http on top of it, and the worker threads
+//! (`tle-http-N`) that take requests, route them and answer. Event streams are handed to
+//! threads of their own (see [`stream`]), so a worker is never held by a client.
+//!
+//! tiny_http 0.12.0 faults we work around here (measured; see the README's security notes):
+//! - One `accept()` error (e.g. EMFILE) ends its accept thread for good. We keep a clone of
+//!   the listener; when a worker sees that error it builds a new `tiny_http::Server` on the
+//!   same socket (after a pause, since the cause is usually a short fd shortage), so the
+//!   port is never lost.
+//! - A request dropped with its body unread drains the body by allocating the *declared*
+//!   length in one `vec!`: a `Content-Length: 100000000000000` aborts the process. Every
+//!   request passes [`routes::guard_body`] before anything can drop it.
+//! - No receive timeout exists, and one on the listener would break `accept()`. We set
+//!   TCP_NODELAY, a send timeout and TCP keepalive on the listener (accepted sockets inherit
+//!   them on Linux) and keep slow bodies off the workers.
+
+mod dashboard;
+mod reply;
+mod routes;
+pub(crate) mod stream;
+
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use crate::broadcast::Broadcast;
+use crate::config::Config;
+use crate::emitter::Emitter;
+use crate::error::{Error, Result};
+use crate::hub::{join_thread, spawn_named};
+use crate::poller::PollerStatus;
+use crate::store::Store;
+
+pub(crate) use stream::Streams;
+
+/// Pause before rebuilding the server after an accept error.
+const REBUILD_PAUSE: Duration = Duration::from_millis(250);
+
+/// Everything a request handler may use. Cheap to share: all handles.
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) emitter: Emitter,
+    pub(crate) broadcast: Arc<Broadcast>,
+    pub(crate) poller: Arc<PollerStatus>,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) body_threads: Arc<stream::Slots>,
+}
+
+/// The running server: listener, current tiny_http server and workers.
+pub(crate) struct HttpServer {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<Result<()>>>,
+    addr: SocketAddr,
+}
+
+struct Shared {
+    listener: TcpListener,
+    server: RwLock<Arc<tiny_http::Server>>,
+    stopping: AtomicBool,
+    workers: usize,
+}
+
+impl HttpServer {
+    pub(crate) fn start(ctx: Arc<Ctx>) -> Result<HttpServer> {
+        let listener = bind(&ctx.config)?;
+        let addr = listener
+            .local_addr()
+            .map_err(crate::error::io("read the bound address"))?;
+        let server = new_server(&listener)?;
+        let shared = Arc::new(Shared {
+            listener,
+            server: RwLock::new(Arc::new(server)),
+            stopping: AtomicBool::new(false),
+            workers: ctx.config.http_workers,
+        });
+        let mut workers = Vec::new();
+        for i in 0..ctx.config.http_workers {
+            let (shared, ctx) = (shared.clone(), ctx.clone());
+            workers.push(spawn_named(&format!("http-{i}"), None, move || {
+                worker(&shared, &ctx);
+                Ok(())
+            })?);
+        }
+        Ok(HttpServer {
+            shared,
+            workers,
+            addr,
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking requests and joins the workers (streams live on until the broadcast
+    /// closes). Idempotent.
+    pub(crate) fn stop(&mut self) -> Result<()> {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let server = self.shared.current();
+        // unblock() wakes one recv() per call (tiny_http 0.12 src/util/messages_queue.rs).
+        for _ in 0..self.workers.len() {
+            server.unblock();
+        }
+        let mut first = Ok(());
+        for w in self.workers.drain(..) {
+            let r = join_thread("http worker", w);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Arc<tiny_http::Server> {
+        // The lock only guards an Arc swap; a poisoned one still holds a valid server.
+        self.server
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `dead` with a server on a clone of the listener, unless another worker did.
+    fn rebuild(&self, dead: &Arc<tiny_http::Server>) {
+        let mut slot = self.server.write().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&slot, dead) || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(REBUILD_PAUSE);
+        match new_server(&self.listener) {
+            Ok(server) => {
+                *slot = Arc::new(server);
+                log::warn!("HTTP accept thread restarted on the same listener");
+                // Move the other workers off the dead server.
+                for _ in 0..self.workers {
+                    dead.unblock();
+                }
+            }
+            Err(e) => log::error!("cannot restart the HTTP accept thread: {}", e.chain()),
+        }
+    }
+}
+
+fn worker(shared: &Shared, ctx: &Ctx) {
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let server = shared.current();
+        match server.recv() {
+            Ok(rq) => {
+                // A panic in a handler becomes a 500 (tiny_http answers a dropped request)
+                // and a log line; the worker lives on.
+                let outcome = catch_unwind(AssertUnwindSafe(|| routes::handle(rq, ctx)));
+                if outcome.is_err() {
+                    log::error!("a request handler panicked; the request got a 500");
+                }
+            }
+            Err(e) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                if Arc::ptr_eq(&shared.current(), &server) && e.raw_os_error().is_some() {
+                    // An accept() error: tiny_http's accept thread has ended.
+                    log::error!("HTTP accept failed ({e}); restarting the accept thread");
+                    shared.rebuild(&server);
+                }
+            }
+        }
+    }
+}
+
+fn new_server(listener: &TcpListener) -> Result<tiny_http::Server> {
+    let l = listener
+        .try_clone()
+        .map_err(crate::error::io("clone the listener"))?;
+    tiny_http::Server::from_listener(l, None).map_err(|e| Error::Io {
+        op: "start the HTTP server",
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Our own listener, with options accepted sockets inherit on Linux. Never SO_RCVTIMEO:
+/// it makes accept() time out, which tiny_http treats as fatal.
+fn bind(config: &Config) -> Result<TcpListener> {
+    let addr = config.bind;
+    let fail = |source| Error::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_tcp_nodelay(true).map_err(fail)?;
+    socket
+        .set_write_timeout(Some(config.send_timeout))
+        .map_err(fail)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket.set_tcp_keepalive(&keepalive).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,310 @@
+//! Routing and the small handlers. Runs on the HTTP workers; anything that may wait on a
+//! client (a slow body, a stream) is handed to a thread of its own.
+
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tiny_http::{Method, Request};
+
+use super::Ctx;
+use super::reply::{HttpError, Reply};
+use super::stream;
+use crate::event::{NewEvent, Priority};
+use crate::hub::spawn_named;
+use crate::sse;
+use crate::store::events;
+
+/// Largest request body accepted (`POST /api/events`).
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A declared body up to this size is drained, on a thread of its own, after the 413; a
+/// larger one cannot be: tiny_http 0.12 would allocate its declared size at once.
+const DRAIN_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+/// tiny_http reads bodies up to 1 KiB before we see the request; larger ones are read from
+/// the socket, which a client can stall, so they are read off the workers.
+const PREBUFFERED_BYTES: usize = 1024;
+
+const PATHS: [&str; 4] = ["/", "/api/events", "/health", "/favicon.ico"];
+
+type Handled = Result<Reply, HttpError>;
+
+pub(super) fn handle(rq: Request, ctx: &Ctx) {
+    let Some(rq) = guard_body(rq, ctx) else {
+        return;
+    };
+    let target = rq.url().to_owned();
+    let (path, query) = sse::split_target(&target);
+    let cors = cors_headers(&rq, ctx);
+    let method = rq.method().clone();
+    log::debug!("{method} {target} from {:?}", rq.remote_addr());
+    let result = match (&method, path.as_ref()) {
+        (Method::Get, "/api/events") => match stream::open(rq, ctx, &query, cors.clone()) {
+            None => return,
+            Some((rq, result)) => return respond(rq, result, &cors),
+        },
+        (Method::Post, "/api/events") => {
+            if needs_body_thread(&rq) {
+                return post_on_thread(rq, ctx, cors);
+            }
+            let mut rq = rq;
+            let r = post_event(&mut rq, ctx);
+            return respond(rq, r, &cors);
+        }
+        (Method::Options, p) if PATHS.contains(&p) => Ok(preflight(&rq, ctx)),
+        (Method::Get | Method::Head, "/health") => health(ctx),
+        (Method::Get | Method::Head, "/") => Ok(crate::http::dashboard::page(&rq)),
+        (Method::Get | Method::Head, "/favicon.ico") => Ok(Reply::empty(204)),
+        (_, p) if PATHS.contains(&p) => Err(HttpError::new(
+            405,
+            format!("method {method} not allowed on {p}"),
+        )
+        .with_header("Allow", allowed(p))),
+        _ => Err(HttpError::new(
+            404,
+            format!(
+                "no such path: {}",
+                path.chars().take(200).collect::<String>()
+            ),
+        )),
+    };
+    respond(rq, result, &cors);
+}
+
+fn allowed(path: &str) -> &'static str {
+    match path {
+        "/api/events" => "GET, POST, OPTIONS",
+        _ => "GET, HEAD, OPTIONS",
+    }
+}
+
+fn respond(rq: Request, result: Handled, cors: &[(&'static str, String)]) {
+    let mut reply = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                log::warn!(
+                    "{} {} -> {}: {}",
+                    rq.method(),
+                    rq.url(),
+                    e.status,
+                    e.message
+                );
+            } else {
+                log::debug!(
+                    "{} {} -> {}: {}",
+                    rq.method(),
+                    rq.url(),
+                    e.status,
+                    e.message
+                );
+            }
+            e.into_reply()
+        }
+    };
+    reply.headers.extend(cors.iter().cloned());
+    if let Err(e) = rq.respond(reply.into_response()) {
+        log::debug!("response not delivered: {e}");
+    }
+}
+
+/// Looks up a request header (case-insensitive name).
+pub(crate) fn header_value<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Refuses a request whose declared body is over [`MAX_BODY_BYTES`] without ever letting
+/// tiny_http drain it on a worker (it would pin the worker while the client trickles, and
+/// abort the process for an absurd length). Returns the request when it is fine.
+pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
+    let declared = match rq.body_length() {
+        Some(n) if n > MAX_BODY_BYTES => n,
+        _ => return Some(rq),
+    };
+    log::warn!(
+        "refusing a {declared}-byte body from {:?} ({} {})",
+        rq.remote_addr(),
+        rq.method(),
+        rq.url()
+    );
+    let too_large = || {
+        HttpError::new(413, format!("body over {MAX_BODY_BYTES} bytes"))
+            .with_header("Connection", "close")
+            .into_reply()
+            .into_response()
+    };
+    if declared <= DRAIN_LIMIT_BYTES
+        && let Some(slot) = ctx.body_threads.try_take()
+    {
+        // Answer, then let the drop drain (or meet EOF) off the workers.
+        let spawned = spawn_named("reject", Some(64 * 1024), move || {
+            let _slot = slot;
+            let _ = rq.respond(too_large());
+            Ok(())
+        });
+        if let Err(e) = spawned {
+            log::error!("{}", e.chain());
+        }
+        return None;
+    }
+    // Absurd length (or every drain thread busy): the only way to answer without tiny_http
+    // draining the body is to take the connection out of its hands and never drop it. This
+    // costs one tiny_http thread and two sockets until the process ends; see the README's
+    // security section.
+    let stream = rq.upgrade("close", too_large());
+    std::mem::forget(stream);
+    None
+}
+
+fn needs_body_thread(rq: &Request) -> bool {
+    let streamed = match rq.body_length() {
+        Some(n) => n > PREBUFFERED_BYTES,
+        None => header_value(rq, "Transfer-Encoding").is_some(),
+    };
+    streamed || header_value(rq, "Expect").is_some()
+}
+
+fn post_on_thread(rq: Request, ctx: &Ctx, cors: Vec<(&'static str, String)>) {
+    let Some(slot) = ctx.body_threads.try_take() else {
+        let e = HttpError::new(503, "too many uploads in progress").with_header("Retry-After", "1");
+        return respond(rq, Err(e), &cors);
+    };
+    let (config, emitter) = (ctx.config.clone(), ctx.emitter.clone());
+    let spawned = spawn_named("body", Some(128 * 1024), move || {
+        let _slot = slot;
+        let mut rq = rq;
+        let r = post_with(&mut rq, &config, &emitter);
+        respond(rq, r, &cors);
+        Ok(())
+    });
+    if let Err(e) = spawned {
+        log::error!("{}", e.chain());
+    }
+}
+
+fn post_event(rq: &mut Request, ctx: &Ctx) -> Handled {
+    post_with(rq, &ctx.config, &ctx.emitter)
+}
+
+/// `POST /api/events` body. `event_type`/`event_data` are accepted as the table's names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostBody {
+    #[serde(rename = "type", alias = "event_type")]
+    event_type: String,
+    #[serde(alias = "event_data")]
+    data: Value,
+    priority: Option<String>,
+    source: Option<String>,
+}
+
+fn post_with(rq: &mut Request, config: &crate::Config, emitter: &crate::Emitter) -> Handled {
+    authorize(rq, config)?;
+    let content_type = header_value(rq, "Content-Type").unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(HttpError::new(415, "Content-Type must be application/json"));
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| HttpError::new(400, format!("cannot read body: {e}")))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(
+            HttpError::new(413, format!("body over {MAX_BODY_BYTES} bytes"))
+                .with_header("Connection", "close"),
+        );
+    }
+    let parsed: PostBody = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::new(400, format!("invalid JSON body: {e}")))?;
+    let mut event = NewEvent::new(parsed.event_type, parsed.data);
+    if let Some(p) = parsed.priority {
+        event.priority = p.parse::<Priority>()?;
+    }
+    if let Some(s) = parsed.source {
+        event.source = s;
+    } else {
+        event.source = "http".to_owned();
+    }
+    let event_type = event.event_type.clone();
+    let id = emitter.emit(event)?;
+    log::debug!("stored event {id} ({event_type}) from HTTP");
+    Ok(Reply::json(201, &json!({"id": id.0, "type": event_type})))
+}
+
+fn authorize(rq: &Request, config: &crate::Config) -> Result<(), HttpError> {
+    match &config.token {
+        Some(token) => {
+            let given = header_value(rq, "Authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(HttpError::new(401, "missing or wrong bearer token")
+                    .with_header("WWW-Authenticate", "Bearer"))
+            }
+        }
+        None if !config.is_loopback() => Err(HttpError::new(
+            403,
+            "posting events is off: the hub listens beyond loopback without a token; \
+             start it with --token <secret> (or TIMELAPSE_EVENTS_TOKEN) and send \
+             Authorization: Bearer <secret>",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cors_headers(rq: &Request, ctx: &Ctx) -> Vec<(&'static str, String)> {
+    match header_value(rq, "Origin") {
+        Some(origin) if ctx.config.cors_origins.iter().any(|o| o == origin) => vec![
+            ("Access-Control-Allow-Origin", origin.to_owned()),
+            ("Vary", "Origin".to_owned()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+fn preflight(rq: &Request, ctx: &Ctx) -> Reply {
+    let mut r = Reply::empty(204);
+    if !cors_headers(rq, ctx).is_empty() {
+        r = r
+            .with_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            .with_header(
+                "Access-Control-Allow-Headers",
+                "Authorization, Content-Type, Last-Event-ID",
+            )
+            .with_header("Access-Control-Max-Age", "600");
+    }
+    r
+}
+
+fn health(ctx: &Ctx) -> Handled {
+    let counts = ctx.store.conn().and_then(|c| events::counts(&c));
+    let poller = ctx.poller.failing();
+    let (status, db) = match (&counts, &poller) {
+        (Ok(_), None) => (200, "ok".to_owned()),
+        (Err(e), _) => (503, e.to_string()),
+        (Ok(_), Some(_)) => (503, "ok".to_owned()),
+    };
+    let body = json!({
+        "status": if status == 200 { "ok" } else { "unhealthy" },
+        "database": db,
+        "poller": poller.as_deref().unwrap_or("ok"),
+        "dispatched": counts.as_ref().map(|c| c.dispatched).ok(),
+        "pending": counts.as_ref().map(|c| c.pending).ok(),
+        "streams": ctx.streams.active(),
+    });
+    Ok(Reply::json(status, &body))
+}

@@ -1,0 +1,224 @@
+//! [`Hub`]: wires the store, writer, poller, broadcast and HTTP server together and owns
+//! every thread it starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, bounded};
+
+use crate::broadcast::Broadcast;
+use crate::config::Config;
+use crate::emitter::{Emitter, Writer};
+use crate::error::{Error, Result};
+use crate::http::{Ctx, HttpServer, Streams, stream::Slots};
+use crate::poller::{Poller, PollerStatus};
+use crate::store::{SCHEMA_VERSION, Store, events};
+
+/// Threads that read a slow request body or drain a refused one, at most.
+const BODY_THREADS: usize = 8;
+
+/// A running hub. Stop it with [`Hub::shutdown`] (dropping it does the same, best effort).
+///
+/// ```no_run
+/// use timelapse_events::{Config, Hub, NewEvent};
+/// let hub = Hub::start(Config::default())?;
+/// hub.emitter().emit(NewEvent::camera_status_changed(1, "online", "healthy"))?;
+/// hub.shutdown()?;
+/// # Ok::<(), timelapse_events::Error>(())
+/// ```
+pub struct Hub {
+    config: Config,
+    store: Store,
+    emitter: Emitter,
+    writer: Option<Writer>,
+    poller: Option<JoinHandle<Result<()>>>,
+    poller_stop: Option<Sender<()>>,
+    broadcast: Arc<Broadcast>,
+    streams: Arc<Streams>,
+    http: Option<HttpServer>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Opens the database, starts the writer, poller and HTTP workers, and returns once the
+    /// listener is bound (so a client may connect at once).
+    ///
+    /// # Errors
+    /// A bad config, a database that cannot be opened or is newer than this binary, an
+    /// address that cannot be bound, or a thread that cannot start.
+    pub fn start(config: Config) -> Result<Hub> {
+        config.validate()?;
+        let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
+        let (wake_tx, wake_rx) = bounded(1);
+        let (writer, emitter) = Writer::start(&store, Some(wake_tx))?;
+        let broadcast = Arc::new(Broadcast::default());
+        let status = Arc::new(PollerStatus::default());
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let poller = Poller {
+            conn: store.dedicated()?,
+            stream: store.stream(),
+            broadcast: broadcast.clone(),
+            wake: wake_rx,
+            stop: stop_rx,
+            poll_interval: config.poll_interval,
+            batch_rows: config.batch_rows,
+            status: status.clone(),
+        };
+        let poller = spawn_named("poller", None, move || poller.run())?;
+        let streams = Streams::new(config.max_clients);
+        let ctx = Arc::new(Ctx {
+            config: config.clone(),
+            store: store.clone(),
+            emitter: emitter.clone(),
+            broadcast: broadcast.clone(),
+            poller: status,
+            streams: streams.clone(),
+            body_threads: Slots::new(BODY_THREADS),
+        });
+        let mut hub = Hub {
+            config,
+            store,
+            emitter,
+            writer: Some(writer),
+            poller: Some(poller),
+            poller_stop: Some(stop_tx),
+            broadcast,
+            streams,
+            http: None,
+            addr: ([0, 0, 0, 0], 0).into(),
+        };
+        // On failure here, `hub` drops and stops what already runs.
+        let http = HttpServer::start(ctx)?;
+        hub.addr = http.addr();
+        hub.http = Some(http);
+        let counts = events::counts(&*hub.store.conn()?)?;
+        log::info!(
+            "timelapse-events listening on http://{} (database {}, schema version {}, {} events dispatched, {} pending)",
+            hub.addr,
+            hub.store.path().display(),
+            SCHEMA_VERSION,
+            counts.dispatched,
+            counts.pending
+        );
+        Ok(hub)
+    }
+
+    /// The address the HTTP server is bound to (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle for producing events in this process.
+    pub fn emitter(&self) -> Emitter {
+        self.emitter.clone()
+    }
+
+    /// The config the hub runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops everything, in this order: HTTP workers (no new requests or streams); the
+    /// writer (commits and answers every queued emit); the poller (finishes its batch;
+    /// rows it did not reach stay pending and are dispatched at the next start); the
+    /// broadcast (each stream writes its final chunk and ends; waited for up to
+    /// `shutdown_grace`); then a WAL checkpoint.
+    ///
+    /// # Errors
+    /// The first error a thread ended with (later ones are logged).
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<()> {
+        let mut first: Result<()> = Ok(());
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                if first.is_ok() {
+                    first = Err(e);
+                } else {
+                    log::error!("{}", e.chain());
+                }
+            }
+        };
+        if let Some(mut http) = self.http.take() {
+            keep(http.stop());
+        }
+        if let Some(writer) = self.writer.take() {
+            keep(writer.stop());
+        }
+        drop(self.poller_stop.take()); // disconnects the poller's select!
+        if let Some(p) = self.poller.take() {
+            keep(join_thread("poller", p));
+        }
+        self.broadcast.close();
+        let left = self
+            .streams
+            .wait(Instant::now() + self.config.shutdown_grace);
+        if left > 0 {
+            log::warn!(
+                "{left} streams still writing at shutdown (their send timeout will end them)"
+            );
+        }
+        if self.addr.port() != 0 {
+            keep(self.store.checkpoint());
+            log::info!("timelapse-events stopped");
+            self.addr.set_port(0);
+        }
+        first
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_all() {
+            log::error!("hub stopped with error: {}", e.chain());
+        }
+    }
+}
+
+/// Spawns a named thread `tle-<name>` (visible in `top -H` and panics).
+pub(crate) fn spawn_named<F>(
+    name: &str,
+    stack_bytes: Option<usize>,
+    f: F,
+) -> Result<JoinHandle<Result<()>>>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let full = format!("tle-{name}");
+    let mut b = std::thread::Builder::new().name(full.clone());
+    if let Some(bytes) = stack_bytes {
+        b = b.stack_size(bytes);
+    }
+    b.spawn(f)
+        .map_err(|source| Error::Spawn { name: full, source })
+}
+
+/// Joins a thread; a panic or an error it returned becomes an `Err`.
+pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<()> {
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".to_owned());
+            Err(Error::Thread {
+                name: name.to_owned(),
+                reason,
+            })
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! timelapse-events: a single-binary event hub for a timelapse camera host.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  capture threads ── Emitter ──► writer thread ─┐ (group commit)
+//!  other processes ── INSERT INTO sse_events ────┤
+//!  HTTP POST /api/events ── Emitter ─────────────┤
+//!                                                ▼
+//!                                   SQLite file (WAL) : the durable log
+//!                                                │  data_version check / nudge
+//!                                                ▼
+//!                                   poller thread: batch, priority first, assign seq,
+//!                                   mark dispatched (one IMMEDIATE transaction)
+//!                                                │  Arc<Frame>, encoded once
+//!                                                ▼
+//!                                   Broadcast: one bounded queue per subscriber
+//!                                                │
+//!                                                ▼
+//!                       stream threads ── text/event-stream ──► browsers, curl, scripts
+//! ```
+//!
+//! A client that reconnects with `Last-Event-ID` is caught up from SQLite and then handed to
+//! its live queue with no gap and no duplicate.
+//!
+//! The public API is small: [`Hub`], [`Config`], [`Emitter`], [`NewEvent`], [`Event`],
+//! [`Priority`], [`EventId`], [`Cursor`] and [`Error`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod broadcast;
+mod config;
+mod emitter;
+mod error;
+mod event;
+mod http;
+mod hub;
+mod poller;
+mod sse;
+mod store;
+
+pub mod cli;
+
+pub use config::{Config, DEFAULT_DB_PATH, Synchronous};
+pub use emitter::Emitter;
+pub use error::{Error, Result};
+pub use event::{Cursor, Event, EventId, NewEvent, Priority};
+pub use hub::Hub;
+pub use store::SCHEMA_VERSION;

@@ -1,0 +1,45 @@
+//! The `timelapse-events` binary: parse the command line, run it, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use timelapse_events::cli::{Cli, Command, ServeArgs};
+use timelapse_events::{Error, Hub};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits 2 with a usage message on bad flags
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        other => timelapse_events::cli::run(other),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.chain());
+            if matches!(e, Error::Config { .. }) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Runs the hub until SIGINT or SIGTERM, then shuts it down in order.
+fn serve(args: &ServeArgs) -> Result<(), Error> {
+    let config = args.config()?;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    // The handler only asks for the stop; the shutdown runs here, on the main thread.
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| Error::Io {
+        op: "install the signal handler",
+        source: std::io::Error::other(e),
+    })?;
+    let hub = Hub::start(config)?;
+    let _ = stop_rx.recv();
+    log::info!("signal received: shutting down");
+    hub.shutdown()
+}

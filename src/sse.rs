@@ -1,0 +1,355 @@
+//! Pure SSE pieces: event frames, the stream prelude, heartbeats and resets, HTTP chunk
+//! framing, and parsing of what a client asks for (query string, filters, resume cursor).
+//! No I/O: `http::stream` does the writing.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::event::{Cursor, Event};
+
+/// Browser reconnect delay announced in the prelude, in milliseconds.
+pub(crate) const RETRY_MS: u64 = 2000;
+
+/// A bare comment line: keeps proxies and NAT tables from timing out, and lets us notice a
+/// vanished peer. Deliberately not `: keepalive` + blank line, which some clients (httpx-sse
+/// 0.4) surface as an empty message once an id has been seen.
+pub(crate) const HEARTBEAT: &[u8] = b":\n";
+
+/// One dispatched event, encoded once for every subscriber (shared as `Arc<Frame>`).
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) seq: i64,
+    pub(crate) event_type: String,
+    pub(crate) camera_id: Option<i64>,
+    /// `id:` + `data:` lines.
+    pub(crate) plain: Box<[u8]>,
+    /// The same with an `event: <type>` line, for `?named=1`.
+    pub(crate) named: Box<[u8]>,
+}
+
+impl Frame {
+    pub(crate) fn new(event: &Event) -> Arc<Frame> {
+        // serde_json writes compact JSON: strings escape \n and \r, so the data is one line.
+        let data = event.envelope().to_string();
+        let id = event.cursor.to_string();
+        let plain = format!("id: {id}\ndata: {data}\n\n");
+        let named = format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.event_type);
+        Arc::new(Frame {
+            seq: event.cursor.seq,
+            event_type: event.event_type.clone(),
+            camera_id: event.camera_id(),
+            plain: plain.into_bytes().into_boxed_slice(),
+            named: named.into_bytes().into_boxed_slice(),
+        })
+    }
+
+    pub(crate) fn bytes(&self, named: bool) -> &[u8] {
+        if named { &self.named } else { &self.plain }
+    }
+}
+
+/// The first bytes of every stream: a reconnect delay and a comment, so that browsers fire
+/// `open` at once.
+pub(crate) fn prelude() -> Vec<u8> {
+    format!("retry: {RETRY_MS}\n: connected\n\n").into_bytes()
+}
+
+/// An in-band `reset`: the client's cursor cannot be resumed; what follows is live from
+/// `head`. Carries `id: head`, so the client's next reconnect resumes from there.
+pub(crate) fn reset_frame(head: Cursor, reason: &str) -> Vec<u8> {
+    let data = json!({"reason": reason, "cursor": head.to_string()});
+    format!("id: {head}\nevent: reset\ndata: {data}\n\n").into_bytes()
+}
+
+/// A named `snapshot` frame carrying the state at `cursor`.
+pub(crate) fn snapshot_frame(cursor: Cursor, state_json: &str) -> Vec<u8> {
+    format!("id: {cursor}\nevent: snapshot\ndata: {state_json}\n\n").into_bytes()
+}
+
+/// Appends `payload` as one HTTP/1.1 chunk.
+pub(crate) fn push_chunk(out: &mut Vec<u8>, payload: &[u8]) {
+    if payload.is_empty() {
+        return; // an empty chunk would end the body
+    }
+    out.extend_from_slice(format!("{:x}\r\n", payload.len()).as_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunk that ends a chunked body.
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// What a stream subscribes to: `?types=a,b` and `?camera_id=N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Filter {
+    pub(crate) types: Option<Vec<String>>,
+    pub(crate) camera_id: Option<i64>,
+}
+
+impl Filter {
+    pub(crate) fn matches(&self, event_type: &str, camera_id: Option<i64>) -> bool {
+        if let Some(types) = &self.types
+            && !types.iter().any(|t| t == event_type)
+        {
+            return false;
+        }
+        match self.camera_id {
+            Some(want) => camera_id == Some(want),
+            None => true,
+        }
+    }
+
+    pub(crate) fn matches_frame(&self, f: &Frame) -> bool {
+        self.matches(&f.event_type, f.camera_id)
+    }
+
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        json!({"types": self.types, "camera_id": self.camera_id})
+    }
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// No cursor: live events only.
+    Live,
+    /// Resume after this cursor (still to be checked against the database).
+    After(Cursor),
+    /// The client sent something that is not a cursor: reset, then live.
+    Malformed(String),
+}
+
+/// `Last-Event-ID` header first (what `EventSource` sends on its own reconnects), then the
+/// `last_event_id` query parameter (for a fresh page that remembers its place).
+pub(crate) fn resume_from(header: Option<&str>, query: Option<&str>) -> Resume {
+    match header.or(query).map(str::trim) {
+        None | Some("") => Resume::Live,
+        Some(raw) => match raw.parse::<Cursor>() {
+            Ok(c) => Resume::After(c),
+            Err(_) => Resume::Malformed(raw.chars().take(80).collect()),
+        },
+    }
+}
+
+/// Splits a request target into its path and decoded query pairs.
+pub(crate) fn split_target(target: &str) -> (Cow<'_, str>, Vec<(String, String)>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    (Cow::Owned(percent_decode(path)), pairs)
+}
+
+/// Decodes `%XX` and `+`; invalid escapes are kept as written; invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Builds a filter from query pairs.
+///
+/// # Errors
+/// A message for a 400: an event type that cannot exist, or a camera id that is no number.
+pub(crate) fn filter_from_query(pairs: &[(String, String)]) -> Result<Filter, String> {
+    let mut filter = Filter::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "types" | "type" => {
+                let mut types: Vec<String> = filter.types.take().unwrap_or_default();
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    crate::event::validate_type(t).map_err(|e| format!("types: {e}"))?;
+                    types.push(t.to_owned());
+                }
+                if types.len() > 64 {
+                    return Err("types: at most 64 types".into());
+                }
+                filter.types = Some(types);
+            }
+            "camera_id" => {
+                let id = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("camera_id: `{}` is not an integer", v.escape_debug()))?;
+                filter.camera_id = Some(id);
+            }
+            _ => {}
+        }
+    }
+    Ok(filter)
+}
+
+/// Value of the first query parameter named `key`.
+pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// True for `1`, `true`, `yes` (and a bare `?named`).
+pub(crate) fn query_flag(pairs: &[(String, String)], key: &str) -> bool {
+    matches!(query_value(pairs, key), Some("" | "1" | "true" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventId, Priority};
+    use serde_json::Map;
+
+    fn event(t: &str, data: serde_json::Value) -> Event {
+        let serde_json::Value::Object(data) = data else {
+            panic!("object")
+        };
+        Event {
+            cursor: Cursor {
+                stream: 0xabcdef01,
+                seq: 7,
+            },
+            id: EventId(3),
+            event_type: t.into(),
+            data: data as Map<_, _>,
+            priority: Priority::High,
+            source: "camera-1".into(),
+            created_at: "2026-11-26T10:00:00.123Z".into(),
+        }
+    }
+
+    #[test]
+    fn frames_are_one_data_line_even_with_newlines_in_payload() {
+        let f = Frame::new(&event(
+            "image_captured",
+            json!({"camera_id": 4, "note": "a\nb\r\nc"}),
+        ));
+        let text = std::str::from_utf8(&f.plain).unwrap_or_default();
+        let lines: Vec<&str> = text.split('\n').collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        assert_eq!(lines[0], "id: abcdef01-7");
+        assert!(lines[1].starts_with("data: {"));
+        assert_eq!((lines[2], lines[3]), ("", ""));
+        let v: serde_json::Value = serde_json::from_str(&lines[1][6..]).unwrap_or_default();
+        assert_eq!(v["type"], "image_captured");
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["data"]["note"], "a\nb\r\nc");
+        assert_eq!(v["priority"], "high");
+        assert_eq!(v["timestamp"], "2026-11-26T10:00:00.123Z");
+        assert_eq!(f.camera_id, Some(4));
+        let named = std::str::from_utf8(&f.named).unwrap_or_default();
+        assert!(named.starts_with("id: abcdef01-7\nevent: image_captured\ndata: {"));
+    }
+
+    #[test]
+    fn chunks_frame_payloads_and_skip_empty_ones() {
+        let mut out = Vec::new();
+        push_chunk(&mut out, b"hello");
+        push_chunk(&mut out, b"");
+        push_chunk(&mut out, &[b'x'; 26]);
+        let expected = format!("5\r\nhello\r\n1a\r\n{}\r\n", "x".repeat(26));
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let (path, q) = split_target(
+            "/api/events?types=image_captured%2Ccamera_status_changed&camera_id=%203&x",
+        );
+        assert_eq!(path, "/api/events");
+        let f = filter_from_query(&q).unwrap_or_default();
+        assert_eq!(
+            f.types.as_deref(),
+            Some(
+                &[
+                    "image_captured".to_owned(),
+                    "camera_status_changed".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(f.camera_id, Some(3));
+        for (raw, want) in [
+            ("a%20b", "a b"),
+            ("%zz", "%zz"),
+            ("%", "%"),
+            ("%4", "%4"),
+            ("a+b", "a b"),
+            ("%C3%A9", "é"),
+            ("%FF", "\u{fffd}"),
+        ] {
+            assert_eq!(percent_decode(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn filters_reject_impossible_values() {
+        let q = |s: &str| split_target(s).1;
+        assert!(filter_from_query(&q("/?camera_id=abc")).is_err());
+        assert!(filter_from_query(&q("/?types=a%0Ab")).is_err());
+        let f = filter_from_query(&q("/?types=a")).unwrap_or_default();
+        assert!(f.matches("a", None));
+        assert!(!f.matches("b", None));
+        let c = Filter {
+            types: None,
+            camera_id: Some(2),
+        };
+        assert!(c.matches("x", Some(2)));
+        assert!(!c.matches("x", Some(3)));
+        assert!(!c.matches("x", None));
+    }
+
+    #[test]
+    fn resume_prefers_the_header_and_flags_garbage() {
+        let c = Cursor { stream: 1, seq: 5 };
+        assert_eq!(
+            resume_from(Some("00000001-5"), Some("00000001-9")),
+            Resume::After(c)
+        );
+        assert_eq!(resume_from(None, Some("00000001-5")), Resume::After(c));
+        assert_eq!(resume_from(None, None), Resume::Live);
+        assert_eq!(resume_from(Some(" "), None), Resume::Live);
+        assert!(matches!(
+            resume_from(Some("DROP TABLE"), None),
+            Resume::Malformed(_)
+        ));
+        assert!(matches!(
+            resume_from(Some("42"), None),
+            Resume::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn reset_frames_carry_the_head_as_id() {
+        let f = reset_frame(Cursor { stream: 2, seq: 10 }, "stale cursor");
+        let text = String::from_utf8_lossy(&f);
+        assert!(
+            text.starts_with("id: 00000002-10\nevent: reset\ndata: {"),
+            "{text}"
+        );
+        assert!(text.ends_with("\n\n"));
+    }
+}

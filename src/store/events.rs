@@ -1,0 +1,273 @@
+//! Every statement on `sse_events` and `hub_meta`.
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result, db};
+use crate::event::{Cursor, Event, EventId, NewEvent, Priority, validate_type};
+
+/// One event ready for INSERT: validated, payload serialised.
+pub(crate) struct Insert<'a> {
+    pub(crate) event: &'a NewEvent,
+    pub(crate) data: String,
+}
+
+const INSERT: &str = "INSERT INTO sse_events (event_type, event_data, priority, source) \
+                      VALUES (?1, ?2, ?3, ?4)";
+
+/// Inserts a batch in one IMMEDIATE transaction (group commit). Each row gets its own
+/// result: a row SQLite refuses fails alone (statement-level rollback), the rest commit.
+/// A failed BEGIN or COMMIT fails them all.
+pub(crate) fn insert_batch(
+    conn: &mut Connection,
+    rows: &[Insert<'_>],
+) -> Result<Vec<Result<EventId>>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin writing events"))?;
+    let mut results = Vec::with_capacity(rows.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(INSERT)
+            .map_err(db("prepare event insert"))?;
+        for row in rows {
+            let e = row.event;
+            let r = stmt
+                .execute(params![
+                    e.event_type,
+                    row.data,
+                    e.priority.as_str(),
+                    e.source
+                ])
+                .map(|_| EventId(tx.last_insert_rowid()))
+                .map_err(db("insert event"));
+            results.push(r);
+        }
+    }
+    tx.commit().map_err(db("commit events"))?;
+    Ok(results)
+}
+
+/// The pending-rows order; the CASE is the pending index's expression, letter for letter.
+const SELECT_PENDING: &str = "SELECT id, event_type, event_data, created_at, priority, source \
+     FROM sse_events WHERE processed_at IS NULL \
+     ORDER BY (CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END), id \
+     LIMIT ?1";
+const MARK_DISPATCHED: &str = "UPDATE sse_events \
+     SET seq = ?1, processed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?2";
+const MARK_REJECTED: &str = "UPDATE sse_events \
+     SET processed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1";
+
+/// What one dispatch transaction did.
+pub(crate) struct Dispatched {
+    /// Events now in the stream, in stream order.
+    pub(crate) events: Vec<Event>,
+    /// Rows that could not be read as events (only possible in a table adopted from the
+    /// design we replace, which lacks the CHECKs); marked processed so they never block.
+    pub(crate) rejected: usize,
+}
+
+/// Takes up to `limit` pending rows (highest priority, then oldest), gives each the next
+/// `seq` and marks it dispatched, all in one IMMEDIATE transaction. `head` is the last
+/// seq given out; it is advanced only when the commit succeeds.
+pub(crate) fn dispatch_batch(
+    conn: &mut Connection,
+    stream: u32,
+    head: &mut i64,
+    limit: usize,
+) -> Result<Dispatched> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin dispatch"))?;
+    let mut events = Vec::new();
+    let mut rejected = 0;
+    let mut seq = *head;
+    {
+        let mut select = tx
+            .prepare_cached(SELECT_PENDING)
+            .map_err(db("read pending events"))?;
+        let rows: Vec<RawRow> = select
+            .query_map([limit as i64], RawRow::from_row)
+            .map_err(db("read pending events"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db("read pending events"))?;
+        let mut mark = tx
+            .prepare_cached(MARK_DISPATCHED)
+            .map_err(db("mark dispatched"))?;
+        let mut reject = tx
+            .prepare_cached(MARK_REJECTED)
+            .map_err(db("mark rejected"))?;
+        for raw in rows {
+            let id = raw.id;
+            match raw.into_event(Cursor {
+                stream,
+                seq: seq + 1,
+            }) {
+                Ok(event) => {
+                    seq += 1;
+                    mark.execute(params![seq, id])
+                        .map_err(db("mark dispatched"))?;
+                    events.push(event);
+                }
+                Err(reason) => {
+                    log::warn!("skipping event row {id}: {reason}");
+                    reject.execute([id]).map_err(db("mark rejected"))?;
+                    rejected += 1;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(db("commit dispatch"))?;
+    *head = seq;
+    Ok(Dispatched { events, rejected })
+}
+
+const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, priority, source, seq \
+     FROM sse_events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+
+/// Dispatched events with `after < seq <= upto`, in stream order, at most `limit`.
+pub(crate) fn replay(
+    conn: &Connection,
+    stream: u32,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<Event>> {
+    let mut stmt = conn
+        .prepare_cached(SELECT_AFTER)
+        .map_err(db("replay events"))?;
+    let rows = stmt
+        .query_map(params![after, upto, limit as i64], |r| {
+            Ok((RawRow::from_row(r)?, r.get::<_, i64>(6)?))
+        })
+        .map_err(db("replay events"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (raw, seq) = row.map_err(db("replay events"))?;
+        // Dispatched rows were validated when dispatched; one that no longer reads is skipped
+        // rather than stopping every replay behind it.
+        match raw.into_event(Cursor { stream, seq }) {
+            Ok(e) => out.push(e),
+            Err(reason) => log::warn!("replay skips row at seq {seq}: {reason}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The last seq handed out (0 for an empty stream), counting pruned rows.
+pub(crate) fn head_seq(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        "SELECT max(coalesce((SELECT max(seq) FROM sse_events), 0), \
+                    (SELECT CAST(value AS INTEGER) FROM hub_meta WHERE key = 'pruned_seq'))",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(db("read the stream head"))
+}
+
+/// The highest seq retention deleted: cursors below it cannot be resumed.
+pub(crate) fn pruned_seq(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        "SELECT CAST(value AS INTEGER) FROM hub_meta WHERE key = 'pruned_seq'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db("read pruned_seq"))
+    .map(|v| v.unwrap_or(0))
+}
+
+/// The database's stream id.
+pub(crate) fn stream_id(conn: &Connection) -> Result<u32> {
+    let hex: String = conn
+        .query_row(
+            "SELECT value FROM hub_meta WHERE key = 'stream_id'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db("read the stream id"))?;
+    u32::from_str_radix(&hex, 16).map_err(|_| Error::Thread {
+        name: "store".into(),
+        reason: format!("hub_meta.stream_id `{hex}` is not 8 hex digits"),
+    })
+}
+
+/// Row counts for the start-up line and health.
+pub(crate) struct Counts {
+    pub(crate) dispatched: i64,
+    pub(crate) pending: i64,
+}
+
+pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
+    // Both are index-only: seq's index, and the partial pending index.
+    let dispatched = conn
+        .query_row(
+            "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db("count events"))?;
+    let pending = conn
+        .query_row(
+            "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db("count events"))?;
+    Ok(Counts {
+        dispatched,
+        pending,
+    })
+}
+
+struct RawRow {
+    id: i64,
+    event_type: String,
+    data: String,
+    created_at: String,
+    priority: String,
+    source: String,
+}
+
+impl RawRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+        // Read every column as text, whatever its storage class, so a hostile row is
+        // reported by into_event rather than failing the whole query.
+        let text = |i: usize| -> rusqlite::Result<String> {
+            use rusqlite::types::ValueRef;
+            Ok(match r.get_ref(i)? {
+                ValueRef::Null => String::new(),
+                ValueRef::Integer(n) => n.to_string(),
+                ValueRef::Real(f) => f.to_string(),
+                ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+            })
+        };
+        Ok(RawRow {
+            id: r.get(0)?,
+            event_type: text(1)?,
+            data: text(2)?,
+            created_at: text(3)?,
+            priority: text(4)?,
+            source: text(5)?,
+        })
+    }
+
+    fn into_event(self, cursor: Cursor) -> std::result::Result<Event, String> {
+        validate_type(&self.event_type).map_err(|e| e.to_string())?;
+        let data = match serde_json::from_str::<Value>(&self.data) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err("event_data is not a JSON object".into()),
+            Err(e) => return Err(format!("event_data is not JSON: {e}")),
+        };
+        let priority: Priority = self.priority.parse().map_err(|e: Error| e.to_string())?;
+        Ok(Event {
+            cursor,
+            id: EventId(self.id),
+            event_type: self.event_type,
+            data: data as Map<String, Value>,
+            priority,
+            source: self.source,
+            created_at: self.created_at,
+        })
+    }
+}

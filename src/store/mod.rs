@@ -1,0 +1,141 @@
+//! The SQLite event log: opening, pragmas, the connection pool, migrations, and (in
+//! [`events`]) every SQL statement the hub runs. Nothing outside this module writes SQL.
+//!
+//! Connections follow rusqlite's `Send + !Sync`: the emitter's writer thread and the poller
+//! each own one dedicated connection (the poller's `PRAGMA data_version` is per connection);
+//! request handlers and stream threads borrow pooled ones for short reads.
+
+pub(crate) mod events;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+
+use crate::config::Synchronous;
+use crate::error::{Error, Result, db};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Pooled connections for short reads: request handlers and stream back-fill.
+const POOL_SIZE: u32 = 4;
+/// WAL is truncated back to this after a checkpoint (SQLite's `journal_size_limit`).
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 16 * 1024 * 1024;
+
+/// Opened event log: the pool plus what was read once at open.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    path: PathBuf,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    stream: u32,
+}
+
+/// A pooled connection.
+pub(crate) type Pooled = r2d2::PooledConnection<SqliteConnectionManager>;
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrates it to [`SCHEMA_VERSION`]
+    /// and sets WAL mode.
+    pub(crate) fn open(
+        path: &Path,
+        synchronous: Synchronous,
+        busy_timeout: Duration,
+    ) -> Result<Store> {
+        let mut first = open_connection(path, synchronous, busy_timeout)?;
+        schema::migrate(&mut first)?;
+        let stream = events::stream_id(&first)?;
+        drop(first);
+        let init_sync = synchronous;
+        let manager = SqliteConnectionManager::file(path)
+            .with_init(move |c| apply_pragmas(c, init_sync, busy_timeout));
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(busy_timeout.max(Duration::from_secs(1)))
+            .build(manager)?;
+        Ok(Store {
+            pool,
+            path: path.to_owned(),
+            synchronous,
+            busy_timeout,
+            stream,
+        })
+    }
+
+    /// A pooled connection for a short read.
+    pub(crate) fn conn(&self) -> Result<Pooled> {
+        Ok(self.pool.get()?)
+    }
+
+    /// A new connection of its own, with the same pragmas (for a long-lived thread).
+    pub(crate) fn dedicated(&self) -> Result<Connection> {
+        open_connection(&self.path, self.synchronous, self.busy_timeout)
+    }
+
+    /// The database's random stream id (the first half of every cursor).
+    pub(crate) fn stream(&self) -> u32 {
+        self.stream
+    }
+
+    /// The database file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Folds the WAL back into the database file and truncates it (used at shutdown).
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let conn = self.conn()?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db("checkpoint the WAL"))
+    }
+}
+
+/// Opens one connection with the hub's pragmas (no migration).
+pub(crate) fn open_connection(
+    path: &Path,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db("open the database"))?;
+    apply_pragmas(&conn, synchronous, busy_timeout).map_err(db("configure the database"))?;
+    Ok(conn)
+}
+
+fn apply_pragmas(
+    conn: &Connection,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
+    // WAL: readers never block the writer and vice versa, and commits are one append.
+    // The mode is stored in the file, so external producers get it too.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("journal_mode is {mode}, not WAL (is the file on a network share?)");
+    }
+    // NORMAL in WAL mode never corrupts the database; it can lose the last commits on
+    // power loss. FULL fsyncs every commit (group commit in the emitter keeps it affordable).
+    conn.pragma_update(None, "synchronous", synchronous.as_str())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
+    Ok(())
+}
+
+/// Reads `PRAGMA user_version` of a database file without migrating it.
+pub(crate) fn user_version(conn: &Connection) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read the schema version"))
+}
+
+impl Error {
+    pub(crate) fn schema_too_new(found: i64) -> Error {
+        Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        }
+    }
+}

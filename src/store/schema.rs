@@ -1,0 +1,90 @@
+//! Schema versions, applied with `PRAGMA user_version`.
+//!
+//! Versions:
+//! - 0: an empty file, or the table of the design we replace (sse_events without `seq`).
+//! - 1: `schema.sql`: sse_events with CHECKs, `seq`, the pending and seq indexes, hub_meta.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::user_version;
+use crate::error::{Error, Result, db};
+
+/// The schema version this binary writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The public table contract, shipped in the binary.
+pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+/// Brings the database up to [`SCHEMA_VERSION`], one step at a time, each step in one
+/// IMMEDIATE transaction. A newer file is refused, untouched.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    loop {
+        let version = user_version(conn)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::schema_too_new(version));
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin the schema migration"))?;
+        // Read again under the write lock: another process may have migrated meanwhile.
+        let version = user_version(&tx)?;
+        match version {
+            0 => migrate_v0_to_v1(&tx)?,
+            v if v >= SCHEMA_VERSION => {}
+            v => unreachable!("no migration step from schema version {v}"),
+        }
+        tx.commit().map_err(db("commit the schema migration"))?;
+        log::info!("database schema migrated from version {version} to {SCHEMA_VERSION}");
+    }
+}
+
+/// Columns the design we replace may lack, with how to add them.
+const LEGACY_COLUMNS: [(&str, &str); 5] = [
+    (
+        "processed_at",
+        "ALTER TABLE sse_events ADD COLUMN processed_at TEXT",
+    ),
+    (
+        "retry_count",
+        "ALTER TABLE sse_events ADD COLUMN retry_count INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "priority",
+        "ALTER TABLE sse_events ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal'",
+    ),
+    (
+        "source",
+        "ALTER TABLE sse_events ADD COLUMN source TEXT NOT NULL DEFAULT 'system'",
+    ),
+    ("seq", "ALTER TABLE sse_events ADD COLUMN seq INTEGER"),
+];
+
+fn migrate_v0_to_v1(tx: &Connection) -> Result<()> {
+    let existing: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT name FROM pragma_table_info('sse_events')")
+            .map_err(db("inspect sse_events"))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(db("inspect sse_events"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db("inspect sse_events"))?
+    };
+    if !existing.is_empty() {
+        // A table from the design we replace: keep its rows, add what is missing. Its rows
+        // were never checked, so the poller validates every row it reads (and skips bad ones).
+        log::warn!("adopting an existing sse_events table without this hub's CHECK constraints");
+        for (column, alter) in LEGACY_COLUMNS {
+            if !existing.iter().any(|c| c == column) {
+                tx.execute_batch(alter)
+                    .map_err(db("add a column to sse_events"))?;
+            }
+        }
+    }
+    tx.execute_batch(SCHEMA_SQL)
+        .map_err(db("create the schema"))?;
+    tx.pragma_update(None, "user_version", 1)
+        .map_err(db("set the schema version"))
+}
