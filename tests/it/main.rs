@@ -1,0 +1,12 @@
+//! One integration-test binary: real SQLite files in temp dirs, real TCP to hubs on
+//! ephemeral loopback ports, real threads and real processes.
+
+mod support;
+
+mod browser;
+mod examples;
+mod faults;
+mod hostile;
+mod pipeline;
+mod state;
+mod stream;

@@ -1,0 +1,523 @@
+//! Test fixtures: a hub on an ephemeral loopback port over a temp-dir database, a raw-TCP
+//! SSE client with a spec-following parser, a raw HTTP client, and the hub binary as a
+//! child process. Timeouts here are hang guards, never performance checks.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use timelapse_events::{Config, Emitter, Hub};
+
+/// Hang guard for anything that should happen "soon".
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = env_logger::builder().is_test(true).try_init();
+    });
+}
+
+/// A hub on 127.0.0.1:0 storing into a fresh temp dir; shut down on drop.
+pub struct TestHub {
+    hub: Option<Hub>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestHub {
+    pub fn start() -> TestHub {
+        TestHub::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestHub {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            bind: ([127, 0, 0, 1], 0).into(),
+            db_path: dir.path().join("events.db"),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let hub = Hub::start(config.clone()).expect("hub starts");
+        TestHub { hub: Some(hub), dir, config }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        self.hub.as_ref().expect("hub is running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.hub().addr()
+    }
+
+    pub fn emitter(&self) -> Emitter {
+        self.hub().emitter()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.db_path.clone()
+    }
+
+    /// Stops the hub and starts a new one on the same database (new port).
+    pub fn restart(&mut self) {
+        if let Some(hub) = self.hub.take() {
+            hub.shutdown().expect("clean shutdown");
+        }
+        self.hub = Some(Hub::start(self.config.clone()).expect("hub restarts"));
+    }
+
+    pub fn shutdown(mut self) -> timelapse_events::Result<()> {
+        self.hub.take().map_or(Ok(()), Hub::shutdown)
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.take() {
+            // A second panic while a failed test unwinds would abort the whole binary.
+            if std::thread::panicking() {
+                drop(hub);
+            } else {
+                hub.shutdown().expect("clean shutdown");
+            }
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+    /// The numeric seq of the cursor in `id:`.
+    pub fn seq(&self) -> i64 {
+        let id = self.id.as_deref().expect("event has an id");
+        id.rsplit('-').next().and_then(|s| s.parse().ok()).expect("cursor ends in a number")
+    }
+}
+
+/// A raw-TCP SSE client: HTTP/1.1 chunked or HTTP/1.0 identity, parsed per the SSE spec.
+pub struct SseClient {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    body: Vec<u8>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    chunked: bool,
+    events: VecDeque<SseEvent>,
+    cur: SseEvent,
+    has_data: bool,
+    pub last_id: Option<String>,
+    pub comments: usize,
+    pub ended: bool,
+}
+
+impl SseClient {
+    pub fn connect(addr: SocketAddr, target: &str) -> SseClient {
+        SseClient::connect_with(addr, target, &[], "HTTP/1.1")
+    }
+
+    pub fn resume(addr: SocketAddr, target: &str, last_id: &str) -> SseClient {
+        SseClient::connect_with(addr, target, &[("Last-Event-ID", last_id)], "HTTP/1.1")
+    }
+
+    pub fn connect_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)], version: &str) -> SseClient {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        let mut req = format!("GET {target} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).expect("send request");
+        let mut c = SseClient {
+            stream,
+            raw: Vec::new(),
+            body: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            chunked: false,
+            events: VecDeque::new(),
+            cur: SseEvent::default(),
+            has_data: false,
+            last_id: None,
+            comments: 0,
+            ended: false,
+        };
+        c.read_head();
+        c
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn read_head(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(end) = find(&self.raw, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+                self.raw.drain(..end + 4);
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next().unwrap_or("");
+                self.status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                for line in lines {
+                    if let Some((k, v)) = line.split_once(':') {
+                        self.headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                    }
+                }
+                self.chunked = self.header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                return;
+            }
+            assert!(self.read_more(deadline), "no response head within {WAIT:?}");
+        }
+    }
+
+    /// Reads once; false on timeout or EOF.
+    fn read_more(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok();
+        let mut buf = [0u8; 16 * 1024];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {
+                self.ended = true;
+                false
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn decode(&mut self) {
+        if self.chunked {
+            loop {
+                let Some(eol) = find(&self.raw, b"\r\n") else { return };
+                let size_text = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
+                let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size is hex");
+                if size == 0 {
+                    self.ended = true;
+                    self.raw.clear();
+                    return;
+                }
+                if self.raw.len() < eol + 2 + size + 2 {
+                    return;
+                }
+                let data = self.raw[eol + 2..eol + 2 + size].to_vec();
+                assert_eq!(&self.raw[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk ends in CRLF");
+                self.raw.drain(..eol + 4 + size);
+                self.body.extend_from_slice(&data);
+            }
+        } else {
+            self.body.append(&mut self.raw);
+        }
+        // Parse complete lines.
+        while let Some(nl) = self.body.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.body.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8(line).expect("stream is UTF-8");
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.is_empty() {
+            if self.has_data {
+                let mut ev = std::mem::take(&mut self.cur);
+                if ev.data.ends_with('\n') {
+                    ev.data.pop();
+                }
+                ev.id = self.last_id.clone();
+                self.events.push_back(ev);
+            }
+            self.cur = SseEvent::default();
+            self.has_data = false;
+            return;
+        }
+        if line.starts_with(':') {
+            self.comments += 1;
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                self.cur.data.push_str(value);
+                self.cur.data.push('\n');
+                self.has_data = true;
+            }
+            "event" => self.cur.event = Some(value.to_owned()),
+            "id" => self.last_id = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    /// The next event, or None after `timeout` (or when the stream ended).
+    pub fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.decode();
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            if self.ended || !self.read_more(deadline) {
+                self.decode();
+                return self.events.pop_front();
+            }
+        }
+    }
+
+    /// Exactly `n` events, panicking if they do not come within WAIT.
+    pub fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        (0..n)
+            .map(|i| self.next_event(WAIT).unwrap_or_else(|| panic!("event {} of {n} did not arrive", i + 1)))
+            .collect()
+    }
+
+    /// Waits until `n` comment lines in total were seen.
+    pub fn wait_comments(&mut self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.comments < n {
+            self.decode();
+            if self.comments >= n {
+                break;
+            }
+            if !self.read_more(deadline) {
+                self.decode();
+                return self.comments >= n;
+            }
+        }
+        true
+    }
+
+    /// Reads until the server ends the stream; true if it did within `timeout`.
+    pub fn wait_end(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.ended {
+            if !self.read_more(deadline) && !self.ended {
+                return false;
+            }
+            self.decode();
+        }
+        true
+    }
+
+    pub fn raw_stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A complete HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole response.
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw_request(addr, &bytes)
+}
+
+/// Sends raw bytes and parses the response (Content-Length, chunked, or until close).
+pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).ok();
+    s.write_all(bytes).expect("send");
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> HttpResponse {
+    let mut r = BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).expect("status line");
+    let status = status_line.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let get = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = get("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        r.read_exact(&mut body).expect("body");
+    } else if get("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex");
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let _ = r.read_to_end(&mut body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+pub fn post_json(addr: SocketAddr, body: &str, extra: &[(&str, &str)]) -> HttpResponse {
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend_from_slice(extra);
+    http(addr, "POST", "/api/events", &headers, body.as_bytes())
+}
+
+/// The hub binary built by cargo for this test run.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_timelapse-events")
+}
+
+/// The hub binary running `serve` on an ephemeral port; killed on drop.
+pub struct ChildHub {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildHub {
+    pub fn start(db: &Path, extra: &[&str]) -> ChildHub {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--db")
+            .arg(db)
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hub");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split(' ').next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("hub prints its address").parse().expect("address parses");
+        ChildHub { child, addr, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "hub did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the hub binary with arguments and returns (status, stdout, stderr).
+pub fn run_bin(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(bin()).args(args).output().expect("run binary");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
