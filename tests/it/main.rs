@@ -7,6 +7,8 @@ mod browser;
 mod examples;
 mod faults;
 mod hostile;
+mod perf;
 mod pipeline;
+mod real_clients;
 mod state;
 mod stream;
