@@ -24,7 +24,13 @@ const DRAIN_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 /// the socket, which a client can stall, so they are read off the workers.
 const PREBUFFERED_BYTES: usize = 1024;
 
-const PATHS: [&str; 4] = ["/", "/api/events", "/health", "/favicon.ico"];
+const PATHS: [&str; 5] = [
+    "/",
+    "/api/events",
+    "/health",
+    "/favicon.ico",
+    "/dashboard-worker.js",
+];
 
 type Handled = Result<Reply, HttpError>;
 
@@ -53,6 +59,9 @@ pub(super) fn handle(rq: Request, ctx: &Ctx) {
         (Method::Options, p) if PATHS.contains(&p) => Ok(preflight(&rq, ctx)),
         (Method::Get | Method::Head, "/health") => health(ctx),
         (Method::Get | Method::Head, "/") => Ok(crate::http::dashboard::page(&rq)),
+        (Method::Get | Method::Head, "/dashboard-worker.js") => {
+            Ok(crate::http::dashboard::worker(&rq))
+        }
         (Method::Get | Method::Head, "/favicon.ico") => Ok(Reply::empty(204)),
         (_, p) if PATHS.contains(&p) => Err(HttpError::new(
             405,

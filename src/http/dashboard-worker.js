@@ -1,0 +1,1 @@
+// timelapse-events dashboard: the shared connection (filled in by the dashboard commit).
