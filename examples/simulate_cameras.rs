@@ -1,0 +1,631 @@
+//! Simulated timelapse cameras: a separate process producing a realistic event stream into
+//! a hub, so the dashboard and `tail` have something to show without cameras on the desk.
+//!
+//! Each camera is one capture thread, numbered 1..=N (`camera_id`). Its life: it comes
+//! online, starts a timelapse, captures images (`image_captured` with a growing
+//! `image_count`, a `day_number`, an `image_id` and a `file_name`), now and then drops
+//! offline and comes back (`camera_status_changed`, high priority), pauses and resumes its
+//! timelapse, completes it after a few hundred images and starts the next one.
+//!
+//! By default it writes into the hub's database file through [`Emitter::open`]: exactly how a
+//! capture program on the camera host produces events (the hub need not even be running;
+//! it dispatches what is pending when it starts). With `--url` it POSTs to
+//! `/api/events` instead, as a camera on another board would.
+//!
+//! ```text
+//! cargo run --release --example simulate_cameras                       # ./timelapse-events.db
+//! cargo run --release --example simulate_cameras -- --cameras 8 --interval-ms 200
+//! cargo run --release --example simulate_cameras -- --url http://pi.local:8080 --token s3cret
+//! ```
+//!
+//! One line per event goes to stdout (`<id> camera-<n> <type> <data>`); the seed and a summary
+//! go to stderr, so `--seed` reproduces a run camera by camera.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::{Value, json};
+use timelapse_events::{DEFAULT_DB_PATH, Emitter, NewEvent};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Simulated timelapse cameras producing events for a timelapse-events hub.
+#[derive(Debug, Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// The hub's SQLite database file (created if missing).
+    #[arg(long, default_value = DEFAULT_DB_PATH)]
+    db: PathBuf,
+    /// How many cameras (capture threads), numbered 1..=N.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    cameras: u32,
+    /// Time between two steps of one camera, in milliseconds (each step is at most one event).
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Seed for a reproducible run (every camera's life follows from it). Random if absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many events in total and exit 0. Runs until Ctrl-C if absent.
+    #[arg(long)]
+    events: Option<u64>,
+    /// POST to this hub instead of writing into --db, e.g. http://127.0.0.1:8080 (the path
+    /// defaults to /api/events).
+    #[arg(long)]
+    url: Option<String>,
+    /// Bearer token for --url (the hub's --token).
+    #[arg(long, requires = "url")]
+    token: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse(); // exits 2 with a usage message on bad flags
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), BoxError> {
+    let sink =
+        match &args.url {
+            Some(url) => Sink::Http(Poster::new(url, args.token.clone())?),
+            None => Sink::Db(Emitter::open(&args.db).map_err(|e| {
+                format!("cannot open database {}: {}", args.db.display(), e.chain())
+            })?),
+        };
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    eprintln!(
+        "simulating {} camera(s) into {}, one step every {} ms, seed {seed} (Ctrl-C stops)",
+        args.cameras,
+        args.url
+            .clone()
+            .unwrap_or_else(|| args.db.display().to_string()),
+        args.interval_ms
+    );
+
+    let stop = Arc::new(Stop::new());
+    let on_signal = stop.clone();
+    ctrlc::set_handler(move || on_signal.trigger())
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let shared = Arc::new(Shared {
+        sink,
+        stop: stop.clone(),
+        budget: AtomicU64::new(args.events.unwrap_or(u64::MAX)),
+        produced: AtomicU64::new(0),
+        interval: Duration::from_millis(args.interval_ms),
+        failure: Mutex::new(None),
+    });
+    let mut threads = Vec::new();
+    for camera_id in 1..=args.cameras {
+        let camera_shared = shared.clone();
+        let rng = Rng::new(seed ^ u64::from(camera_id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let spawned = thread::Builder::new()
+            .name(format!("camera-{camera_id}"))
+            .spawn(move || Camera::new(i64::from(camera_id), rng).run(&camera_shared));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                stop.trigger();
+                shared.fail(format!("cannot start camera {camera_id}: {e}").into());
+                break;
+            }
+        }
+    }
+    for handle in threads {
+        if handle.join().is_err() {
+            shared.fail("a camera thread panicked".into());
+        }
+    }
+    let produced = shared.produced.load(Ordering::Relaxed);
+    eprintln!("produced {produced} event(s) (seed {seed})");
+    match shared
+        .failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What every camera thread shares.
+struct Shared {
+    sink: Sink,
+    stop: Arc<Stop>,
+    /// Events still allowed (`--events`); each camera takes one before it produces.
+    budget: AtomicU64,
+    produced: AtomicU64,
+    interval: Duration,
+    /// The first fatal error; it stops every camera.
+    failure: Mutex<Option<BoxError>>,
+}
+
+impl Shared {
+    fn fail(&self, e: BoxError) {
+        // An Option written in one assignment: poisoning cannot leave it half-written.
+        let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(e);
+        self.stop.trigger();
+    }
+
+    /// Produces one event, retrying a transient failure (the hub restarting, a busy
+    /// database) until it goes through or the run stops. False when the run is over.
+    fn produce(&self, event: NewEvent) -> bool {
+        let taken = self
+            .budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if taken.is_err() {
+            self.stop.trigger(); // --events reached: every camera ends
+            return false;
+        }
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.sink.send(&event) {
+                Ok(id) => {
+                    self.produced.fetch_add(1, Ordering::Relaxed);
+                    let line = format!(
+                        "{id} {} {} {}\n",
+                        event.source, event.event_type, event.data
+                    );
+                    // stdout gone (e.g. piped into `head`): nobody is watching, so stop.
+                    if std::io::stdout().lock().write_all(line.as_bytes()).is_err() {
+                        self.stop.trigger();
+                        return false;
+                    }
+                    return true;
+                }
+                Err(Failure::Fatal(e)) => {
+                    self.fail(format!("{} ({}): {}", event.source, event.event_type, e).into());
+                    return false;
+                }
+                Err(Failure::Transient(e)) => {
+                    eprintln!(
+                        "{}: cannot send {} ({e}); retrying in {delay:?}",
+                        event.source, event.event_type
+                    );
+                    if self.stop.sleep(delay) {
+                        return false;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Where events go: the database file, or the hub's HTTP API.
+enum Sink {
+    Db(Emitter),
+    Http(Poster),
+}
+
+enum Failure {
+    /// Worth retrying: the hub or the database may be back in a moment.
+    Transient(String),
+    /// Retrying cannot help (a refused event, a wrong token): stop the run.
+    Fatal(String),
+}
+
+impl Sink {
+    fn send(&self, event: &NewEvent) -> Result<i64, Failure> {
+        match self {
+            Sink::Db(emitter) => match emitter.emit(event.clone()) {
+                Ok(id) => Ok(id.0),
+                Err(e) if e.is_busy() || e.is_disk_full() => Err(Failure::Transient(e.chain())),
+                Err(e) => Err(Failure::Fatal(e.chain())),
+            },
+            Sink::Http(poster) => poster.post(event),
+        }
+    }
+}
+
+/// One camera's state; its thread runs [`Camera::run`].
+struct Camera {
+    id: i64,
+    rng: Rng,
+    /// Increases with every timelapse this camera starts.
+    timelapse_seq: i64,
+    timelapse_id: i64,
+    image_count: i64,
+    /// Images captured by this camera over all its timelapses (makes `image_id` unique).
+    captured: i64,
+    /// Images per simulated day: the timelapse's capture interval.
+    images_per_day: i64,
+    /// The image count at which the current timelapse completes.
+    target_images: i64,
+}
+
+/// What a camera is doing between two steps.
+enum Phase {
+    /// Camera online, timelapse running: capturing.
+    Capturing,
+    /// Offline for this many more steps.
+    Offline(u32),
+    /// Timelapse paused for this many more steps.
+    Paused(u32),
+}
+
+impl Camera {
+    fn new(id: i64, rng: Rng) -> Camera {
+        Camera {
+            id,
+            rng,
+            timelapse_seq: 0,
+            timelapse_id: 0,
+            image_count: 0,
+            captured: 0,
+            images_per_day: 0,
+            target_images: 0,
+        }
+    }
+
+    fn run(mut self, shared: &Shared) {
+        // Cameras do not all boot in the same millisecond.
+        let boot = self.rng.below(shared.interval.as_millis().max(1) as u64);
+        if shared.stop.sleep(Duration::from_millis(boot)) {
+            return;
+        }
+        if !shared.produce(NewEvent::camera_status_changed(
+            self.id, "online", "healthy",
+        )) {
+            return;
+        }
+        let first = self.start_timelapse();
+        if !shared.produce(first) {
+            return;
+        }
+        let mut phase = Phase::Capturing;
+        loop {
+            // ±20 % jitter, as real capture loops drift.
+            let jitter = shared.interval.mul_f64(0.8 + 0.4 * self.rng.unit());
+            if shared.stop.sleep(jitter) {
+                return;
+            }
+            let (next, event) = self.step(phase);
+            phase = next;
+            if let Some(event) = event
+                && !shared.produce(event)
+            {
+                return;
+            }
+        }
+    }
+
+    /// One step of the camera's life: at most one event.
+    fn step(&mut self, phase: Phase) -> (Phase, Option<NewEvent>) {
+        match phase {
+            Phase::Offline(0) => {
+                let health = if self.rng.unit() < 0.3 {
+                    "degraded"
+                } else {
+                    "healthy"
+                };
+                (
+                    Phase::Capturing,
+                    Some(NewEvent::camera_status_changed(self.id, "online", health)),
+                )
+            }
+            Phase::Offline(n) => (Phase::Offline(n - 1), None),
+            Phase::Paused(0) => (Phase::Capturing, Some(self.timelapse("running"))),
+            Phase::Paused(n) => (Phase::Paused(n - 1), None),
+            Phase::Capturing if self.image_count >= self.target_images => {
+                let done = self.timelapse("completed");
+                self.timelapse_id = 0; // none running: the end of this pause starts the next
+                let steps = 2 + self.rng.below(4) as u32;
+                (Phase::Paused(steps), Some(done))
+            }
+            Phase::Capturing => {
+                let roll = self.rng.unit();
+                if roll < 0.02 {
+                    let steps = 2 + self.rng.below(6) as u32;
+                    let event = NewEvent::camera_status_changed(self.id, "offline", "unreachable");
+                    (Phase::Offline(steps), Some(event))
+                } else if roll < 0.035 {
+                    let steps = 3 + self.rng.below(8) as u32;
+                    (Phase::Paused(steps), Some(self.timelapse("paused")))
+                } else {
+                    (Phase::Capturing, Some(self.capture()))
+                }
+            }
+        }
+    }
+
+    fn start_timelapse(&mut self) -> NewEvent {
+        self.timelapse_seq += 1;
+        // Ids are unique across cameras: camera 3's fifth timelapse is 3005.
+        self.timelapse_id = self.id * 1000 + self.timelapse_seq;
+        self.image_count = 0;
+        // Between one image every 15 min (96 a day) and one every hour (24 a day).
+        self.images_per_day = [24, 48, 96][self.rng.below(3) as usize];
+        self.target_images = 100 + self.rng.below(300) as i64;
+        self.timelapse("running")
+    }
+
+    /// A `timelapse_status_changed` for the current timelapse; "running" after a completed
+    /// one starts the next timelapse.
+    fn timelapse(&mut self, status: &str) -> NewEvent {
+        if status == "running" && self.timelapse_id == 0 {
+            return self.start_timelapse();
+        }
+        NewEvent::timelapse_status_changed(self.id, self.timelapse_id, status)
+            .with_field("image_count", json!(self.image_count))
+    }
+
+    fn capture(&mut self) -> NewEvent {
+        self.image_count += 1;
+        self.captured += 1;
+        let day_number = 1 + (self.image_count - 1) / self.images_per_day;
+        let image_id = self.id * 1_000_000 + self.captured;
+        let file_name = format!(
+            "camera-{}/timelapse-{}/day-{day_number:03}/image-{:06}.jpg",
+            self.id, self.timelapse_id, self.image_count
+        );
+        NewEvent::image_captured(self.id, self.timelapse_id, self.image_count, day_number)
+            .with_field("image_id", json!(image_id))
+            .with_field("file_name", Value::String(file_name))
+    }
+}
+
+/// A stop signal every thread can wait on: dropping the sender wakes all of them at once.
+struct Stop {
+    tx: Mutex<Option<Sender<()>>>,
+    rx: Receiver<()>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Stop {
+            tx: Mutex::new(Some(tx)),
+            rx,
+        }
+    }
+
+    fn trigger(&self) {
+        // An Option taken in one step: poisoning cannot leave it half-written.
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+
+    /// Sleeps for `d` unless stopped first; true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        match self.rx.recv_timeout(d) {
+            Err(RecvTimeoutError::Timeout) => false,
+            // Nobody sends, so anything else means the sender was dropped.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        }
+    }
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to drive a simulation.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n) (n > 0; the modulo bias is irrelevant here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+fn clock_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// A minimal HTTP/1.1 client for `POST /api/events`: one connection per event, closed after
+/// the answer. Enough for a camera posting once a second; no TLS (use it on a LAN, or put a
+/// TLS-terminating proxy in front of the hub).
+struct Poster {
+    host: String,
+    port: u16,
+    path: String,
+    token: Option<String>,
+}
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read from the hub (its answers are a few dozen bytes).
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+
+impl Poster {
+    fn new(url: &str, token: Option<String>) -> Result<Poster, BoxError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--url must start with http:// (got {url:?})"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let path = if path.is_empty() || path == "/" {
+            "/api/events"
+        } else {
+            path
+        };
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, port) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("unclosed [ in --url {url:?}"))?;
+                (host, port.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port in --url {url:?}"))?,
+            None => 80,
+        };
+        if host.is_empty() {
+            return Err(format!("no host in --url {url:?}").into());
+        }
+        Ok(Poster {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+            token,
+        })
+    }
+
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, HTTP_TIMEOUT) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("host has no address")))
+    }
+
+    fn post(&self, event: &NewEvent) -> Result<i64, Failure> {
+        let body = json!({
+            "type": event.event_type,
+            "data": event.data,
+            "priority": event.priority.as_str(),
+            "source": event.source,
+        })
+        .to_string();
+        let transient = |e: std::io::Error| Failure::Transient(e.to_string());
+        let mut stream = self.connect().map_err(transient)?;
+        stream
+            .set_read_timeout(Some(HTTP_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(HTTP_TIMEOUT)))
+            .map_err(transient)?;
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            self.path,
+            body.len()
+        );
+        if let Some(token) = &self.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(&body);
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|()| stream.flush())
+            .map_err(transient)?;
+        let (status, answer) = read_answer(stream).map_err(transient)?;
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        match status {
+            201 => answer["id"]
+                .as_i64()
+                .ok_or_else(|| Failure::Fatal(format!("201 without an id: {answer}"))),
+            // Busy or restarting: worth another try.
+            500..=599 => Err(Failure::Transient(format!(
+                "hub answered {status}: {answer}"
+            ))),
+            _ => Err(Failure::Fatal(format!("hub answered {status}: {answer}"))),
+        }
+    }
+}
+
+/// Reads one HTTP response: the status code and the body (by Content-Length, chunked, or
+/// until the server closes).
+fn read_answer(stream: TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut r = BufReader::new(stream.take(MAX_ANSWER_BYTES));
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("not an HTTP response"))?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(bad("response head cut short"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+    }
+    Ok((status, body))
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
