@@ -1,4 +1,4 @@
--- timelapse-events database schema, version 1 (PRAGMA user_version = 1).
+-- timelapse-events database schema, version 2 (PRAGMA user_version = 2).
 --
 -- PUBLIC CONTRACT: any local process may produce an event with one statement,
 --
@@ -61,3 +61,28 @@ CREATE TABLE IF NOT EXISTS hub_meta (
 
 INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('stream_id', lower(hex(randomblob(4))));
 INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('pruned_seq', '0');
+
+-- Version 2 ------------------------------------------------------------------------------
+-- The live state projection, written by the hub in the same transaction that dispatches
+-- the events it folds (read it freely; do not write it). One JSON record per camera and
+-- per timelapse, as served by GET /api/state; `hub_meta.state_seq` is the seq it reflects.
+CREATE TABLE IF NOT EXISTS camera_state (
+    camera_id INTEGER PRIMARY KEY,
+    state     TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timelapse_state (
+    timelapse_id INTEGER PRIMARY KEY,
+    state        TEXT    NOT NULL
+);
+
+-- Dispatched events per type, kept by the hub (dispatch adds, retention subtracts), so
+-- stats never scan the table.
+CREATE TABLE IF NOT EXISTS event_type_counts (
+    event_type TEXT    PRIMARY KEY,
+    dispatched INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- "Events in the last hour", "oldest retained event" and retention by age: range scans.
+CREATE INDEX IF NOT EXISTS sse_events_created ON sse_events (created_at);
+
+INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('state_seq', '0');

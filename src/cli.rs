@@ -28,6 +28,41 @@ pub enum Command {
     Serve(ServeArgs),
     /// Store one event in the database (the hub dispatches it).
     Emit(EmitArgs),
+    /// Print event statistics of a database as JSON.
+    Stats(DbArgs),
+    /// Delete old dispatched events now (never pending ones).
+    Cleanup(CleanupArgs),
+}
+
+/// `cleanup` flags.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Database flags.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Delete dispatched events older than this: e.g. 90m, 24h, 7d (default: the hub's
+    /// retention policy, 7d / 1,000,000 events / 256 MiB).
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+}
+
+/// Parses `30s`, `90m`, `24h`, `7d` (a bare number is seconds).
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 90m, 24h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit `{unit}`: use s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "duration too large".into())
 }
 
 /// Flags shared by every subcommand that opens the database.
@@ -90,6 +125,12 @@ impl ServeArgs {
             token: self.token.clone(),
             cors_origins: self.cors_origins.clone(),
             synchronous: self.db.synchronous,
+            stale_floor: Duration::from_secs(self.stale_floor_secs),
+            retention_age: (self.retain_days > 0)
+                .then(|| Duration::from_secs(self.retain_days.saturating_mul(86_400))),
+            retention_max_rows: (self.retain_rows > 0).then_some(self.retain_rows),
+            retention_max_db_bytes: (self.retain_mib > 0)
+                .then(|| self.retain_mib.saturating_mul(1024 * 1024)),
             ..Config::default()
         };
         config.validate()?;
@@ -139,6 +180,65 @@ pub fn run(command: Command) -> Result<()> {
             let id = emitter.emit(event)?;
             println!("{id}");
             Ok(())
+        }
+        Command::Stats(db) => {
+            let stats = crate::store::stats_of(&db.db, db.synchronous)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Cleanup(args) => {
+            let policy = match args.older_than {
+                Some(age) => crate::store::maintenance::Policy {
+                    max_age_secs: Some(age.as_secs()),
+                    max_rows: None,
+                    max_db_bytes: None,
+                },
+                None => crate::retention::policy(&Config::default()),
+            };
+            let deleted = crate::store::cleanup(&args.db.db, args.db.synchronous, policy)?;
+            println!("deleted {deleted} events");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        for (s, secs) in [
+            ("30", 30),
+            ("30s", 30),
+            ("90m", 5400),
+            ("24h", 86_400),
+            ("7d", 604_800),
+        ] {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs(secs)), "{s}");
+        }
+        for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_serve_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").expect("serve exists");
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
         }
     }
 }

@@ -75,6 +75,17 @@ pub struct Config {
     pub http_workers: usize,
     /// How long shutdown waits for streams to write their last bytes. Defaults to 1 s.
     pub shutdown_grace: Duration,
+    /// The watchdog never calls a camera stale before this much silence, whatever its
+    /// learned capture interval (3× that interval is the usual limit). Defaults to 60 s.
+    pub stale_floor: Duration,
+    /// Dispatched events older than this are deleted. Defaults to 7 days.
+    pub retention_age: Option<Duration>,
+    /// At most this many dispatched events are kept. Defaults to 1,000,000.
+    pub retention_max_rows: Option<u64>,
+    /// Oldest events are deleted while the database uses more than this. Defaults to 256 MiB.
+    pub retention_max_db_bytes: Option<u64>,
+    /// How often retention runs. Defaults to 60 s.
+    pub retention_interval: Duration,
 }
 
 impl Default for Config {
@@ -93,6 +104,11 @@ impl Default for Config {
             batch_rows: 512,
             http_workers: 4,
             shutdown_grace: Duration::from_secs(1),
+            stale_floor: Duration::from_secs(60),
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_max_rows: Some(1_000_000),
+            retention_max_db_bytes: Some(256 * 1024 * 1024),
+            retention_interval: Duration::from_secs(60),
         }
     }
 }
@@ -129,6 +145,12 @@ impl Config {
         }
         if self.http_workers == 0 {
             return bad("http_workers", "must be above zero");
+        }
+        if self.stale_floor.is_zero() {
+            return bad("stale_floor", "must be above zero");
+        }
+        if self.retention_interval.is_zero() {
+            return bad("retention_interval", "must be above zero");
         }
         if self.send_timeout.is_zero() {
             return bad("send_timeout", "must be above zero");

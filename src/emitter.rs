@@ -19,6 +19,7 @@ use crate::config::Synchronous;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
 use crate::hub::{join_thread, spawn_named};
+use crate::metrics::Metrics;
 use crate::store::{Store, events};
 
 /// Most events committed in one transaction.
@@ -75,7 +76,7 @@ impl Emitter {
     /// As [`Emitter::open`].
     pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
         let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
-        let (writer, emitter) = Writer::start(&store, None)?;
+        let (writer, emitter) = Writer::start(&store, None, None)?;
         Ok(Emitter {
             _owner: Some(Arc::new(writer)),
             ..emitter
@@ -108,12 +109,16 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts `tle-writer` on a dedicated connection. After each commit it nudges `wake`
     /// (the poller), if given.
-    pub(crate) fn start(store: &Store, wake: Option<Sender<()>>) -> Result<(Writer, Emitter)> {
+    pub(crate) fn start(
+        store: &Store,
+        wake: Option<Sender<()>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<(Writer, Emitter)> {
         let conn = store.dedicated()?;
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let handle = spawn_named("writer", None, move || {
-            writer_loop(conn, &rx, &stop_rx, wake.as_ref());
+            writer_loop(conn, &rx, &stop_rx, wake.as_ref(), metrics.as_deref());
             Ok(())
         })?;
         Ok((
@@ -156,6 +161,7 @@ fn writer_loop(
     rx: &Receiver<Job>,
     stop: &Receiver<()>,
     wake: Option<&Sender<()>>,
+    metrics: Option<&Metrics>,
 ) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
     loop {
@@ -173,7 +179,7 @@ fn writer_loop(
             }
         }
         if !group.is_empty() {
-            commit_group(&mut conn, &mut group);
+            commit_group(&mut conn, &mut group, metrics);
             if let Some(wake) = wake {
                 // Full means a wake-up is already pending; that one covers us.
                 let _ = wake.try_send(());
@@ -184,11 +190,11 @@ fn writer_loop(
             while let Ok(job) = rx.try_recv() {
                 group.push(job);
                 if group.len() == MAX_GROUP_ROWS {
-                    commit_group(&mut conn, &mut group);
+                    commit_group(&mut conn, &mut group, metrics);
                 }
             }
             if !group.is_empty() {
-                commit_group(&mut conn, &mut group);
+                commit_group(&mut conn, &mut group, metrics);
             }
             log::debug!("writer stopped");
             return;
@@ -196,7 +202,7 @@ fn writer_loop(
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
+fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Metrics>) {
     let rows: Vec<events::Insert<'_>> = group
         .iter()
         .map(|j| events::Insert {
@@ -211,6 +217,9 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
             for (job, result) in group.drain(..).zip(results) {
                 if let Ok(id) = &result {
                     log::debug!("stored event {id} ({})", job.event.event_type);
+                    if let Some(m) = metrics {
+                        m.emitted(&job.event.event_type);
+                    }
                 }
                 // The emitter may have given up waiting (its thread ended): nothing to tell.
                 let _ = job.reply.send(result);

@@ -1,6 +1,7 @@
 //! [`Hub`]: wires the store, writer, poller, broadcast and HTTP server together and owns
 //! every thread it starts.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,7 +14,10 @@ use crate::config::Config;
 use crate::emitter::{Emitter, Writer};
 use crate::error::{Error, Result};
 use crate::http::{Ctx, HttpServer, Streams, stream::Slots};
-use crate::poller::{Poller, PollerStatus};
+use crate::metrics::Metrics;
+use crate::poller::{Poller, PollerStatus, Watchdog};
+use crate::retention;
+use crate::state::StateCache;
 use crate::store::{SCHEMA_VERSION, Store, events};
 
 /// Threads that read a slow request body or drain a refused one, at most.
@@ -34,6 +38,7 @@ pub struct Hub {
     emitter: Emitter,
     writer: Option<Writer>,
     poller: Option<JoinHandle<Result<()>>>,
+    retention: Option<JoinHandle<Result<()>>>,
     poller_stop: Option<Sender<()>>,
     broadcast: Arc<Broadcast>,
     streams: Arc<Streams>,
@@ -60,7 +65,9 @@ impl Hub {
         config.validate()?;
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
-        let (writer, emitter) = Writer::start(&store, Some(wake_tx))?;
+        let metrics = Arc::new(Metrics::default());
+        let cache = Arc::new(StateCache::default());
+        let (writer, emitter) = Writer::start(&store, Some(wake_tx), Some(metrics.clone()))?;
         let broadcast = Arc::new(Broadcast::default());
         let status = Arc::new(PollerStatus::default());
         let (stop_tx, stop_rx) = bounded::<()>(0);
@@ -69,10 +76,25 @@ impl Hub {
             stream: store.stream(),
             broadcast: broadcast.clone(),
             wake: wake_rx,
-            stop: stop_rx,
+            stop: stop_rx.clone(),
             poll_interval: config.poll_interval,
             batch_rows: config.batch_rows,
             status: status.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            watchdog: Watchdog {
+                emitter: emitter.clone(),
+                floor: config.stale_floor,
+                asked: HashSet::new(),
+                last_check: Instant::now(),
+            },
+        };
+        let retention = {
+            let (store, stop) = (store.clone(), stop_rx.clone());
+            let (policy, interval) = (retention::policy(&config), config.retention_interval);
+            spawn_named("retention", None, move || {
+                retention::run(&store, policy, interval, &stop)
+            })?
         };
         let poller = spawn_named("poller", None, move || poller.run())?;
         let streams = Streams::new(config.max_clients);
@@ -84,6 +106,8 @@ impl Hub {
             poller: status,
             streams: streams.clone(),
             body_threads: Slots::new(BODY_THREADS),
+            cache,
+            metrics,
         });
         let mut hub = Hub {
             config,
@@ -91,6 +115,7 @@ impl Hub {
             emitter,
             writer: Some(writer),
             poller: Some(poller),
+            retention: Some(retention),
             poller_stop: Some(stop_tx),
             broadcast,
             streams,
@@ -157,9 +182,12 @@ impl Hub {
         if let Some(writer) = self.writer.take() {
             keep(writer.stop());
         }
-        drop(self.poller_stop.take()); // disconnects the poller's select!
+        drop(self.poller_stop.take()); // disconnects the poller's and retention's select!
         if let Some(p) = self.poller.take() {
             keep(join_thread("poller", p));
+        }
+        if let Some(r) = self.retention.take() {
+            keep(join_thread("retention", r));
         }
         self.broadcast.close();
         let left = self

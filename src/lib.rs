@@ -35,8 +35,11 @@ mod error;
 mod event;
 mod http;
 mod hub;
+mod metrics;
 mod poller;
+mod retention;
 mod sse;
+mod state;
 mod store;
 
 pub mod cli;

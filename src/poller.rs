@@ -15,9 +15,13 @@ use crossbeam_channel::{Receiver, TryRecvError, select};
 use rusqlite::Connection;
 
 use crate::broadcast::Broadcast;
+use crate::emitter::Emitter;
 use crate::error::{Result, db};
+use crate::event::{Event, NewEvent, Priority};
+use crate::metrics::Metrics;
 use crate::sse::Frame;
-use crate::store::events;
+use crate::state::{self, State, StateCache, parse_utc_ms};
+use crate::store::{events, state_rows};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -57,6 +61,107 @@ pub(crate) struct Poller {
     pub(crate) poll_interval: Duration,
     pub(crate) batch_rows: usize,
     pub(crate) status: Arc<PollerStatus>,
+    pub(crate) cache: Arc<StateCache>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) watchdog: Watchdog,
+}
+
+/// The camera dead-man's switch: a camera silent for 3× its learned capture interval (and
+/// at least `floor`) gets a `camera_stale` event; `camera_recovered` when it reports again.
+/// Runs on the poller thread, which owns the state it reads.
+pub(crate) struct Watchdog {
+    pub(crate) emitter: Emitter,
+    pub(crate) floor: Duration,
+    /// Cameras with a stale/recovered event emitted but not yet folded into the state.
+    pub(crate) asked: std::collections::HashSet<i64>,
+    pub(crate) last_check: Instant,
+}
+
+impl Watchdog {
+    fn tick(&self) -> Duration {
+        (self.floor / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Emits `camera_stale` for cameras overdue now.
+    fn check(&mut self, state: &State, now_ms: i64) {
+        self.last_check = Instant::now();
+        for cam in state.cameras.values() {
+            if cam.stale || self.asked.contains(&cam.camera_id) {
+                continue;
+            }
+            // A camera known to be offline, or whose timelapse is paused or done, is not
+            // expected to capture.
+            if cam.status.as_deref() == Some("offline")
+                || !matches!(cam.timelapse_status.as_deref(), None | Some("running"))
+            {
+                continue;
+            }
+            let (Some(interval), Some(last)) = (
+                cam.capture_interval_ms,
+                cam.last_capture_at.as_deref().and_then(parse_utc_ms),
+            ) else {
+                continue;
+            };
+            let limit_ms = (3.0 * interval).max(self.floor.as_millis() as f64);
+            let silent_ms = (now_ms - last) as f64;
+            if silent_ms > limit_ms {
+                let event = NewEvent::new(
+                    state::CAMERA_STALE,
+                    serde_json::json!({
+                        "camera_id": cam.camera_id,
+                        "silent_secs": (silent_ms / 10.0).round() / 100.0,
+                        "expected_interval_secs": (interval / 10.0).round() / 100.0,
+                    }),
+                )
+                .with_priority(Priority::High)
+                .with_source("watchdog");
+                self.send(cam.camera_id, event);
+            }
+        }
+    }
+
+    /// After a batch: a stale camera that reported again gets `camera_recovered`.
+    fn recoveries(&mut self, state: &State, batch: &[Event], now_ms: i64) {
+        for e in batch {
+            if e.event_type == state::CAMERA_STALE || e.event_type == state::CAMERA_RECOVERED {
+                if let Some(id) = e.camera_id() {
+                    self.asked.remove(&id);
+                }
+                continue;
+            }
+            if e.event_type != state::IMAGE_CAPTURED {
+                continue;
+            }
+            let Some(id) = e.camera_id() else { continue };
+            let Some(cam) = state.cameras.get(&id) else {
+                continue;
+            };
+            if cam.stale && !self.asked.contains(&id) {
+                let silent = cam
+                    .last_capture_at
+                    .as_deref()
+                    .and_then(parse_utc_ms)
+                    .map(|t| now_ms - t);
+                let event = NewEvent::new(
+                    state::CAMERA_RECOVERED,
+                    serde_json::json!({"camera_id": id, "silent_secs": silent.map(|ms| ms as f64 / 1000.0)}),
+                )
+                .with_priority(Priority::High)
+                .with_source("watchdog");
+                self.send(id, event);
+            }
+        }
+    }
+
+    fn send(&mut self, camera_id: i64, event: NewEvent) {
+        log::info!("watchdog: {} for camera {camera_id}", event.event_type);
+        match self.emitter.emit(event) {
+            Ok(_) => {
+                self.asked.insert(camera_id);
+            }
+            Err(e) => log::warn!("watchdog could not store its event: {}", e.chain()),
+        }
+    }
 }
 
 impl Poller {
@@ -65,6 +170,9 @@ impl Poller {
     /// pending until a dispatch commits.
     pub(crate) fn run(mut self) -> Result<()> {
         let mut head = events::head_seq(&self.conn)?;
+        let mut state = state_rows::load(&self.conn)?;
+        let mut state_version: u64 = 1;
+        self.cache.publish(&state, self.stream, state_version);
         let mut version = data_version(&self.conn)?;
         let mut pending = true; // whatever was left undispatched before start
         let mut backoff = BACKOFF_MIN;
@@ -74,6 +182,9 @@ impl Poller {
                     recv(self.wake) -> _ => pending = true,
                     recv(self.stop) -> _ => break,
                     default(self.poll_interval) => {}
+                }
+                if self.watchdog.last_check.elapsed() >= self.watchdog.tick() {
+                    self.watchdog.check(&state, state::now_ms());
                 }
                 match data_version(&self.conn) {
                     Ok(v) if v != version => {
@@ -87,7 +198,7 @@ impl Poller {
             if !pending {
                 continue;
             }
-            match self.drain(&mut head) {
+            match self.drain(&mut head, &mut state, &mut state_version) {
                 Ok(true) => {
                     pending = false;
                     backoff = BACKOFF_MIN;
@@ -123,14 +234,25 @@ impl Poller {
     }
 
     /// Dispatches batches until none is full. Returns false if asked to stop between batches.
-    fn drain(&mut self, head: &mut i64) -> Result<bool> {
+    fn drain(&mut self, head: &mut i64, state: &mut State, version: &mut u64) -> Result<bool> {
         loop {
             let started = Instant::now();
-            let batch = events::dispatch_batch(&mut self.conn, self.stream, head, self.batch_rows)?;
+            let batch =
+                events::dispatch_batch(&mut self.conn, self.stream, head, self.batch_rows, state)?;
+            if batch.state_changed {
+                *version += 1;
+                self.cache.publish(state, self.stream, *version);
+            }
             let n = batch.events.len() + batch.rejected;
             if !batch.events.is_empty() {
                 let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
                 self.broadcast.publish(&frames);
+                let now = state::now_ms();
+                for e in &batch.events {
+                    let created = parse_utc_ms(&e.created_at).unwrap_or(now);
+                    self.metrics.dispatched(&e.event_type, now - created);
+                }
+                self.watchdog.recoveries(state, &batch.events, now);
                 self.status
                     .dispatched
                     .fetch_add(batch.events.len() as u64, Ordering::Relaxed);

@@ -1,1 +1,351 @@
-// timelapse-events dashboard: the shared connection (filled in by the dashboard commit).
+// timelapse-events dashboard: the connection core (served as GET /dashboard-worker.js).
+//
+// One copy of this code per browser owns the event stream: it runs in a SharedWorker that
+// every dashboard tab connects to, or, where SharedWorker is missing (Chrome on Android),
+// in the one tab elected leader over a BroadcastChannel (see dashboard.html). Browsers
+// allow about 6 HTTP/1.1 connections per host across all tabs, so one stream per tab would
+// hang the seventh tab.
+//
+// The core loads GET /api/state, then follows GET /api/events?last_event_id=<cursor>. It
+// folds events into the camera state the same way src/state.rs does, drops any event whose
+// cursor seq it has already seen, and tells its views (tabs) what changed:
+//   {t:'sync',  cameras, log, conn, skewMs}  everything, sent to a view when it connects
+//   {t:'delta', cameras, events}             changed cameras and new log rows, ~60 per s max
+//   {t:'conn',  conn}                        connection state changed
+// A view never talks back except {t:'hello'} (send me a sync).
+'use strict';
+
+self.TLE = (() => {
+  const LOG_ROWS = 200; // kept in the core, so a new tab starts with the recent log
+  const BACKFILL_ROWS = 50; // events before the state's cursor fetched for the log only
+  const BACKOFF_MIN_MS = 1000;
+  const BACKOFF_MAX_MS = 30000;
+  const OFFLINE_AFTER_ATTEMPTS = 5; // failed attempts in a row before "offline"
+  const HUB_RETRY_MS = 2000; // the hub's `retry:` (src/sse.rs RETRY_MS): EventSource's own pace
+  const FLUSH_MS = 16; // events are batched to views at most this often
+
+  const CAMERA_TYPES = new Set([
+    'image_captured',
+    'camera_status_changed',
+    'timelapse_status_changed',
+    'camera_stale',
+    'camera_recovered',
+  ]);
+
+  function parseCursor(text) {
+    const m = /^([0-9a-fA-F]{8})-(\d{1,18})$/.exec(text || '');
+    return m ? { stream: m[1].toLowerCase(), seq: Number(m[2]) } : null;
+  }
+
+  function int(v) {
+    if (typeof v === 'number' && Number.isFinite(v)) return Math.trunc(v);
+    if (typeof v === 'string' && /^-?\d+$/.test(v.trim())) return Number(v.trim());
+    return null;
+  }
+
+  function text(v) {
+    return typeof v === 'string' ? v : null;
+  }
+
+  // The client-side twin of State::apply in src/state.rs.
+  function applyEvent(cameras, timelapses, env) {
+    const d = env && typeof env.data === 'object' && env.data ? env.data : {};
+    if (!CAMERA_TYPES.has(env.type)) return null;
+    const id = int(d.camera_id);
+    if (id === null) return null;
+    let cam = cameras.get(id);
+    if (!cam) {
+      cam = {
+        camera_id: id, status: null, health_status: null, last_capture_at: null,
+        image_count: null, day_number: null, timelapse_id: null, timelapse_status: null,
+        stale: false, updated_at: null,
+      };
+      cameras.set(id, cam);
+    }
+    const at = env.timestamp || null;
+    const tid = int(d.timelapse_id);
+    switch (env.type) {
+      case 'image_captured':
+        cam.last_capture_at = at;
+        cam.image_count = int(d.image_count) ?? cam.image_count;
+        cam.day_number = int(d.day_number) ?? cam.day_number;
+        if (tid !== null) {
+          if (cam.timelapse_id !== tid) cam.timelapse_status = null;
+          cam.timelapse_id = tid;
+        }
+        if (cam.status === null) cam.status = 'online';
+        break;
+      case 'camera_status_changed':
+        cam.status = text(d.status) ?? cam.status;
+        cam.health_status = text(d.health_status) ?? cam.health_status;
+        break;
+      case 'timelapse_status_changed':
+        if (tid !== null) cam.timelapse_id = tid;
+        cam.timelapse_status = text(d.status) ?? cam.timelapse_status;
+        break;
+      case 'camera_stale':
+        cam.stale = true;
+        cam.silent_secs = int(d.silent_secs);
+        break;
+      case 'camera_recovered':
+        cam.stale = false;
+        break;
+    }
+    cam.updated_at = at;
+    if (tid !== null && (env.type === 'image_captured' || env.type === 'timelapse_status_changed')) {
+      const tl = timelapses.get(tid) || { timelapse_id: tid, camera_id: id, status: null };
+      tl.camera_id = id;
+      if (env.type === 'image_captured') {
+        tl.image_count = int(d.image_count) ?? tl.image_count;
+        tl.day_number = int(d.day_number) ?? tl.day_number;
+        if (tl.status === null) tl.status = 'running';
+      } else {
+        tl.status = text(d.status) ?? tl.status;
+      }
+      tl.updated_at = at;
+      timelapses.set(tid, tl);
+      if (cam.timelapse_id === tid && cam.timelapse_status === null) cam.timelapse_status = tl.status;
+    }
+    return id;
+  }
+
+  // `base` is the hub's origin; `emit(msg)` reaches every view.
+  function createCore(base, emit) {
+    const cameras = new Map();
+    const timelapses = new Map();
+    let log = []; // oldest first, at most LOG_ROWS
+    let stream = null; // the database's stream id, from the cursors
+    let appliedSeq = -1; // highest seq folded into `cameras`
+    let loggedSeq = -1; // highest seq put in the log (the dedupe key)
+    let cursor = null; // where a new EventSource resumes
+    let es = null;
+    let attempt = 0;
+    let retryTimer = null;
+    let skewMs = 0; // hub clock minus ours, from the Date header
+    let resets = []; // recent reset times, to back off a reset loop
+    let conn = { state: 'connecting', attempt: 0, nextRetryAt: null, since: Date.now(), detail: '' };
+    let changed = new Set();
+    let fresh = [];
+    let flushTimer = null;
+    let closed = false;
+
+    function setConn(state, detail, nextRetryAt) {
+      const offlineDevice = self.navigator && self.navigator.onLine === false;
+      if (state !== 'live' && (offlineDevice || attempt >= OFFLINE_AFTER_ATTEMPTS)) state = 'offline';
+      if (offlineDevice) detail = 'this device has no network';
+      const since = state === conn.state ? conn.since : Date.now();
+      conn = { state, attempt, nextRetryAt: nextRetryAt || null, since, detail: detail || '' };
+      emit({ t: 'conn', conn });
+    }
+
+    function backoffMs() {
+      const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt - 1, 16));
+      return Math.round(ceiling / 2 + Math.random() * (ceiling / 2)); // jitter: [½, 1) × ceiling
+    }
+
+    function retryLater(what, detail) {
+      if (closed) return;
+      clearTimeout(retryTimer);
+      attempt += 1;
+      const delay = backoffMs();
+      setConn('reconnecting', detail, Date.now() + delay);
+      retryTimer = setTimeout(what, delay);
+    }
+
+    function dropStream() {
+      if (es) {
+        es.onopen = es.onmessage = es.onerror = null;
+        es.close();
+        es = null;
+      }
+    }
+
+    function sync() {
+      return { t: 'sync', cameras: [...cameras.values()], log, conn, skewMs };
+    }
+
+    function scheduleFlush() {
+      if (flushTimer === null) flushTimer = setTimeout(flush, FLUSH_MS);
+    }
+
+    function flush() {
+      flushTimer = null;
+      if (!changed.size && !fresh.length) return;
+      const cams = [...changed].map((id) => cameras.get(id));
+      emit({ t: 'delta', cameras: cams, events: fresh });
+      changed = new Set();
+      fresh = [];
+    }
+
+    function addToLog(row) {
+      log.push(row);
+      if (log.length > LOG_ROWS) log = log.slice(log.length - LOG_ROWS);
+      fresh.push(row);
+      if (fresh.length > LOG_ROWS) fresh = fresh.slice(fresh.length - LOG_ROWS);
+    }
+
+    async function loadState(backfill) {
+      dropStream();
+      clearTimeout(retryTimer);
+      let res;
+      try {
+        res = await fetch(base + '/api/state', { cache: 'no-store', headers: { Accept: 'application/json' } });
+      } catch (e) {
+        return retryLater(() => loadState(backfill), 'cannot reach the hub');
+      }
+      if (closed) return;
+      const date = Date.parse(res.headers.get('Date') || '');
+      if (Number.isFinite(date)) skewMs = Math.abs(date - Date.now()) > 2000 ? date - Date.now() : 0;
+      if (res.status === 404) {
+        // A hub without the state API: cameras are built from the events alone.
+        flush();
+        emit(sync());
+        return subscribe(cursor, false);
+      }
+      let state;
+      try {
+        if (!res.ok) throw new Error('HTTP ' + res.status);
+        state = await res.json();
+      } catch (e) {
+        return retryLater(() => loadState(backfill), 'state: ' + e.message);
+      }
+      const c = parseCursor(state.cursor);
+      if (!c || !Array.isArray(state.cameras)) {
+        return retryLater(() => loadState(backfill), 'state: unexpected answer');
+      }
+      if (stream !== null && stream !== c.stream) loggedSeq = -1; // another database
+      stream = c.stream;
+      cameras.clear();
+      timelapses.clear();
+      for (const cam of state.cameras) {
+        const id = int(cam && cam.camera_id);
+        if (id !== null) cameras.set(id, { ...cam, camera_id: id });
+      }
+      for (const tl of state.timelapses || []) {
+        const id = int(tl && tl.timelapse_id);
+        if (id !== null) timelapses.set(id, tl);
+      }
+      appliedSeq = c.seq;
+      cursor = state.cursor;
+      changed = new Set();
+      flush();
+      emit(sync());
+      let from = cursor;
+      if (backfill && loggedSeq < 0 && c.seq > 0) {
+        // Fill the log with the events just before the state; they are not applied again.
+        from = stream + '-' + Math.max(0, c.seq - BACKFILL_ROWS);
+      }
+      subscribe(from, true);
+    }
+
+    function subscribe(from, stateLoaded) {
+      dropStream();
+      if (closed) return;
+      const url = base + '/api/events' + (from ? '?last_event_id=' + encodeURIComponent(from) : '');
+      const source = new EventSource(url);
+      es = source;
+      source.onopen = () => {
+        attempt = 0;
+        setConn('live');
+      };
+      source.onmessage = (m) => onEvent(m);
+      source.addEventListener('reset', (m) => onReset(m, stateLoaded));
+      source.onerror = () => {
+        if (source !== es) return;
+        if (source.readyState === EventSource.CLOSED) {
+          // A non-200 (a proxy's 502, the hub's 503) ends EventSource for good: our turn.
+          dropStream();
+          retryLater(() => subscribe(cursor, stateLoaded), 'the hub refused the stream');
+        } else {
+          // EventSource retries by itself, sending Last-Event-ID.
+          attempt += 1;
+          setConn('reconnecting', 'stream interrupted', Date.now() + HUB_RETRY_MS);
+        }
+      };
+    }
+
+    function onEvent(m) {
+      let env;
+      try {
+        env = JSON.parse(m.data);
+      } catch (e) {
+        return; // not ours; nothing to show
+      }
+      const c = parseCursor(m.lastEventId);
+      if (c) {
+        if (stream !== null && c.stream !== stream) return loadState(false);
+        stream = c.stream;
+        if (c.seq <= loggedSeq) return; // seen already: resumed twice, or a second leader
+        loggedSeq = c.seq;
+        cursor = m.lastEventId;
+      }
+      if (!c || c.seq > appliedSeq) {
+        const id = applyEvent(cameras, timelapses, env);
+        if (id !== null) changed.add(id);
+        if (c) appliedSeq = c.seq;
+      }
+      addToLog({ seq: c ? c.seq : null, cursor: m.lastEventId, env });
+      if (conn.state !== 'live') {
+        attempt = 0;
+        setConn('live');
+      }
+      scheduleFlush();
+    }
+
+    function onReset(m, stateLoaded) {
+      let info = {};
+      try {
+        info = JSON.parse(m.data);
+      } catch (e) {
+        /* the reload below is what matters */
+      }
+      flush();
+      addToLog({ seq: null, cursor: null, local: true, env: { type: 'reset', data: info, timestamp: new Date().toISOString() } });
+      const now = Date.now();
+      resets = resets.filter((t) => now - t < 10000).concat(now);
+      dropStream();
+      if (!stateLoaded && parseCursor(info.cursor)) cursor = info.cursor;
+      const reload = () => loadState(false);
+      if (resets.length > 3) retryLater(reload, 'the hub keeps resetting the stream');
+      else reload();
+    }
+
+    function onNetwork() {
+      if (conn.state !== 'live') setConn(conn.state, conn.detail, conn.nextRetryAt);
+    }
+    self.addEventListener('online', onNetwork);
+    self.addEventListener('offline', onNetwork);
+
+    loadState(true);
+    return {
+      sync,
+      close() {
+        closed = true;
+        clearTimeout(retryTimer);
+        clearTimeout(flushTimer);
+        dropStream();
+        self.removeEventListener('online', onNetwork);
+        self.removeEventListener('offline', onNetwork);
+      },
+    };
+  }
+
+  return { createCore, applyEvent, parseCursor, LOG_ROWS };
+})();
+
+// As a SharedWorker: one core for every tab of this origin.
+if (typeof SharedWorkerGlobalScope !== 'undefined' && self instanceof SharedWorkerGlobalScope) {
+  const ports = new Set();
+  const core = self.TLE.createCore(self.location.origin, (msg) => {
+    for (const p of ports) p.postMessage(msg);
+  });
+  self.onconnect = (e) => {
+    const port = e.ports[0];
+    ports.add(port);
+    port.onmessage = (m) => {
+      if (m.data && m.data.t === 'hello') port.postMessage(core.sync());
+      if (m.data && m.data.t === 'bye') ports.delete(port);
+    };
+    port.start();
+  };
+}

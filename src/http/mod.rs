@@ -50,6 +50,8 @@ pub(crate) struct Ctx {
     pub(crate) poller: Arc<PollerStatus>,
     pub(crate) streams: Arc<Streams>,
     pub(crate) body_threads: Arc<stream::Slots>,
+    pub(crate) cache: Arc<crate::state::StateCache>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The running server: listener, current tiny_http server and workers.

@@ -58,6 +58,9 @@ pub(super) fn handle(rq: Request, ctx: &Ctx) {
         }
         (Method::Options, p) if PATHS.contains(&p) => Ok(preflight(&rq, ctx)),
         (Method::Get | Method::Head, "/health") => health(ctx),
+        (Method::Get | Method::Head, "/api/state") => Ok(state(&rq, ctx)),
+        (Method::Get | Method::Head, "/api/events/stats") => stats(ctx),
+        (Method::Get | Method::Head, "/metrics") => metrics(ctx),
         (Method::Get | Method::Head, "/") => Ok(crate::http::dashboard::page(&rq)),
         (Method::Get | Method::Head, "/dashboard-worker.js") => {
             Ok(crate::http::dashboard::worker(&rq))
@@ -316,4 +319,117 @@ fn health(ctx: &Ctx) -> Handled {
         "streams": ctx.streams.active(),
     });
     Ok(Reply::json(status, &body))
+}
+
+/// `GET /api/state`: the cached encoded state; `304` when the client's ETag is current.
+fn state(rq: &Request, ctx: &Ctx) -> Reply {
+    let Some(snap) = ctx.cache.get() else {
+        return HttpError::new(503, "state not loaded yet")
+            .with_header("Retry-After", "1")
+            .into_reply();
+    };
+    let fresh = header_value(rq, "If-None-Match")
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == snap.etag));
+    let reply = if fresh {
+        Reply::empty(304)
+    } else {
+        Reply::bytes(200, "application/json", snap.body.as_bytes().to_vec())
+    };
+    reply
+        .with_header("ETag", snap.etag.clone())
+        .with_header("Cache-Control", "no-cache")
+}
+
+/// `GET /api/events/stats`: computed on every request from indexes and kept counters.
+fn stats(ctx: &Ctx) -> Handled {
+    let conn = ctx.store.conn()?;
+    let mut body = crate::store::maintenance::stats(&conn, ctx.store.path())?;
+    drop(conn);
+    let head = ctx.broadcast.published_seq();
+    let subscribers: Vec<Value> = ctx
+        .broadcast
+        .subscribers()
+        .iter()
+        .map(|s| {
+            let delivered = s.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            json!({
+                "peer": s.peer,
+                "filter": s.filter.describe(),
+                "delivered_seq": delivered,
+                "lag": (head - delivered).max(0),
+            })
+        })
+        .collect();
+    body.insert("subscribers".into(), Value::from(subscribers));
+    body.insert("streams".into(), ctx.streams.active().into());
+    body.insert("cut_off_slow".into(), ctx.broadcast.cut_off_total().into());
+    body.insert(
+        "rejected_rows".into(),
+        ctx.poller
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .into(),
+    );
+    Ok(Reply::json(200, &Value::Object(body)))
+}
+
+/// `GET /metrics`: Prometheus text format.
+fn metrics(ctx: &Ctx) -> Handled {
+    use std::sync::atomic::Ordering::Relaxed;
+    let conn = ctx.store.conn()?;
+    let used = crate::store::maintenance::used_bytes(&conn)?;
+    let counts = events::counts(&conn)?;
+    drop(conn);
+    let file_bytes = std::fs::metadata(ctx.store.path()).map_or(0, |m| m.len());
+    let text = ctx.metrics.render(
+        &[
+            (
+                "tle_subscribers_cut_off_total",
+                "Streams cut off for being too slow.",
+                ctx.broadcast.cut_off_total(),
+            ),
+            (
+                "tle_poller_errors_total",
+                "Poller rounds that failed (retried with backoff).",
+                ctx.poller.errors.load(Relaxed),
+            ),
+            (
+                "tle_rows_rejected_total",
+                "Rows the poller could not read as events and skipped.",
+                ctx.poller.rejected.load(Relaxed),
+            ),
+        ],
+        &[
+            (
+                "tle_subscribers",
+                "Open event streams.",
+                ctx.streams.active() as f64,
+            ),
+            (
+                "tle_events_pending",
+                "Stored events not yet dispatched.",
+                counts.pending as f64,
+            ),
+            (
+                "tle_events_retained",
+                "Dispatched events still stored.",
+                counts.dispatched as f64,
+            ),
+            (
+                "tle_db_file_bytes",
+                "Size of the database file.",
+                file_bytes as f64,
+            ),
+            (
+                "tle_db_used_bytes",
+                "Bytes of the database in use (pages minus free pages).",
+                used as f64,
+            ),
+        ],
+    );
+    Ok(Reply::bytes(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text.into_bytes(),
+    ))
 }

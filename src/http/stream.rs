@@ -144,6 +144,7 @@ impl Streams {
 struct Plan {
     filter: Filter,
     named: bool,
+    snapshot: bool,
     resume: Resume,
     http10: bool,
     peer: String,
@@ -175,6 +176,7 @@ pub(super) fn open(
     let plan = Plan {
         filter,
         named: sse::query_flag(query, "named"),
+        snapshot: sse::query_flag(query, "snapshot"),
         resume,
         http10: *rq.http_version() == HTTPVersion(1, 0),
         peer: rq
@@ -188,11 +190,12 @@ pub(super) fn open(
         ctx.broadcast.clone(),
         ctx.config.heartbeat_interval,
     );
+    let cache = ctx.cache.clone();
     let spawned = spawn_named("stream", Some(STREAM_STACK_BYTES), move || {
         let _slot = slot;
         let peer = plan.peer.clone();
         let mut out = Out::new(writer, plan.http10);
-        match run(&mut out, &plan, &store, &broadcast, heartbeat) {
+        match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
             Ok(End::Closed) => {
                 log::debug!("stream to {peer} ended: hub shutting down");
                 out.finish();
@@ -291,31 +294,43 @@ fn run(
     store: &Store,
     broadcast: &Arc<crate::broadcast::Broadcast>,
     heartbeat: Duration,
+    cache: &crate::state::StateCache,
 ) -> Result<End, Box<dyn std::error::Error>> {
     out.head(plan)?;
     let stream = store.stream();
     let head = |store: &Store| -> Result<i64> { events::head_seq(&*store.conn()?) };
-    let start = match &plan.resume {
-        Resume::Live => Start::Live,
-        Resume::Malformed(raw) => {
-            log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
-            Start::Reset("malformed cursor")
+    let snapshot = if plan.snapshot { cache.get() } else { None };
+    let start = match (&plan.resume, snapshot) {
+        // `?snapshot=1` without a cursor: the state, then everything after the cursor it
+        // reflects (the same handover as a resume, so nothing is missed or doubled).
+        (Resume::Live, Some(snap)) => {
+            out.send(&sse::snapshot_frame(snap.cursor, &snap.body))?;
+            Start::After(catch_up(out, plan, store, snap.cursor.seq)?)
         }
-        Resume::After(c) if c.stream != stream => Start::Reset("cursor is from another database"),
-        Resume::After(c) => {
-            let (h, pruned) = {
-                let conn = store.conn()?;
-                (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
-            };
-            if c.seq > h {
-                Start::Reset("cursor is ahead of this database")
-            } else if c.seq < pruned {
-                Start::Reset("events after this cursor were deleted by retention")
-            } else {
-                // Catch up before subscribing, so a long back-fill cannot overflow the queue.
-                Start::After(catch_up(out, plan, store, c.seq)?)
+        (resume, _) => match resume {
+            Resume::Live => Start::Live,
+            Resume::Malformed(raw) => {
+                log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
+                Start::Reset("malformed cursor")
             }
-        }
+            Resume::After(c) if c.stream != stream => {
+                Start::Reset("cursor is from another database")
+            }
+            Resume::After(c) => {
+                let (h, pruned) = {
+                    let conn = store.conn()?;
+                    (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
+                };
+                if c.seq > h {
+                    Start::Reset("cursor is ahead of this database")
+                } else if c.seq < pruned {
+                    Start::Reset("events after this cursor were deleted by retention")
+                } else {
+                    // Catch up before subscribing, so a long back-fill cannot overflow the queue.
+                    Start::After(catch_up(out, plan, store, c.seq)?)
+                }
+            }
+        },
     };
     let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
     let mut last_seq = match start {

@@ -3,8 +3,10 @@
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
+use super::state_rows;
 use crate::error::{Error, Result, db};
 use crate::event::{Cursor, Event, EventId, NewEvent, Priority, validate_type};
+use crate::state::State;
 
 /// One event ready for INSERT: validated, payload serialised.
 pub(crate) struct Insert<'a> {
@@ -65,16 +67,19 @@ pub(crate) struct Dispatched {
     /// Rows that could not be read as events (only possible in a table adopted from the
     /// design we replace, which lacks the CHECKs); marked processed so they never block.
     pub(crate) rejected: usize,
+    /// True when the batch changed the state projection.
+    pub(crate) state_changed: bool,
 }
 
 /// Takes up to `limit` pending rows (highest priority, then oldest), gives each the next
-/// `seq` and marks it dispatched, all in one IMMEDIATE transaction. `head` is the last
-/// seq given out; it is advanced only when the commit succeeds.
+/// `seq`, marks it dispatched, folds it into `state` and persists what changed, all in one
+/// IMMEDIATE transaction. `head` and `state` are updated only when the commit succeeds.
 pub(crate) fn dispatch_batch(
     conn: &mut Connection,
     stream: u32,
     head: &mut i64,
     limit: usize,
+    state: &mut State,
 ) -> Result<Dispatched> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -82,6 +87,8 @@ pub(crate) fn dispatch_batch(
     let mut events = Vec::new();
     let mut rejected = 0;
     let mut seq = *head;
+    let mut next_state: Option<State> = None;
+    let mut changed = Vec::new();
     {
         let mut select = tx
             .prepare_cached(SELECT_PENDING)
@@ -107,6 +114,12 @@ pub(crate) fn dispatch_batch(
                     seq += 1;
                     mark.execute(params![seq, id])
                         .map_err(db("mark dispatched"))?;
+                    let c = next_state
+                        .get_or_insert_with(|| state.clone())
+                        .apply(&event);
+                    if c.any() {
+                        changed.push(c);
+                    }
                     events.push(event);
                 }
                 Err(reason) => {
@@ -117,9 +130,30 @@ pub(crate) fn dispatch_batch(
             }
         }
     }
+    let mut per_type: Vec<(&str, i64)> = Vec::new();
+    for e in &events {
+        match per_type.iter_mut().find(|(t, _)| *t == e.event_type) {
+            Some((_, n)) => *n += 1,
+            None => per_type.push((&e.event_type, 1)),
+        }
+    }
+    for (t, n) in per_type {
+        state_rows::bump_type(&tx, t, n)?;
+    }
+    let state_changed = !changed.is_empty();
+    if let (true, Some(next)) = (state_changed, &next_state) {
+        state_rows::save(&tx, next, &changed)?;
+    }
     tx.commit().map_err(db("commit dispatch"))?;
     *head = seq;
-    Ok(Dispatched { events, rejected })
+    if let (true, Some(next)) = (state_changed, next_state) {
+        *state = next;
+    }
+    Ok(Dispatched {
+        events,
+        rejected,
+        state_changed,
+    })
 }
 
 const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, priority, source, seq \
@@ -199,14 +233,10 @@ pub(crate) struct Counts {
 }
 
 pub(crate) fn counts(conn: &Connection) -> Result<Counts> {
-    // Both are index-only: seq's index, and the partial pending index.
-    let dispatched = conn
-        .query_row(
-            "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db("count events"))?;
+    // Dispatched seqs run contiguously from pruned_seq + 1 to the head (one poller gives
+    // them out; retention deletes only a prefix), so no count(*) over the table is needed.
+    let dispatched = head_seq(conn)? - pruned_seq(conn)?;
+    // The partial pending index holds only pending rows: a count over it is small.
     let pending = conn
         .query_row(
             "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",

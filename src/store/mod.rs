@@ -6,7 +6,9 @@
 //! request handlers and stream threads borrow pooled ones for short reads.
 
 pub(crate) mod events;
+pub(crate) mod maintenance;
 mod schema;
+pub(crate) mod state_rows;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,4 +140,25 @@ impl Error {
             supported: SCHEMA_VERSION,
         }
     }
+}
+
+/// Stats of a database file, for `timelapse-events stats` (no hub needed).
+pub(crate) fn stats_of(
+    path: &Path,
+    synchronous: Synchronous,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let store = Store::open(path, synchronous, Duration::from_secs(5))?;
+    let conn = store.conn()?;
+    maintenance::stats(&conn, path)
+}
+
+/// One retention pass over a database file, for `timelapse-events cleanup`.
+pub(crate) fn cleanup(
+    path: &Path,
+    synchronous: Synchronous,
+    policy: maintenance::Policy,
+) -> Result<u64> {
+    let store = Store::open(path, synchronous, Duration::from_secs(5))?;
+    let mut conn = store.dedicated()?;
+    maintenance::prune(&mut conn, policy)
 }

@@ -2,7 +2,12 @@
 //!
 //! Versions:
 //! - 0: an empty file, or the table of the design we replace (sse_events without `seq`).
-//! - 1: `schema.sql`: sse_events with CHECKs, `seq`, the pending and seq indexes, hub_meta.
+//! - 1: sse_events with CHECKs, `seq`, the pending and seq indexes, hub_meta.
+//! - 2: the state projection (camera_state, timelapse_state), event_type_counts, and an
+//!   index on created_at. Rebuilt from the stored events when upgrading from 1.
+//!
+//! `schema.sql` is always the whole current schema and is idempotent, so every step runs it
+//! and then does what only that step needs.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -10,7 +15,7 @@ use super::user_version;
 use crate::error::{Error, Result, db};
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The public table contract, shipped in the binary.
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -33,11 +38,15 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         let version = user_version(&tx)?;
         match version {
             0 => migrate_v0_to_v1(&tx)?,
+            1 => migrate_v1_to_v2(&tx)?,
             v if v >= SCHEMA_VERSION => {}
             v => unreachable!("no migration step from schema version {v}"),
         }
         tx.commit().map_err(db("commit the schema migration"))?;
-        log::info!("database schema migrated from version {version} to {SCHEMA_VERSION}");
+        log::info!(
+            "database schema migrated from version {version} to {}",
+            version + 1
+        );
     }
 }
 
@@ -86,5 +95,14 @@ fn migrate_v0_to_v1(tx: &Connection) -> Result<()> {
     tx.execute_batch(SCHEMA_SQL)
         .map_err(db("create the schema"))?;
     tx.pragma_update(None, "user_version", 1)
+        .map_err(db("set the schema version"))
+}
+
+fn migrate_v1_to_v2(tx: &Connection) -> Result<()> {
+    tx.execute_batch(SCHEMA_SQL)
+        .map_err(db("create the schema"))?;
+    let stream = super::events::stream_id(tx)?;
+    super::state_rows::rebuild(tx, stream)?;
+    tx.pragma_update(None, "user_version", 2)
         .map_err(db("set the schema version"))
 }

@@ -1,0 +1,435 @@
+//! The live state the dashboard reads: one record per camera and per timelapse, folded from
+//! events in stream order. Pure: no I/O. The poller owns the one [`State`], applies each
+//! batch inside its dispatch transaction (store/state_rows.rs persists the changed records),
+//! and publishes a fresh [`Snapshot`] when something changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::event::{Cursor, Event};
+
+/// Event types the projection reads.
+pub(crate) const IMAGE_CAPTURED: &str = "image_captured";
+pub(crate) const CAMERA_STATUS_CHANGED: &str = "camera_status_changed";
+pub(crate) const TIMELAPSE_STATUS_CHANGED: &str = "timelapse_status_changed";
+/// Synthesised by the watchdog when a camera falls silent.
+pub const CAMERA_STALE: &str = "camera_stale";
+/// Synthesised by the watchdog when a stale camera reports again.
+pub const CAMERA_RECOVERED: &str = "camera_recovered";
+
+/// Weight of the newest gap in the learned capture interval (exponential moving average).
+const INTERVAL_EWMA_WEIGHT: f64 = 0.3;
+
+/// One camera, as the dashboard shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CameraState {
+    pub camera_id: i64,
+    pub status: Option<String>,
+    pub health_status: Option<String>,
+    pub last_capture_at: Option<String>,
+    pub image_count: Option<i64>,
+    pub day_number: Option<i64>,
+    pub timelapse_id: Option<i64>,
+    pub timelapse_status: Option<String>,
+    pub stale: bool,
+    /// Learned gap between captures, in milliseconds (the watchdog's yardstick).
+    pub capture_interval_ms: Option<f64>,
+    pub updated_at: String,
+}
+
+/// One timelapse.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TimelapseState {
+    pub timelapse_id: i64,
+    pub camera_id: i64,
+    pub status: Option<String>,
+    pub image_count: Option<i64>,
+    pub day_number: Option<i64>,
+    pub updated_at: String,
+}
+
+/// Everything the projection knows, plus the stream position it reflects.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct State {
+    pub cameras: BTreeMap<i64, CameraState>,
+    pub timelapses: BTreeMap<i64, TimelapseState>,
+    /// Seq of the last event that changed anything.
+    pub seq: i64,
+}
+
+/// What one event changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changed {
+    pub camera: Option<i64>,
+    pub timelapse: Option<i64>,
+}
+
+impl Changed {
+    pub fn any(&self) -> bool {
+        self.camera.is_some() || self.timelapse.is_some()
+    }
+}
+
+fn int(data: &serde_json::Map<String, Value>, key: &str) -> Option<i64> {
+    match data.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(data: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    match data.get(key)? {
+        Value::String(s) => Some(s.chars().take(64).collect()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+impl State {
+    /// Folds one event in; returns what changed (nothing for types it does not read or
+    /// events without a camera_id).
+    pub fn apply(&mut self, e: &Event) -> Changed {
+        let mut changed = Changed::default();
+        let Some(camera_id) = e.camera_id() else {
+            return changed;
+        };
+        let d = &e.data;
+        let at = e.created_at.clone();
+        let relevant = matches!(
+            e.event_type.as_str(),
+            IMAGE_CAPTURED
+                | CAMERA_STATUS_CHANGED
+                | TIMELAPSE_STATUS_CHANGED
+                | CAMERA_STALE
+                | CAMERA_RECOVERED
+        );
+        if !relevant {
+            return changed;
+        }
+        let cam = self
+            .cameras
+            .entry(camera_id)
+            .or_insert_with(|| CameraState {
+                camera_id,
+                ..CameraState::default()
+            });
+        match e.event_type.as_str() {
+            IMAGE_CAPTURED => {
+                if let (Some(prev), Some(now)) = (
+                    cam.last_capture_at.as_deref().and_then(parse_utc_ms),
+                    parse_utc_ms(&at),
+                ) {
+                    let gap = (now - prev) as f64;
+                    if gap > 0.0 {
+                        cam.capture_interval_ms = Some(match cam.capture_interval_ms {
+                            Some(avg) => avg + INTERVAL_EWMA_WEIGHT * (gap - avg),
+                            None => gap,
+                        });
+                    }
+                }
+                cam.last_capture_at = Some(at.clone());
+                cam.image_count = int(d, "image_count").or(cam.image_count);
+                cam.day_number = int(d, "day_number").or(cam.day_number);
+                if let Some(t) = int(d, "timelapse_id") {
+                    if cam.timelapse_id != Some(t) {
+                        cam.timelapse_status = None;
+                    }
+                    cam.timelapse_id = Some(t);
+                }
+                if cam.status.is_none() {
+                    cam.status = Some("online".into());
+                }
+            }
+            CAMERA_STATUS_CHANGED => {
+                cam.status = text(d, "status").or(cam.status.take());
+                cam.health_status = text(d, "health_status").or(cam.health_status.take());
+            }
+            TIMELAPSE_STATUS_CHANGED => {
+                if let Some(t) = int(d, "timelapse_id") {
+                    cam.timelapse_id = Some(t);
+                }
+                cam.timelapse_status = text(d, "status").or(cam.timelapse_status.take());
+            }
+            CAMERA_STALE => cam.stale = true,
+            CAMERA_RECOVERED => cam.stale = false,
+            _ => {}
+        }
+        cam.updated_at = at.clone();
+        changed.camera = Some(camera_id);
+        let timelapse_id = match e.event_type.as_str() {
+            IMAGE_CAPTURED | TIMELAPSE_STATUS_CHANGED => int(d, "timelapse_id"),
+            _ => None,
+        };
+        if let Some(tid) = timelapse_id {
+            let tl = self
+                .timelapses
+                .entry(tid)
+                .or_insert_with(|| TimelapseState {
+                    timelapse_id: tid,
+                    camera_id,
+                    ..TimelapseState::default()
+                });
+            tl.camera_id = camera_id;
+            if e.event_type == IMAGE_CAPTURED {
+                tl.image_count = int(d, "image_count").or(tl.image_count);
+                tl.day_number = int(d, "day_number").or(tl.day_number);
+                if tl.status.is_none() {
+                    tl.status = Some("running".into());
+                }
+            } else {
+                tl.status = text(d, "status").or(tl.status.take());
+            }
+            tl.updated_at = at;
+            changed.timelapse = Some(tid);
+        }
+        self.seq = e.cursor.seq;
+        changed
+    }
+
+    /// The `/api/state` document at `cursor`.
+    pub fn to_json(&self, cursor: Cursor) -> Value {
+        let cameras: Vec<Value> = self
+            .cameras
+            .values()
+            .map(|c| {
+                json!({
+                    "camera_id": c.camera_id,
+                    "status": c.status,
+                    "health_status": c.health_status,
+                    "last_capture_at": c.last_capture_at,
+                    "image_count": c.image_count,
+                    "day_number": c.day_number,
+                    "timelapse_id": c.timelapse_id,
+                    "timelapse_status": c.timelapse_status,
+                    "stale": c.stale,
+                    "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
+                    "updated_at": c.updated_at,
+                })
+            })
+            .collect();
+        let timelapses: Vec<&TimelapseState> = self.timelapses.values().collect();
+        json!({"cursor": cursor.to_string(), "cameras": cameras, "timelapses": timelapses})
+    }
+}
+
+/// The encoded state as served: body, ETag and the cursor it reflects.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub body: String,
+    pub etag: String,
+    pub cursor: Cursor,
+}
+
+/// The current [`Snapshot`], swapped by the poller when state changes; readers clone an Arc.
+#[derive(Default)]
+pub(crate) struct StateCache {
+    current: RwLock<Option<Arc<Snapshot>>>,
+}
+
+impl StateCache {
+    /// Encodes `state` once; every reader then shares the bytes.
+    pub fn publish(&self, state: &State, stream: u32, version: u64) {
+        let cursor = Cursor {
+            stream,
+            seq: state.seq,
+        };
+        let snap = Snapshot {
+            body: state.to_json(cursor).to_string(),
+            etag: format!("\"{stream:08x}-{version}-{}\"", state.seq),
+            cursor,
+        };
+        // The lock guards one Option swap; a poisoned one still holds a whole value.
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(snap));
+    }
+
+    pub fn get(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (what SQLite's strftime writes) to Unix milliseconds.
+pub(crate) fn parse_utc_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let ms = if b.get(19) == Some(&b'.') {
+        let frac: String = s[20..].chars().take_while(char::is_ascii_digit).collect();
+        let mut v: i64 = frac.parse().ok()?;
+        for _ in frac.len()..3 {
+            v *= 10;
+        }
+        for _ in 3..frac.len() {
+            v /= 10;
+        }
+        v
+    } else {
+        0
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Now as Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventId, Priority};
+
+    fn ev(seq: i64, t: &str, at: &str, data: Value) -> Event {
+        let Value::Object(data) = data else {
+            panic!("object")
+        };
+        Event {
+            cursor: Cursor { stream: 1, seq },
+            id: EventId(seq),
+            event_type: t.into(),
+            data,
+            priority: Priority::Normal,
+            source: "t".into(),
+            created_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_to_unix_ms() {
+        assert_eq!(parse_utc_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_utc_ms("2026-11-26T10:00:00.123Z"),
+            Some(1_795_687_200_123)
+        );
+        assert_eq!(parse_utc_ms("2000-02-29T23:59:59Z"), Some(951_868_799_000));
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "yesterday",
+            "2026-11-26 10:00:00.000Z",
+        ] {
+            assert_eq!(parse_utc_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_camera_day_folds_field_by_field() {
+        let mut s = State::default();
+        let t0 = "2026-11-26T10:00:00.000Z";
+        s.apply(&ev(
+            1,
+            TIMELAPSE_STATUS_CHANGED,
+            t0,
+            json!({"camera_id": 2, "timelapse_id": 9, "status": "running"}),
+        ));
+        s.apply(&ev(
+            2,
+            IMAGE_CAPTURED,
+            "2026-11-26T10:00:10.000Z",
+            json!({"camera_id": 2, "timelapse_id": 9, "image_count": 1, "day_number": 1}),
+        ));
+        s.apply(&ev(
+            3,
+            IMAGE_CAPTURED,
+            "2026-11-26T10:00:20.000Z",
+            json!({"camera_id": 2, "timelapse_id": 9, "image_count": 2, "day_number": 1}),
+        ));
+        let c = &s.cameras[&2];
+        assert_eq!(
+            (c.image_count, c.day_number, c.timelapse_id),
+            (Some(2), Some(1), Some(9))
+        );
+        assert_eq!(c.timelapse_status.as_deref(), Some("running"));
+        assert_eq!(
+            c.last_capture_at.as_deref(),
+            Some("2026-11-26T10:00:20.000Z")
+        );
+        assert_eq!(c.capture_interval_ms, Some(10_000.0));
+        s.apply(&ev(
+            4,
+            CAMERA_STATUS_CHANGED,
+            "2026-11-26T10:01:00.000Z",
+            json!({"camera_id": 2, "status": "offline", "health_status": "unreachable"}),
+        ));
+        s.apply(&ev(
+            5,
+            CAMERA_STALE,
+            "2026-11-26T10:01:01.000Z",
+            json!({"camera_id": 2}),
+        ));
+        assert!(s.cameras[&2].stale);
+        assert_eq!(s.cameras[&2].status.as_deref(), Some("offline"));
+        s.apply(&ev(
+            6,
+            CAMERA_RECOVERED,
+            "2026-11-26T10:02:00.000Z",
+            json!({"camera_id": 2}),
+        ));
+        s.apply(&ev(
+            7,
+            TIMELAPSE_STATUS_CHANGED,
+            "2026-11-26T10:03:00.000Z",
+            json!({"camera_id": 2, "timelapse_id": 9, "status": "completed"}),
+        ));
+        assert!(!s.cameras[&2].stale);
+        assert_eq!(s.timelapses[&9].status.as_deref(), Some("completed"));
+        assert_eq!(s.timelapses[&9].image_count, Some(2));
+        assert_eq!(s.seq, 7);
+    }
+
+    #[test]
+    fn unrelated_events_change_nothing() {
+        let mut s = State::default();
+        assert!(
+            !s.apply(&ev(
+                1,
+                "door_opened",
+                "2026-11-26T10:00:00.000Z",
+                json!({"camera_id": 1})
+            ))
+            .any()
+        );
+        assert!(
+            !s.apply(&ev(
+                2,
+                IMAGE_CAPTURED,
+                "2026-11-26T10:00:00.000Z",
+                json!({"no_camera": 1})
+            ))
+            .any()
+        );
+        assert_eq!(s, State::default());
+    }
+}

@@ -1,0 +1,171 @@
+//! Statements for stats and retention.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde_json::{Map, Value, json};
+
+use super::events;
+use crate::error::{Result, db};
+
+/// Rows deleted per transaction, so the write lock is never held for long.
+const CHUNK_ROWS: i64 = 1000;
+
+/// What retention keeps; whichever limit bites first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// Dispatched events older than this many seconds go.
+    pub(crate) max_age_secs: Option<u64>,
+    /// At most this many dispatched events stay.
+    pub(crate) max_rows: Option<u64>,
+    /// Events go (oldest first) while the database's used pages exceed this.
+    pub(crate) max_db_bytes: Option<u64>,
+}
+
+/// Deletes dispatched events per `policy`, oldest first, in chunks; never a pending row.
+/// Returns how many rows went.
+pub(crate) fn prune(conn: &mut Connection, policy: Policy) -> Result<u64> {
+    let mut deleted = 0;
+    let pruned = events::pruned_seq(conn)?;
+    let head = events::head_seq(conn)?;
+    let mut boundary = pruned;
+    if let Some(age) = policy.max_age_secs {
+        let old: Option<i64> = conn
+            .query_row(
+                "SELECT max(seq) FROM sse_events WHERE created_at < \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) AND seq IS NOT NULL",
+                [format!("-{age} seconds")],
+                |r| r.get(0),
+            )
+            .map_err(db("find old events"))?;
+        boundary = boundary.max(old.unwrap_or(0));
+        // Rejected rows (never dispatched, never sent) age out too.
+        deleted += conn
+            .execute(
+                "DELETE FROM sse_events WHERE id IN (SELECT id FROM sse_events \
+                 WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+                 AND seq IS NULL AND processed_at IS NOT NULL)",
+                [format!("-{age} seconds")],
+            )
+            .map_err(db("delete old rejected rows"))? as u64;
+    }
+    if let Some(max) = policy.max_rows {
+        // Dispatched seqs are contiguous from pruned+1 to head, so this is the row count.
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        if head - pruned > max {
+            boundary = boundary.max(head - max);
+        }
+    }
+    let mut at = pruned;
+    while at < boundary {
+        let upto = boundary.min(at + CHUNK_ROWS);
+        deleted += delete_through(conn, at, upto)?;
+        at = upto;
+    }
+    if let Some(max_bytes) = policy.max_db_bytes {
+        while used_bytes(conn)? > max_bytes && at < head {
+            let upto = head.min(at + CHUNK_ROWS);
+            deleted += delete_through(conn, at, upto)?;
+            at = upto;
+        }
+    }
+    if deleted > 0 {
+        log::info!("retention deleted {deleted} events; stream now starts after seq {at}");
+    }
+    Ok(deleted)
+}
+
+/// Deletes dispatched rows with `from < seq <= upto` in one transaction, keeping the type
+/// counters and `pruned_seq` in step.
+fn delete_through(conn: &mut Connection, from: i64, upto: i64) -> Result<u64> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin retention"))?;
+    tx.execute(
+        "UPDATE event_type_counts SET dispatched = dispatched - (SELECT count(*) FROM sse_events \
+         WHERE seq > ?1 AND seq <= ?2 AND sse_events.event_type = event_type_counts.event_type)",
+        params![from, upto],
+    )
+    .map_err(db("update type counts"))?;
+    tx.execute("DELETE FROM event_type_counts WHERE dispatched <= 0", [])
+        .map_err(db("update type counts"))?;
+    let n = tx
+        .execute(
+            "DELETE FROM sse_events WHERE seq > ?1 AND seq <= ?2",
+            params![from, upto],
+        )
+        .map_err(db("delete old events"))?;
+    tx.execute(
+        "UPDATE hub_meta SET value = ?1 WHERE key = 'pruned_seq' AND CAST(value AS INTEGER) < ?1",
+        [upto],
+    )
+    .map_err(db("record pruned_seq"))?;
+    tx.commit().map_err(db("commit retention"))?;
+    Ok(n as u64)
+}
+
+/// Bytes of the database file in use (pages minus free pages).
+pub(crate) fn used_bytes(conn: &Connection) -> Result<u64> {
+    conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size \
+         FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| u64::try_from(v).unwrap_or(0))
+    .map_err(db("measure the database"))
+}
+
+/// Stats that come from the database: every figure from an index or a kept counter.
+pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>> {
+    let head = events::head_seq(conn)?;
+    let pruned = events::pruned_seq(conn)?;
+    let counts = events::counts(conn)?;
+    let last_hour: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sse_events WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db("count recent events"))?;
+    let oldest: Option<String> = conn
+        .query_row("SELECT min(created_at) FROM sse_events", [], |r| r.get(0))
+        .map_err(db("find the oldest event"))?;
+    let mut by_type = Map::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT event_type, dispatched FROM event_type_counts ORDER BY event_type",
+            )
+            .map_err(db("read type counts"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db("read type counts"))?;
+        for row in rows {
+            let (t, n) = row.map_err(db("read type counts"))?;
+            by_type.insert(t, n.into());
+        }
+    }
+    let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let stream = events::stream_id(conn)?;
+    let v = json!({
+        "total": counts.dispatched + counts.pending,
+        "pending": counts.pending,
+        "dispatched": counts.dispatched,
+        "last_hour": last_hour,
+        "distinct_types": by_type.len(),
+        "by_type": by_type,
+        "head": format!("{stream:08x}-{head}"),
+        "pruned_through_seq": pruned,
+        "oldest_event_at": oldest,
+        "db_bytes": file_len(path),
+        "wal_bytes": file_len(Path::new(&wal)),
+        "db_used_bytes": used_bytes(conn)?,
+    });
+    Ok(match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    })
+}
