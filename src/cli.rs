@@ -109,6 +109,23 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// The watchdog never calls a camera stale before this many seconds of silence.
+    #[arg(long, env = "TIMELAPSE_EVENTS_STALE_FLOOR_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stale_floor_secs: u64,
+    /// Keep dispatched events for this many days (0 = no age limit).
+    #[arg(long, env = "TIMELAPSE_EVENTS_RETAIN_DAYS", default_value_t = 7)]
+    pub retain_days: u64,
+    /// Keep at most this many dispatched events (0 = no limit).
+    #[arg(
+        long,
+        env = "TIMELAPSE_EVENTS_RETAIN_ROWS",
+        default_value_t = 1_000_000
+    )]
+    pub retain_rows: u64,
+    /// Delete oldest events while the database uses more than this many MiB (0 = no limit).
+    #[arg(long, env = "TIMELAPSE_EVENTS_RETAIN_MIB", default_value_t = 256)]
+    pub retain_mib: u64,
 }
 
 impl ServeArgs {
