@@ -46,7 +46,11 @@ impl TestHub {
         };
         tweak(&mut config);
         let hub = Hub::start(config.clone()).expect("hub starts");
-        TestHub { hub: Some(hub), dir, config }
+        TestHub {
+            hub: Some(hub),
+            dir,
+            config,
+        }
     }
 
     pub fn hub(&self) -> &Hub {
@@ -120,7 +124,10 @@ impl SseEvent {
     /// The numeric seq of the cursor in `id:`.
     pub fn seq(&self) -> i64 {
         let id = self.id.as_deref().expect("event has an id");
-        id.rsplit('-').next().and_then(|s| s.parse().ok()).expect("cursor ends in a number")
+        id.rsplit('-')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("cursor ends in a number")
     }
 }
 
@@ -149,10 +156,16 @@ impl SseClient {
         SseClient::connect_with(addr, target, &[("Last-Event-ID", last_id)], "HTTP/1.1")
     }
 
-    pub fn connect_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)], version: &str) -> SseClient {
+    pub fn connect_with(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+        version: &str,
+    ) -> SseClient {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).ok();
-        let mut req = format!("GET {target} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut req =
+            format!("GET {target} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -177,7 +190,10 @@ impl SseClient {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn read_head(&mut self) {
@@ -188,13 +204,20 @@ impl SseClient {
                 self.raw.drain(..end + 4);
                 let mut lines = head.split("\r\n");
                 let status_line = lines.next().unwrap_or("");
-                self.status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                self.status = status_line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 for line in lines {
                     if let Some((k, v)) = line.split_once(':') {
-                        self.headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                        self.headers
+                            .push((k.trim().to_owned(), v.trim().to_owned()));
                     }
                 }
-                self.chunked = self.header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                self.chunked = self
+                    .header("Transfer-Encoding")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
                 return;
             }
             assert!(self.read_more(deadline), "no response head within {WAIT:?}");
@@ -207,7 +230,9 @@ impl SseClient {
         if left.is_zero() {
             return false;
         }
-        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok();
+        self.stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok();
         let mut buf = [0u8; 16 * 1024];
         match self.stream.read(&mut buf) {
             Ok(0) => {
@@ -225,19 +250,25 @@ impl SseClient {
     fn decode(&mut self) {
         if self.chunked {
             loop {
-                let Some(eol) = find(&self.raw, b"\r\n") else { return };
+                let Some(eol) = find(&self.raw, b"\r\n") else {
+                    break;
+                };
                 let size_text = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
                 let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size is hex");
                 if size == 0 {
                     self.ended = true;
                     self.raw.clear();
-                    return;
+                    break;
                 }
                 if self.raw.len() < eol + 2 + size + 2 {
-                    return;
+                    break;
                 }
                 let data = self.raw[eol + 2..eol + 2 + size].to_vec();
-                assert_eq!(&self.raw[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk ends in CRLF");
+                assert_eq!(
+                    &self.raw[eol + 2 + size..eol + 4 + size],
+                    b"\r\n",
+                    "chunk ends in CRLF"
+                );
                 self.raw.drain(..eol + 4 + size);
                 self.body.extend_from_slice(&data);
             }
@@ -308,7 +339,10 @@ impl SseClient {
     /// Exactly `n` events, panicking if they do not come within WAIT.
     pub fn take(&mut self, n: usize) -> Vec<SseEvent> {
         (0..n)
-            .map(|i| self.next_event(WAIT).unwrap_or_else(|| panic!("event {} of {n} did not arrive", i + 1)))
+            .map(|i| {
+                self.next_event(WAIT)
+                    .unwrap_or_else(|| panic!("event {} of {n} did not arrive", i + 1))
+            })
             .collect()
     }
 
@@ -359,10 +393,18 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -370,7 +412,13 @@ impl HttpResponse {
 }
 
 /// Sends one request with `Connection: close` and reads the whole response.
-pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -396,7 +444,11 @@ pub fn read_response(s: &mut TcpStream) -> HttpResponse {
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
     r.read_line(&mut status_line).expect("status line");
-    let status = status_line.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -411,7 +463,12 @@ pub fn read_response(s: &mut TcpStream) -> HttpResponse {
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let get = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if let Some(len) = get("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);
@@ -431,7 +488,11 @@ pub fn read_response(s: &mut TcpStream) -> HttpResponse {
     } else {
         let _ = r.read_to_end(&mut body);
     }
-    HttpResponse { status, headers, body }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn post_json(addr: SocketAddr, body: &str, extra: &[(&str, &str)]) -> HttpResponse {
@@ -482,7 +543,11 @@ impl ChildHub {
                 }
             }
         });
-        let addr = rx.recv_timeout(WAIT).expect("hub prints its address").parse().expect("address parses");
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("hub prints its address")
+            .parse()
+            .expect("address parses");
         ChildHub { child, addr, log }
     }
 
@@ -492,7 +557,10 @@ impl ChildHub {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -519,5 +587,9 @@ impl Drop for ChildHub {
 /// Runs the hub binary with arguments and returns (status, stdout, stderr).
 pub fn run_bin(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(bin()).args(args).output().expect("run binary");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
