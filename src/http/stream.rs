@@ -216,6 +216,7 @@ pub(super) fn open(
 
 enum Start {
     Live,
+    Snapshot(Arc<crate::state::Snapshot>),
     After(i64),
     Reset(&'static str),
 }
@@ -296,56 +297,81 @@ fn run(
     heartbeat: Duration,
     cache: &crate::state::StateCache,
 ) -> Result<End, Box<dyn std::error::Error>> {
-    out.head(plan)?;
     let stream = store.stream();
     let head = |store: &Store| -> Result<i64> { events::head_seq(&*store.conn()?) };
-    let snapshot = if plan.snapshot { cache.get() } else { None };
-    let start = match (&plan.resume, snapshot) {
+    let start = match &plan.resume {
         // `?snapshot=1` without a cursor: the state, then everything after the cursor it
         // reflects (the same handover as a resume, so nothing is missed or doubled).
-        (Resume::Live, Some(snap)) => {
-            out.send(&sse::snapshot_frame(snap.cursor, &snap.body))?;
-            Start::After(catch_up(out, plan, store, snap.cursor.seq)?)
-        }
-        (resume, _) => match resume {
-            Resume::Live => Start::Live,
-            Resume::Malformed(raw) => {
-                log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
-                Start::Reset("malformed cursor")
-            }
-            Resume::After(c) if c.stream != stream => {
-                Start::Reset("cursor is from another database")
-            }
-            Resume::After(c) => {
-                let (h, pruned) = {
-                    let conn = store.conn()?;
-                    (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
-                };
-                if c.seq > h {
-                    Start::Reset("cursor is ahead of this database")
-                } else if c.seq < pruned {
-                    Start::Reset("events after this cursor were deleted by retention")
-                } else {
-                    // Catch up before subscribing, so a long back-fill cannot overflow the queue.
-                    Start::After(catch_up(out, plan, store, c.seq)?)
-                }
-            }
+        Resume::Live if plan.snapshot => match cache.get() {
+            Some(snap) => Start::Snapshot(snap),
+            None => Start::Live,
         },
+        Resume::Live => Start::Live,
+        Resume::Malformed(raw) => {
+            log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
+            Start::Reset("malformed cursor")
+        }
+        Resume::After(c) if c.stream != stream => Start::Reset("cursor is from another database"),
+        Resume::After(c) => {
+            let (h, pruned) = {
+                let conn = store.conn()?;
+                (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
+            };
+            if c.seq > h {
+                Start::Reset("cursor is ahead of this database")
+            } else if c.seq < pruned {
+                Start::Reset("events after this cursor were deleted by retention")
+            } else {
+                Start::After(c.seq)
+            }
+        }
     };
-    let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
-    let mut last_seq = match start {
-        Start::Live => head(store)?,
-        Start::After(seq) => catch_up(out, plan, store, seq)?,
-        Start::Reset(reason) => {
+    let (sub, mut last_seq) = match start {
+        // Subscribe before the response head goes out: once a client has its 200, every
+        // event committed afterwards reaches it.
+        Start::Live => {
+            let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
             let h = head(store)?;
+            out.head(plan)?;
+            (sub, h)
+        }
+        Start::Reset(reason) => {
+            let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
+            let h = head(store)?;
+            out.head(plan)?;
             out.send(&sse::reset_frame(Cursor { stream, seq: h }, reason))?;
-            h
+            (sub, h)
+        }
+        Start::Snapshot(snap) => {
+            out.head(plan)?;
+            out.send(&sse::snapshot_frame(snap.cursor, &snap.body))?;
+            resume_after(out, plan, store, broadcast, snap.cursor.seq)?
+        }
+        Start::After(seq) => {
+            out.head(plan)?;
+            resume_after(out, plan, store, broadcast, seq)?
         }
     };
     sub.info
         .delivered
         .store(last_seq, std::sync::atomic::Ordering::Relaxed);
     follow(out, plan, &sub, broadcast, heartbeat, &mut last_seq)
+}
+
+/// Catches up from SQLite, subscribes, and catches up once more: everything committed
+/// before the last read is written here, everything after it is in the subscription.
+/// The first pass runs unsubscribed so a long back-fill cannot overflow the queue.
+fn resume_after(
+    out: &mut Out,
+    plan: &Plan,
+    store: &Store,
+    broadcast: &Arc<crate::broadcast::Broadcast>,
+    seq: i64,
+) -> Result<(Subscription, i64), Box<dyn std::error::Error>> {
+    let seq = catch_up(out, plan, store, seq)?;
+    let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
+    let last = catch_up(out, plan, store, seq)?;
+    Ok((sub, last))
 }
 
 /// Writes every stored event after `after` that matches, page by page; returns the last seq

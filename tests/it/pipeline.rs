@@ -1,1 +1,529 @@
-//! Tests: pipeline.
+//! Issue 2: the core pipeline, end to end over real files, threads, processes and TCP.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
+
+use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, run_bin, wait_until};
+
+/// The stream id of a hub's database, read from /api/state's cursor.
+fn stream_id(addr: std::net::SocketAddr) -> String {
+    let state = http(addr, "GET", "/api/state", &[], b"").json();
+    let cursor = state["cursor"].as_str().expect("cursor").to_owned();
+    cursor.split('-').next().expect("stream part").to_owned()
+}
+
+fn raw_insert(
+    db: &std::path::Path,
+    event_type: &str,
+    data: &str,
+    priority: &str,
+) -> rusqlite::Result<i64> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute(
+        "INSERT INTO sse_events (event_type, event_data, priority) VALUES (?1, ?2, ?3)",
+        (event_type, data, priority),
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+#[test]
+fn three_subscribers_get_all_events_from_four_threads_in_one_order() {
+    let hub = TestHub::start();
+    let mut clients: Vec<SseClient> = (0..3)
+        .map(|_| SseClient::connect(hub.addr(), "/api/events"))
+        .collect();
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .json()["streams"]
+        == 3));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let emitter = hub.emitter();
+            std::thread::spawn(move || {
+                for i in 0..250 {
+                    emitter
+                        .emit(NewEvent::new(
+                            "image_captured",
+                            json!({"camera_id": t, "image_count": i}),
+                        ))
+                        .expect("emit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("emitter thread");
+    }
+    let mut orders = Vec::new();
+    for c in &mut clients {
+        let events = c.take(1000);
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq()).collect();
+        let first = seqs[0];
+        assert_eq!(
+            seqs,
+            (first..first + 1000).collect::<Vec<_>>(),
+            "contiguous, no gap, no duplicate"
+        );
+        // Each producer thread's events keep their order.
+        for t in 0..4 {
+            let counts: Vec<i64> = events
+                .iter()
+                .map(|e| e.json())
+                .filter(|v| v["data"]["camera_id"] == t)
+                .map(|v| v["data"]["image_count"].as_i64().expect("count"))
+                .collect();
+            assert_eq!(
+                counts,
+                (0..250).collect::<Vec<_>>(),
+                "thread {t} in emit order"
+            );
+        }
+        let ids: HashSet<i64> = events
+            .iter()
+            .map(|e| e.json()["id"].as_i64().expect("id"))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        orders.push(
+            seqs.iter()
+                .zip(events.iter().map(|e| e.data.clone()))
+                .map(|(s, d)| format!("{s}{d}"))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[1], orders[2]);
+}
+
+#[test]
+fn rows_from_other_processes_are_dispatched_and_bad_rows_refused_at_insert() {
+    let hub = TestHub::start();
+    let mut client = SseClient::connect(hub.addr(), "/api/events");
+    let db = hub.db_path();
+    let db_s = db.to_str().expect("utf-8 path");
+    // Our own `emit` subcommand, as a separate OS process.
+    let (status, stdout, stderr) = run_bin(&[
+        "emit",
+        "--db",
+        db_s,
+        "--type",
+        "timelapse_status_changed",
+        "--data",
+        r#"{"camera_id":5,"timelapse_id":1,"status":"running"}"#,
+        "--priority",
+        "high",
+        "--source",
+        "cron",
+    ]);
+    assert!(status.success(), "emit failed: {stderr}");
+    let id: i64 = stdout.trim().parse().expect("emit prints the id");
+    let e = client
+        .next_event(WAIT)
+        .expect("event from the emit process");
+    let v = e.json();
+    assert_eq!(
+        (
+            v["id"].as_i64(),
+            v["type"].as_str(),
+            v["priority"].as_str(),
+            v["source"].as_str()
+        ),
+        (
+            Some(id),
+            Some("timelapse_status_changed"),
+            Some("high"),
+            Some("cron")
+        )
+    );
+    assert_eq!(v["data"]["camera_id"], 5);
+    // A plain SQL producer (another connection; python3 in the README test covers a process
+    // in another language).
+    raw_insert(&db, "custom.door:opened-1", r#"{"door": "north"}"#, "low").expect("insert");
+    let e = client.next_event(WAIT).expect("event from raw insert");
+    assert_eq!(e.json()["type"], "custom.door:opened-1");
+    assert_eq!(e.json()["data"]["door"], "north");
+    // The table defends itself.
+    for (t, d, p) in [
+        ("bad\ntype", "{}", "normal"),
+        ("", "{}", "normal"),
+        ("ok", "not json", "normal"),
+        ("ok", "[1,2]", "normal"),
+        ("ok", "{}", "urgent"),
+        (&*"t".repeat(65), "{}", "normal"),
+    ] {
+        let err = raw_insert(&db, t, d, p).expect_err("CHECK must refuse");
+        assert!(
+            err.to_string().contains("CHECK constraint failed"),
+            "{t:?} {d:?} {p:?}: {err}"
+        );
+    }
+    // And the emit subcommand refuses bad input with a clear message and exit code 1.
+    let (status, _, stderr) = run_bin(&["emit", "--db", db_s, "--type", "a b", "--data", "{}"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("invalid event `type`"), "{stderr}");
+    let (status, _, stderr) = run_bin(&["emit", "--db", db_s, "--type", "a", "--data", "[1]"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("JSON object"), "{stderr}");
+    // Nothing bad was dispatched.
+    assert!(client.next_event(Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn a_backlog_is_dispatched_priority_first_and_replays_exactly_after_a_cursor() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("events.db");
+    // Create the schema without a hub, then leave a mixed backlog.
+    drop(Emitter::open(&db).expect("open"));
+    let priorities = [
+        "low", "normal", "critical", "high", "low", "critical", "normal", "high",
+    ];
+    let mut ids = Vec::new();
+    for (i, p) in priorities.iter().enumerate() {
+        ids.push((
+            raw_insert(&db, "backlog", &format!(r#"{{"n": {i}}}"#), p).expect("insert"),
+            *p,
+        ));
+    }
+    let config = Config {
+        bind: ([127, 0, 0, 1], 0).into(),
+        db_path: db.clone(),
+        ..Config::default()
+    };
+    let hub = Hub::start(config).expect("start");
+    let stream = stream_id(hub.addr());
+    let mut all = SseClient::connect(hub.addr(), &format!("/api/events?last_event_id={stream}-0"));
+    let events = all.take(8);
+    let got: Vec<(i64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.json()["id"].as_i64().expect("id"),
+                e.json()["priority"].as_str().expect("p").to_owned(),
+            )
+        })
+        .collect();
+    let rank = |p: &str| {
+        ["critical", "high", "normal", "low"]
+            .iter()
+            .position(|x| *x == p)
+            .expect("known")
+    };
+    let mut expected: Vec<(i64, String)> =
+        ids.iter().map(|(id, p)| (*id, (*p).to_owned())).collect();
+    expected.sort_by_key(|(id, p)| (rank(p), *id));
+    assert_eq!(
+        got, expected,
+        "critical first, then high, normal, low; oldest first within each"
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    // Replay from the third event's cursor returns exactly the five after it.
+    let cursor = events[2].id.clone().expect("id");
+    let mut replay = SseClient::resume(hub.addr(), "/api/events", &cursor);
+    let rest: Vec<i64> = replay.take(5).iter().map(|e| e.seq()).collect();
+    assert_eq!(rest, vec![4, 5, 6, 7, 8]);
+    assert!(
+        replay.next_event(Duration::from_millis(200)).is_none(),
+        "nothing more"
+    );
+    hub.shutdown().expect("shutdown");
+}
+
+#[test]
+fn replay_to_live_handover_has_no_gap_and_no_duplicate_while_emits_race() {
+    let hub = TestHub::start();
+    let emitter = hub.emitter();
+    let first = {
+        let mut c = SseClient::connect(hub.addr(), "/api/events");
+        emitter
+            .emit(NewEvent::new("tick", json!({"n": -1})))
+            .expect("emit");
+        c.next_event(WAIT).expect("first").id.expect("id")
+    };
+    let running = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (running, emitter) = (running.clone(), emitter.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while running.load(Ordering::Relaxed) {
+                emitter
+                    .emit(NewEvent::new("tick", json!({"n": n})))
+                    .expect("emit");
+                n += 1;
+                if n % 8 == 0 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+            n
+        })
+    };
+    for round in 0..40 {
+        // Resume from a cursor a little behind, while events keep arriving.
+        let mut c = SseClient::resume(hub.addr(), "/api/events", &first);
+        let mut last = 1;
+        let target = 30 + round * 5;
+        for _ in 0..target {
+            let e = c
+                .next_event(WAIT)
+                .unwrap_or_else(|| panic!("round {round}: stream stalled after seq {last}"));
+            assert_eq!(
+                e.seq(),
+                last + 1,
+                "round {round}: gap or duplicate after seq {last}"
+            );
+            last = e.seq();
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+    assert!(producer.join().expect("producer") > 0);
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
+    let hub = TestHub::start_with(|c| c.send_timeout = Duration::from_secs(1));
+    // A stuck client: a tiny receive buffer and no reads.
+    let stuck = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(4096).expect("rcvbuf");
+        s.connect(&hub.addr().into()).expect("connect");
+        let mut s: std::net::TcpStream = s.into();
+        use std::io::Write;
+        s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        s
+    };
+    let mut healthy = SseClient::connect(hub.addr(), "/api/events");
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .json()["streams"]
+        == 2));
+    let emitter = hub.emitter();
+    let payload = "x".repeat(8 * 1024);
+    let total = 3000;
+    let producer = std::thread::spawn(move || {
+        for i in 0..total {
+            emitter
+                .emit(NewEvent::new("big", json!({"i": i, "pad": payload})))
+                .expect("emit");
+        }
+    });
+    let mut seen = 0;
+    let mut last = 0;
+    while seen < total {
+        let e = healthy
+            .next_event(WAIT)
+            .unwrap_or_else(|| panic!("healthy client stalled at {seen}"));
+        assert!(e.seq() > last);
+        last = e.seq();
+        seen += 1;
+    }
+    producer.join().expect("producer");
+    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    assert_eq!(stats["cut_off_slow"], 1, "{stats}");
+    // The stuck stream's thread is released once its blocked write times out.
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .json()["streams"]
+        == 1));
+    drop(stuck);
+}
+
+#[test]
+fn sigkill_with_pending_rows_loses_nothing_and_dispatches_each_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("events.db");
+    let hub = ChildHub::start(&db, &[]);
+    let mut inserted = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                // busy: the hub may be mid-crash; committed rows are what counts.
+                if let Ok(id) = raw_insert(&db, "crash_test", &format!(r#"{{"n":{n}}}"#), "normal")
+                {
+                    ids.push(id);
+                }
+                n += 1;
+            }
+            ids
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    hub.kill(); // SIGKILL
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    inserted.extend(writer.join().expect("writer"));
+    // More rows while no hub runs: certainly pending at restart.
+    for n in 0..50 {
+        inserted.push(
+            raw_insert(&db, "crash_test", &format!(r#"{{"after":{n}}}"#), "normal")
+                .expect("insert"),
+        );
+    }
+    let hub = ChildHub::start(&db, &[]);
+    let stream = stream_id(hub.addr);
+    let mut c = SseClient::connect(hub.addr, &format!("/api/events?last_event_id={stream}-0"));
+    let events = c.take(inserted.len());
+    let got: Vec<i64> = events
+        .iter()
+        .map(|e| e.json()["id"].as_i64().expect("id"))
+        .collect();
+    let unique: HashSet<i64> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "no event dispatched twice");
+    let expected: HashSet<i64> = inserted.iter().copied().collect();
+    assert_eq!(unique, expected, "every committed row dispatched");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq()).collect();
+    assert_eq!(seqs, (1..=inserted.len() as i64).collect::<Vec<_>>());
+    assert!(
+        c.next_event(Duration::from_millis(300)).is_none(),
+        "nothing extra"
+    );
+    let status = hub.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
+/// Holds `BEGIN IMMEDIATE` on `db` in a separate python3 process for `hold_ms`.
+fn hold_write_lock(db: &std::path::Path, hold_ms: u64) -> Option<std::process::Child> {
+    let script = format!(
+        "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep({})\nc.execute('COMMIT')\n",
+        hold_ms as f64 / 1000.0
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.as_mut()?)
+        .read_line(&mut line)
+        .ok()?;
+    assert_eq!(line.trim(), "locked");
+    Some(child)
+}
+
+#[test]
+fn a_long_write_lock_elsewhere_delays_or_fails_emits_cleanly_and_the_poller_recovers() {
+    let hub = TestHub::start_with(|c| c.busy_timeout = Duration::from_millis(600));
+    let mut client = SseClient::connect(hub.addr(), "/api/events");
+    let emitter = hub.emitter();
+    let Some(mut short) = hold_write_lock(&hub.db_path(), 250) else {
+        eprintln!("SKIPPED: python3 is not available to hold a lock from another process");
+        return;
+    };
+    // Shorter than the busy timeout: the emit waits, then succeeds.
+    let id = emitter
+        .emit(NewEvent::new("after_short_lock", json!({})))
+        .expect("waits and succeeds");
+    short.wait().expect("lock holder exits");
+    assert_eq!(
+        client.next_event(WAIT).expect("delivered").json()["id"],
+        id.0
+    );
+    // Longer than the busy timeout: a clear error, no panic.
+    let mut long = hold_write_lock(&hub.db_path(), 2000).expect("python3 worked a moment ago");
+    let err = emitter
+        .emit(NewEvent::new("during_long_lock", json!({})))
+        .expect_err("times out");
+    assert!(err.is_busy(), "{err:?}");
+    assert!(err.to_string().contains("locked"), "{err}");
+    long.wait().expect("lock holder exits");
+    // Everything works again; the poller kept going.
+    let id = emitter
+        .emit(NewEvent::new("after_long_lock", json!({})))
+        .expect("works again");
+    let e = client.next_event(WAIT).expect("delivered after the lock");
+    assert_eq!(e.json()["id"], id.0);
+    assert_eq!(e.json()["type"], "after_long_lock");
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .status
+        == 200));
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("future.db");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("set version");
+    }
+    let config = Config {
+        bind: ([127, 0, 0, 1], 0).into(),
+        db_path: db.clone(),
+        ..Config::default()
+    };
+    match Hub::start(config) {
+        Err(Error::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (99, timelapse_events::SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    let (status, _, stderr) =
+        run_bin(&["emit", "--db", db.to_str().expect("utf-8"), "--type", "x"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("version 99")
+            && stderr.contains(&format!("version {}", timelapse_events::SCHEMA_VERSION)),
+        "{stderr}"
+    );
+    // Untouched.
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("read");
+    assert_eq!(v, 99);
+}
+
+#[test]
+fn emitter_handles_are_cheap_send_sync_clones() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+    assert_send_sync_clone::<Emitter>();
+    let hub = TestHub::start();
+    let e = hub
+        .emitter()
+        .emit(NewEvent::new("x", json!({})).with_priority(Priority::Critical));
+    assert!(e.is_ok());
+    let err = hub
+        .emitter()
+        .emit(NewEvent::new("x", json!([1])))
+        .expect_err("array payload");
+    assert!(
+        matches!(err, Error::Invalid { field: "data", .. }),
+        "{err:?}"
+    );
+}
