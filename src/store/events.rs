@@ -301,3 +301,61 @@ impl RawRow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::Store;
+    use std::time::Duration;
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let args = rusqlite::params_from_iter(std::iter::repeat_n(1i64, stmt.parameter_count()));
+        let rows = stmt
+            .query_map(args, |r| r.get::<_, String>(3))
+            .expect("plan rows");
+        rows.map(|r| r.expect("detail"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    #[test]
+    fn batch_replay_and_stats_queries_use_indexes_not_scans() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(
+            &dir.path().join("e.db"),
+            Synchronous::Normal,
+            Duration::from_secs(1),
+        )
+        .expect("open");
+        let conn = store.conn().expect("conn");
+        let pending = plan(&conn, SELECT_PENDING);
+        assert!(
+            pending.contains("USING INDEX sse_events_pending"),
+            "{pending}"
+        );
+        assert!(!pending.contains("TEMP B-TREE"), "no sort step: {pending}");
+        let replay = plan(&conn, SELECT_AFTER);
+        assert!(replay.contains("USING INDEX sse_events_seq"), "{replay}");
+        assert!(!replay.contains("SCAN sse_events"), "{replay}");
+        let recent = plan(
+            &conn,
+            "SELECT count(*) FROM sse_events WHERE created_at >= ?1",
+        );
+        assert!(
+            recent.contains("COVERING INDEX sse_events_created"),
+            "{recent}"
+        );
+        let count_pending = plan(
+            &conn,
+            "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",
+        );
+        assert!(
+            count_pending.contains("sse_events_pending"),
+            "{count_pending}"
+        );
+    }
+}
