@@ -1,0 +1,764 @@
+//! `tail -f` for a timelapse-events hub: follows `GET /api/events` and prints one line per
+//! event, `<cursor> <type> <data>`. Plain std: a `TcpStream`, a chunked-body decoder and
+//! an SSE parser that follows the WHATWG rules, in one file you can copy.
+//!
+//! It behaves like a browser's `EventSource`, which is what makes it a useful model for
+//! any client: when the connection drops or the hub restarts it reconnects after the
+//! server's `retry:` delay (jittered, doubled after each failed attempt, capped), sending
+//! `Last-Event-ID` so the hub replays exactly what was missed. A cursor the hub cannot
+//! resume (say the database was replaced) gets an in-band `reset` frame, which is printed.
+//!
+//! ```text
+//! cargo run --release --example tail
+//! cargo run --release --example tail -- --types image_captured --camera-id 2
+//! cargo run --release --example tail -- --url http://pi.local:8080/api/events
+//! ```
+//!
+//! Events and resets go to stdout; connection notices go to stderr. Ctrl-C exits 0.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reconnect delay until the server sends `retry:` (what browsers use).
+const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+/// Longest wait between two reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest response-head or chunk-size line accepted.
+const MAX_LINE_BYTES: usize = 8 * 1024;
+/// Longest SSE line accepted (the hub's events are at most ~33 KiB).
+const MAX_EVENT_LINE_BYTES: usize = 1024 * 1024;
+
+/// Follow a timelapse-events hub's event stream and print each event on one line.
+#[derive(Debug, Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// The stream to follow.
+    #[arg(long, default_value = "http://127.0.0.1:8080/api/events")]
+    url: String,
+    /// Only these event types, comma-separated (e.g. image_captured,camera_status_changed).
+    #[arg(long)]
+    types: Option<String>,
+    /// Only events whose data has this camera_id.
+    #[arg(long)]
+    camera_id: Option<i64>,
+    /// Start after this cursor (replaying what came since), as a reconnecting client would.
+    #[arg(long)]
+    last_event_id: Option<String>,
+    /// Reconnect when nothing, not even a heartbeat, arrives for this many seconds. Keep it
+    /// above the hub's --heartbeat-secs (15 by default).
+    #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Speak HTTP/1.0: the hub then sends a plain body and closes the connection at the end.
+    #[arg(long)]
+    http10: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse(); // exits 2 with a usage message on bad flags
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let target = Target::parse(&args.url, args.types.as_deref(), args.camera_id)?;
+    let stop = Arc::new(Stop::new());
+    let on_signal = stop.clone();
+    ctrlc::set_handler(move || on_signal.trigger())
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let mut session = Session {
+        last_id: args.last_event_id.clone().unwrap_or_default(),
+        retry: DEFAULT_RETRY,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        http10: args.http10,
+        delivered: false,
+    };
+    let mut rng = Rng::from_clock();
+    let mut failures: u32 = 0;
+    loop {
+        session.delivered = false;
+        let outcome = follow(&target, &mut session, &stop);
+        if stop.is_set() {
+            break;
+        }
+        let (reason, at_least) = match outcome {
+            Ok(()) => ("the hub ended the stream".to_owned(), Duration::ZERO),
+            Err(Dropped::Refused {
+                status,
+                retry_after,
+                message,
+            }) => (format!("the hub answered {status}: {message}"), retry_after),
+            Err(Dropped::Fatal(e)) => return Err(e),
+            Err(Dropped::Io(e)) => (e, Duration::ZERO),
+        };
+        // A connection that delivered something was healthy: start the backoff over.
+        failures = if session.delivered { 0 } else { failures + 1 };
+        let delay = backoff(session.retry, failures, &mut rng).max(at_least);
+        let resume = if session.last_id.is_empty() {
+            String::new()
+        } else {
+            format!(", resuming after {}", session.last_id)
+        };
+        eprintln!(
+            "tail: {reason}; reconnecting in {:.1} s{resume}",
+            delay.as_secs_f64()
+        );
+        if stop.sleep(delay) {
+            break;
+        }
+    }
+    eprintln!("tail: stopped");
+    Ok(())
+}
+
+/// The `retry:` delay, doubled per failed attempt in a row, capped, with "equal jitter"
+/// (half fixed, half random) so that many clients of a restarted hub do not all come back
+/// in the same millisecond.
+fn backoff(retry: Duration, failures: u32, rng: &mut Rng) -> Duration {
+    let full = retry
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(MAX_BACKOFF);
+    full / 2 + full.mul_f64(0.5 * rng.unit())
+}
+
+/// What survives from one connection to the next, as in `EventSource`.
+struct Session {
+    /// The last event ID string: sent as `Last-Event-ID` (not when empty).
+    last_id: String,
+    /// The reconnection time, set by the server's `retry:` field.
+    retry: Duration,
+    idle_timeout: Duration,
+    http10: bool,
+    /// Whether the current connection delivered an event.
+    delivered: bool,
+}
+
+/// Why a connection ended, other than cleanly.
+enum Dropped {
+    /// The hub answered but not with a stream; worth retrying (503, 5xx).
+    Refused {
+        status: u16,
+        retry_after: Duration,
+        message: String,
+    },
+    /// Retrying cannot help (a 4xx, not an event stream).
+    Fatal(BoxError),
+    /// Connect, read or write failed, or the stream was malformed.
+    Io(String),
+}
+
+impl From<io::Error> for Dropped {
+    fn from(e: io::Error) -> Dropped {
+        Dropped::Io(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                "no data, not even a heartbeat, for the idle timeout".to_owned()
+            }
+            _ => e.to_string(),
+        })
+    }
+}
+
+/// One connection: request, response head, then events until the stream ends.
+fn follow(target: &Target, session: &mut Session, stop: &Stop) -> Result<(), Dropped> {
+    let stream = target.connect()?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(session.idle_timeout))?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    stop.watch(&stream)?;
+    let mut request = format!(
+        "GET {} HTTP/1.{}\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
+        target.path,
+        if session.http10 { 0 } else { 1 },
+        target.host_header()
+    );
+    if !session.last_id.is_empty() {
+        request.push_str(&format!("Last-Event-ID: {}\r\n", session.last_id));
+    }
+    request.push_str("\r\n");
+    (&stream).write_all(request.as_bytes())?;
+
+    let mut reader = BufReader::new(&stream);
+    let head = Head::read(&mut reader)?;
+    if head.status != 200 {
+        let retry_after = head
+            .header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let message = error_message(&mut reader, &head);
+        return Err(if head.status == 503 || head.status >= 500 {
+            Dropped::Refused {
+                status: head.status,
+                retry_after,
+                message,
+            }
+        } else {
+            Dropped::Fatal(format!("{} answered {}: {message}", target.url, head.status).into())
+        });
+    }
+    let content_type = head.header("content-type").unwrap_or("");
+    if !content_type.starts_with("text/event-stream") {
+        return Err(Dropped::Fatal(
+            format!(
+                "{} is not an event stream (Content-Type {content_type:?})",
+                target.url
+            )
+            .into(),
+        ));
+    }
+    let resume = if session.last_id.is_empty() {
+        String::new()
+    } else {
+        format!(" (resuming after {})", session.last_id)
+    };
+    eprintln!("tail: connected to {}{resume}", target.url);
+
+    // HTTP/1.1 answers are chunked; an HTTP/1.0 (identity) body runs until the close.
+    let mut body: Box<dyn BufRead + '_> = if head.chunked() {
+        Box::new(BufReader::new(Chunked::new(reader)))
+    } else {
+        Box::new(reader)
+    };
+    let mut parser = SseParser::default();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut body)
+            .take(MAX_EVENT_LINE_BYTES as u64)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(()); // the hub closed the stream (e.g. it is shutting down)
+        }
+        if line.last() != Some(&b'\n') {
+            if n == MAX_EVENT_LINE_BYTES {
+                return Err(Dropped::Io("an SSE line over 1 MiB".into()));
+            }
+            return Ok(()); // cut off mid-line: the stream ended
+        }
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let text = String::from_utf8_lossy(&line);
+        match parser.line(&text) {
+            Parsed::Nothing => {}
+            Parsed::Retry(ms) => session.retry = Duration::from_millis(ms),
+            Parsed::Message(m) => {
+                session.last_id.clone_from(&parser.last_id);
+                session.delivered = true;
+                if print(&m).is_err() {
+                    // stdout is gone (e.g. piped into `head`): nobody is reading.
+                    stop.trigger();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Prints one dispatched message as one line.
+fn print(m: &Message) -> io::Result<()> {
+    let cursor = if m.id.is_empty() { "-" } else { &m.id };
+    let parsed: Option<Value> = serde_json::from_str(&m.data).ok();
+    let line = if m.event == "reset" {
+        // data: {"reason": ..., "cursor": ...}; the frame's id is the new cursor too.
+        let reason = parsed
+            .as_ref()
+            .and_then(|v| v["reason"].as_str())
+            .unwrap_or("no reason given");
+        format!(
+            "--- reset by the hub: {reason}; following live from {cursor} \
+             (events before it were not replayed)\n"
+        )
+    } else {
+        match parsed {
+            // The hub's envelope: {"id","type","data","priority","source","timestamp"}.
+            Some(Value::Object(envelope)) if envelope.contains_key("type") => {
+                let kind = envelope["type"].as_str().unwrap_or(&m.event);
+                let data = envelope.get("data").unwrap_or(&Value::Null);
+                format!("{cursor} {kind} {data}\n")
+            }
+            _ => format!("{cursor} {} {}\n", m.event, m.data.replace('\n', "\\n")),
+        }
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()
+}
+
+/// The body of a refused request: the hub's `{"error": ...}`, or the raw text.
+fn error_message(reader: &mut impl BufRead, head: &Head) -> String {
+    let mut body = Vec::new();
+    let limit = head
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(4096)
+        .min(4096);
+    // Best effort: the status alone says enough if the body cannot be read.
+    let _ = reader.take(limit).read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.trim().to_owned())
+}
+
+/// A response's status and headers.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn read(r: &mut impl BufRead) -> io::Result<Head> {
+        let status_line = read_line(r)?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("the answer is not HTTP"))?;
+        let mut headers = Vec::new();
+        loop {
+            let line = read_line(r)?;
+            if line.is_empty() {
+                return Ok(Head { status, headers });
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            if headers.len() > 100 {
+                return Err(invalid("over 100 response headers"));
+            }
+        }
+    }
+
+    /// A header by lowercase name.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// One CRLF- or LF-terminated line of a response head or a chunk size, without its
+/// terminator.
+fn read_line(r: &mut impl BufRead) -> io::Result<String> {
+    let mut line = Vec::new();
+    r.take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed without ending the stream",
+        ));
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| invalid("response head is not UTF-8"))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// Decodes an HTTP/1.1 chunked body. Returns what a chunk holds as soon as it arrives: the
+/// CRLF after a chunk is consumed before the next one, never waited for after it.
+struct Chunked<R> {
+    inner: R,
+    /// Bytes left in the current chunk.
+    left: usize,
+    /// A chunk's closing CRLF is still to be read.
+    crlf: bool,
+    done: bool,
+}
+
+impl<R: BufRead> Chunked<R> {
+    fn new(inner: R) -> Chunked<R> {
+        Chunked {
+            inner,
+            left: 0,
+            crlf: false,
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            if self.crlf {
+                if !read_line(&mut self.inner)?.is_empty() {
+                    return Err(invalid("chunk not followed by CRLF"));
+                }
+                self.crlf = false;
+            }
+            let size_line = read_line(&mut self.inner)?;
+            // A size may carry `;extensions`, which mean nothing here.
+            let size = size_line.split(';').next().unwrap_or("").trim();
+            self.left = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
+            if self.left == 0 {
+                self.done = true; // the last chunk: the hub ended the stream cleanly
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-chunk",
+            ));
+        }
+        self.left -= n;
+        self.crlf = self.left == 0;
+        Ok(n)
+    }
+}
+
+/// A dispatched SSE message.
+struct Message {
+    /// The `event:` name, `message` when there was none.
+    event: String,
+    data: String,
+    /// The last event ID string after this message.
+    id: String,
+}
+
+enum Parsed {
+    Nothing,
+    Retry(u64),
+    Message(Message),
+}
+
+/// The SSE parsing rules of the WHATWG HTML standard, "Interpreting an event stream".
+#[derive(Default)]
+struct SseParser {
+    data: String,
+    event: String,
+    /// The last event ID buffer; it outlives each message.
+    id_buffer: String,
+    /// The last event ID string, set from the buffer at each dispatch.
+    last_id: String,
+}
+
+impl SseParser {
+    fn line(&mut self, line: &str) -> Parsed {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line.starts_with(':') {
+            return Parsed::Nothing; // a comment: heartbeats are bare `:` lines
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "event" => value.clone_into(&mut self.event),
+            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                return value.parse().map_or(Parsed::Nothing, Parsed::Retry);
+            }
+            _ => {} // unknown fields are ignored
+        }
+        Parsed::Nothing
+    }
+
+    fn dispatch(&mut self) -> Parsed {
+        self.last_id.clone_from(&self.id_buffer);
+        let event = std::mem::take(&mut self.event);
+        if self.data.is_empty() {
+            return Parsed::Nothing;
+        }
+        let mut data = std::mem::take(&mut self.data);
+        data.pop(); // the final LF
+        Parsed::Message(Message {
+            event: if event.is_empty() {
+                "message".to_owned()
+            } else {
+                event
+            },
+            data,
+            id: self.last_id.clone(),
+        })
+    }
+}
+
+/// Where to connect and what to ask for.
+struct Target {
+    url: String,
+    host: String,
+    port: u16,
+    /// Path and query, filters included.
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str, types: Option<&str>, camera_id: Option<i64>) -> Result<Target, BoxError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--url must start with http:// (got {url:?})"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, port) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("unclosed [ in --url {url:?}"))?;
+                (host, port.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port in --url {url:?}"))?,
+            None => 80,
+        };
+        if host.is_empty() {
+            return Err(format!("no host in --url {url:?}").into());
+        }
+        let mut path = if path.is_empty() || path == "/" {
+            "/api/events".to_owned()
+        } else {
+            path.to_owned()
+        };
+        let mut add = |key: &str, value: &str| {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(key);
+            path.push('=');
+            path.push_str(&percent_encode(value));
+        };
+        if let Some(types) = types {
+            add("types", types);
+        }
+        if let Some(id) = camera_id {
+            add("camera_id", &id.to_string());
+        }
+        Ok(Target {
+            url: url.to_owned(),
+            host: host.to_owned(),
+            port,
+            path,
+        })
+    }
+
+    fn host_header(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn connect(&self) -> io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Percent-encodes a query value (letters, digits, `-._~` and `,` stay as they are).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~,".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Ctrl-C: sets the flag, wakes a backoff sleep, and shuts the open connection down so a
+/// blocked read returns at once.
+struct Stop {
+    stopped: AtomicBool,
+    tx: Mutex<Option<Sender<()>>>,
+    rx: Receiver<()>,
+    current: Mutex<Option<TcpStream>>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Stop {
+            stopped: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+            rx,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn trigger(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Options replaced in one step: poisoning cannot leave them half-written.
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(stream) = current {
+            // Already closed is fine: the reader is ending anyway.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Makes `trigger` shut `stream` down; shuts it at once if the stop came first.
+    fn watch(&self, stream: &TcpStream) -> io::Result<()> {
+        let clone = stream.try_clone()?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(clone);
+        if self.is_set() {
+            let _ = stream.shutdown(Shutdown::Both); // see trigger
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `d` unless stopped first; true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        match self.rx.recv_timeout(d) {
+            Err(RecvTimeoutError::Timeout) => self.is_set(),
+            // Nobody sends, so anything else means the sender was dropped.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        }
+    }
+}
+
+/// xorshift64* (Vigna 2016): plenty for jitter.
+struct Rng(u64);
+
+impl Rng {
+    fn from_clock() -> Rng {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // Never zero: xorshift would stay at zero forever.
+        Rng((nanos ^ u64::from(std::process::id()) << 32) | 1)
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(p: &mut SseParser, text: &str) -> Vec<(String, String, String)> {
+        text.split('\n')
+            .filter_map(|l| match p.line(l) {
+                Parsed::Message(m) => Some((m.id, m.event, m.data)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parser_follows_the_whatwg_rules() {
+        let mut p = SseParser::default();
+        let got = feed(
+            &mut p,
+            "retry: 2000\n: connected\n\nid: a-1\ndata: {}\n\n:\n\
+             id: a-2\nevent: reset\ndata: x\ndata:y\n\nid\n\ndata: z\n\n",
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("a-1".into(), "message".into(), "{}".into()),
+                ("a-2".into(), "reset".into(), "x\ny".into()),
+                // `id` alone empties the id, which then sticks to later messages.
+                ("".into(), "message".into(), "z".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_chunks() {
+        let raw = b"5\r\nid: a\r\n3;ext=1\r\n\n\nd\r\n0\r\n\r\n";
+        let mut out = String::new();
+        Chunked::new(&raw[..]).read_to_string(&mut out).ok();
+        assert_eq!(out, "id: a\n\nd");
+    }
+
+    #[test]
+    fn backoff_is_jittered_doubled_and_capped() {
+        let mut rng = Rng(42);
+        let retry = Duration::from_secs(2);
+        for (failures, full) in [(0, 2), (1, 2), (2, 4), (3, 8), (9, 30)] {
+            let d = backoff(retry, failures, &mut rng);
+            let full = Duration::from_secs(full);
+            assert!(d >= full / 2 && d <= full, "{failures}: {d:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn targets_carry_filters() {
+        let t = Target::parse("http://pi:9000", Some("a,b c"), Some(3)).ok();
+        let t = t.map(|t| (t.host, t.port, t.path));
+        assert_eq!(
+            t,
+            Some((
+                "pi".into(),
+                9000,
+                "/api/events?types=a,b%20c&camera_id=3".into()
+            ))
+        );
+        assert!(Target::parse("https://pi", None, None).is_err());
+    }
+}
