@@ -78,6 +78,11 @@ impl TestHub {
     }
 
     pub fn shutdown(mut self) -> timelapse_events::Result<()> {
+        self.stop()
+    }
+
+    /// Shuts the hub down but keeps the temp dir (and database) for inspection.
+    pub fn stop(&mut self) -> timelapse_events::Result<()> {
         self.hub.take().map_or(Ok(()), Hub::shutdown)
     }
 }
