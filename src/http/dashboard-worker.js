@@ -213,7 +213,11 @@ self.TLE = (() => {
       if (!c || !Array.isArray(state.cameras)) {
         return retryLater(() => loadState(backfill), 'state: unexpected answer');
       }
-      if (stream !== null && stream !== c.stream) loggedSeq = -1; // another database
+      if (stream !== null && stream !== c.stream) {
+        // Another database: its seqs start again, so the old rows cannot be compared.
+        loggedSeq = -1;
+        log = log.filter((r) => r.seq === null);
+      }
       stream = c.stream;
       cameras.clear();
       timelapses.clear();
@@ -235,10 +239,11 @@ self.TLE = (() => {
         // Fill the log with the events just before the state; they are not applied again.
         from = stream + '-' + Math.max(0, c.seq - BACKFILL_ROWS);
       }
-      subscribe(from, true);
+      subscribe(from, true, from !== cursor);
     }
 
-    function subscribe(from, stateLoaded) {
+    // `backfilling`: `from` reaches back before the state, for the log only.
+    function subscribe(from, stateLoaded, backfilling) {
       dropStream();
       if (closed) return;
       const url = base + '/api/events' + (from ? '?last_event_id=' + encodeURIComponent(from) : '');
@@ -249,7 +254,7 @@ self.TLE = (() => {
         setConn('live');
       };
       source.onmessage = (m) => onEvent(m);
-      source.addEventListener('reset', (m) => onReset(m, stateLoaded));
+      source.addEventListener('reset', (m) => onReset(m, stateLoaded, backfilling));
       source.onerror = () => {
         if (source !== es) return;
         if (source.readyState === EventSource.CLOSED) {
@@ -259,7 +264,8 @@ self.TLE = (() => {
         } else {
           // EventSource retries by itself, sending Last-Event-ID.
           attempt += 1;
-          setConn('reconnecting', 'stream interrupted', Date.now() + HUB_RETRY_MS);
+          const why = attempt === 1 ? 'stream interrupted' : 'hub unreachable';
+          setConn('reconnecting', why, Date.now() + HUB_RETRY_MS);
         }
       };
     }
@@ -292,7 +298,12 @@ self.TLE = (() => {
       scheduleFlush();
     }
 
-    function onReset(m, stateLoaded) {
+    function onReset(m, stateLoaded, backfilling) {
+      if (backfilling && loggedSeq < 0) {
+        // The back-fill reached past what retention kept: just start at the state.
+        dropStream();
+        return subscribe(cursor, true, false);
+      }
       let info = {};
       try {
         info = JSON.parse(m.data);
