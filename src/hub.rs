@@ -20,8 +20,9 @@ use crate::retention;
 use crate::state::StateCache;
 use crate::store::{SCHEMA_VERSION, Store, events};
 
-/// Threads that read a slow request body or drain a refused one, at most.
-const BODY_THREADS: usize = 8;
+/// Threads that read a slow request body or drain a refused one, at most. Each is small
+/// (64-128 KiB of stack, a few KiB touched) and ends when its client sends or leaves.
+const BODY_THREADS: usize = 64;
 
 /// A running hub. Stop it with [`Hub::shutdown`] (dropping it does the same, best effort).
 ///

@@ -161,13 +161,23 @@ pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
         }
         return None;
     }
-    // Absurd length (or every drain thread busy): the only way to answer without tiny_http
-    // draining the body is to take the connection out of its hands and never drop it. This
-    // costs one tiny_http thread and two sockets until the process ends; see the README's
-    // security section.
-    let stream = rq.upgrade("close", too_large());
-    std::mem::forget(stream);
+    abandon(rq, too_large());
     None
+}
+
+/// Answers a request whose body is still unread without ever dropping it. tiny_http drains
+/// an unread body when its request is dropped (allocating the declared length at once, and
+/// waiting as long as the client trickles), so the only way to answer without that is to
+/// take the connection out of its hands and keep it. This costs one tiny_http thread and
+/// two sockets until the process ends; it is reached only for absurd declared lengths or
+/// when every body thread is busy. See the README's security section.
+fn abandon(rq: Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+    log::warn!(
+        "abandoning the connection of {:?}: its unread body cannot be drained safely",
+        rq.remote_addr()
+    );
+    let stream = rq.upgrade("close", response);
+    std::mem::forget(stream);
 }
 
 fn needs_body_thread(rq: &Request) -> bool {
@@ -180,8 +190,10 @@ fn needs_body_thread(rq: &Request) -> bool {
 
 fn post_on_thread(rq: Request, ctx: &Ctx, cors: Vec<(&'static str, String)>) {
     let Some(slot) = ctx.body_threads.try_take() else {
-        let e = HttpError::new(503, "too many uploads in progress").with_header("Retry-After", "1");
-        return respond(rq, Err(e), &cors);
+        let e = HttpError::new(503, "too many uploads in progress")
+            .with_header("Retry-After", "1")
+            .with_header("Connection", "close");
+        return abandon(rq, e.into_reply().into_response());
     };
     let (config, emitter) = (ctx.config.clone(), ctx.emitter.clone());
     let spawned = spawn_named("body", Some(128 * 1024), move || {

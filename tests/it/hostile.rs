@@ -1,1 +1,201 @@
-//! Tests: hostile.
+//! Issue 3, point 5: hostile HTTP. After each case the hub must still serve a normal
+//! client; where a case costs the hub something it cannot take back, the test says so.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use timelapse_events::NewEvent;
+
+use crate::support::{SseClient, TestHub, WAIT, http, post_json, raw_request, wait_until};
+
+/// The hub still answers, streams and stores.
+fn still_serves(hub: &TestHub) {
+    let h = http(hub.addr(), "GET", "/health", &[], b"");
+    assert_eq!(h.status, 200, "{}", h.text());
+    let mut c = SseClient::connect(hub.addr(), "/api/events");
+    let id = hub
+        .emitter()
+        .emit(NewEvent::new("still_alive", json!({})))
+        .expect("emit");
+    let e = c.next_event(WAIT).expect("stream still works");
+    assert_eq!(e.json()["id"], id.0);
+    assert_eq!(
+        post_json(hub.addr(), r#"{"type":"a","data":{}}"#, &[]).status,
+        201
+    );
+}
+
+fn send(hub: &TestHub, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(hub.addr()).expect("connect");
+    s.write_all(bytes).expect("send");
+    s.set_read_timeout(Some(WAIT)).ok();
+    s
+}
+
+fn read_status(s: &mut TcpStream) -> Option<u16> {
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn an_absurd_content_length_is_answered_413_and_does_not_abort_the_process() {
+    let hub = TestHub::start();
+    // tiny_http 0.12.0 would allocate 100 TB when such a request is dropped unread.
+    for target in ["/health", "/api/events", "/nope"] {
+        for method in ["GET", "POST"] {
+            let req = format!(
+                "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000000000\r\n\r\n"
+            );
+            let mut s = send(&hub, req.as_bytes());
+            assert_eq!(read_status(&mut s), Some(413), "{method} {target}");
+        }
+    }
+    still_serves(&hub);
+}
+
+#[test]
+fn declared_but_unsent_bodies_do_not_pin_the_workers() {
+    let hub = TestHub::start();
+    // More than the 4 HTTP workers; past the 64 body threads a connection is abandoned.
+    let mut held = Vec::new();
+    for i in 0..80 {
+        let len = if i % 2 == 0 { 10_000_000 } else { 50_000 };
+        let req = format!(
+            "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"ty"
+        );
+        held.push(send(&hub, req.as_bytes()));
+    }
+    // Workers answer everyone else meanwhile.
+    still_serves(&hub);
+    for s in &mut held {
+        // Each gets an answer: 413 for the oversized ones; the slow 50 kB bodies are
+        // either still being read (no answer yet) or refused with 503 when every body
+        // thread is busy.
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        if let Some(status) = read_status(s) {
+            assert!([413, 503].contains(&status), "got {status}");
+        }
+    }
+    drop(held);
+    still_serves(&hub);
+}
+
+#[test]
+fn a_slow_body_finishes_on_its_own_thread_and_is_stored() {
+    let hub = TestHub::start();
+    let body = format!(
+        r#"{{"type":"slow_upload","data":{{"pad":"{}"}}}}"#,
+        "y".repeat(4000)
+    );
+    let head = format!(
+        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = send(&hub, head.as_bytes());
+    for chunk in body.as_bytes().chunks(1000) {
+        still_serves(&hub); // while the upload trickles
+        s.write_all(chunk).expect("send chunk");
+    }
+    let r = crate::support::read_response(&mut s);
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[test]
+fn huge_header_lines_and_header_floods_do_not_stop_the_hub() {
+    let hub = TestHub::start();
+    // One 4 MiB header line: tiny_http buffers it (measured cost: its size in memory
+    // while the request lives); the hub answers and carries on.
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(4 << 20)
+    );
+    let r = raw_request(hub.addr(), big.as_bytes());
+    assert_eq!(r.status, 200);
+    let mut flood = String::from("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..20_000 {
+        flood.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    flood.push_str("\r\n");
+    let r = raw_request(hub.addr(), flood.as_bytes());
+    assert!(
+        r.status == 200 || r.status == 400 || r.status == 431,
+        "got {}",
+        r.status
+    );
+    still_serves(&hub);
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_the_hub_carries_on() {
+    let hub = TestHub::start();
+    let cases: [&[u8]; 8] = [
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /api/events?types=%ZZ%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n",
+        b"GET /api/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \xff\xff\r\n\r\n",
+    ];
+    for case in cases {
+        let mut s = send(&hub, case);
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf); // whatever it answers (or not), it must not fall over
+        drop(s);
+        still_serves(&hub);
+    }
+}
+
+#[test]
+fn chunked_bodies_over_the_limit_are_refused() {
+    let hub = TestHub::start();
+    let mut req = b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let chunk = vec![b' '; 16 * 1024];
+    for _ in 0..5 {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_request(hub.addr(), &req);
+    assert_eq!(r.status, 413);
+    still_serves(&hub);
+}
+
+#[test]
+fn clients_that_vanish_release_their_threads() {
+    let hub = TestHub::start_with(|c| c.heartbeat_interval = Duration::from_millis(100));
+    let clients: Vec<SseClient> = (0..20)
+        .map(|_| SseClient::connect(hub.addr(), "/api/events"))
+        .collect();
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .json()["streams"]
+        == 20));
+    for c in &clients {
+        let _ = c.raw_stream().shutdown(std::net::Shutdown::Both);
+    }
+    drop(clients);
+    // Noticed at the next heartbeat write (or the one after).
+    assert!(wait_until(WAIT, || http(
+        hub.addr(),
+        "GET",
+        "/health",
+        &[],
+        b""
+    )
+    .json()["streams"]
+        == 0));
+    still_serves(&hub);
+}

@@ -226,7 +226,8 @@ fn post_stores_events_and_refuses_bad_requests_with_json_errors() {
     // The table's own column names are accepted too.
     let ok = post_json(hub.addr(), r#"{"event_type":"x","event_data":{}}"#, &[]);
     assert_eq!(ok.status, 201, "{}", ok.text());
-    let cases: [(&str, Vec<(&str, &str)>, u16, &str); 8] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 8] = [
         (
             "{not json",
             vec![("Content-Type", "application/json")],

@@ -254,10 +254,7 @@ impl SseClient {
 
     fn decode(&mut self) {
         if self.chunked {
-            loop {
-                let Some(eol) = find(&self.raw, b"\r\n") else {
-                    break;
-                };
+            while let Some(eol) = find(&self.raw, b"\r\n") {
                 let size_text = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
                 let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size is hex");
                 if size == 0 {
