@@ -51,9 +51,10 @@ impl Frame {
 }
 
 /// The first bytes of every stream: a reconnect delay and a comment, so that browsers fire
-/// `open` at once.
+/// `open` at once. No blank line after them: httpx-sse 0.4 turns a blank line that follows
+/// a `retry:` into an empty `message` event (the spec says it dispatches nothing).
 pub(crate) fn prelude() -> Vec<u8> {
-    format!("retry: {RETRY_MS}\n: connected\n\n").into_bytes()
+    format!("retry: {RETRY_MS}\n: connected\n").into_bytes()
 }
 
 /// An in-band `reset`: the client's cursor cannot be resumed; what follows is live from

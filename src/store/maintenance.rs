@@ -63,8 +63,19 @@ pub(crate) fn prune(conn: &mut Connection, policy: Policy) -> Result<u64> {
         at = upto;
     }
     if let Some(max_bytes) = policy.max_db_bytes {
-        while used_bytes(conn)? > max_bytes && at < head {
-            let upto = head.min(at + CHUNK_ROWS);
+        loop {
+            let used = used_bytes(conn)?;
+            if used <= max_bytes || at >= head {
+                break;
+            }
+            // Delete about as many rows as the excess holds on average (plus one), so a
+            // table of large rows is not emptied by one 1,000-row chunk.
+            let rows = u64::try_from(head - at).unwrap_or(1).max(1);
+            let estimate = (used - max_bytes).saturating_mul(rows) / used.max(1) + 1;
+            let chunk = i64::try_from(estimate)
+                .unwrap_or(CHUNK_ROWS)
+                .clamp(1, CHUNK_ROWS);
+            let upto = head.min(at + chunk);
             deleted += delete_through(conn, at, upto)?;
             at = upto;
         }

@@ -517,11 +517,16 @@ pub struct ChildHub {
 
 impl ChildHub {
     pub fn start(db: &Path, extra: &[&str]) -> ChildHub {
+        ChildHub::start_on(db, "127.0.0.1:0", extra)
+    }
+
+    /// `serve` on a given address (e.g. a port reserved earlier, to restart in place).
+    pub fn start_on(db: &Path, bind: &str, extra: &[&str]) -> ChildHub {
         let mut child = Command::new(bin())
             .arg("serve")
             .arg("--db")
             .arg(db)
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", bind])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
