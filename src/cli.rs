@@ -32,6 +32,29 @@ pub enum Command {
     Stats(DbArgs),
     /// Delete old dispatched events now (never pending ones).
     Cleanup(CleanupArgs),
+    /// Check a database: integrity, schema version, counts, WAL size. Exits 1 on a problem.
+    Check(CheckArgs),
+    /// Copy a (possibly running) database to a file with SQLite's online backup API.
+    Backup(BackupArgs),
+}
+
+/// `check` flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// SQLite database file.
+    #[arg(long, env = "TIMELAPSE_EVENTS_DB", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+}
+
+/// `backup` flags.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// SQLite database file to copy.
+    #[arg(long, env = "TIMELAPSE_EVENTS_DB", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+    /// Destination file (must not exist).
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 /// `cleanup` flags.
@@ -217,6 +240,32 @@ pub fn run(command: Command) -> Result<()> {
             };
             let deleted = crate::store::cleanup(&args.db.db, args.db.synchronous, policy)?;
             println!("deleted {deleted} events");
+            Ok(())
+        }
+        Command::Check(args) => {
+            let found = crate::store::maintenance::check(&args.db)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&found.report).unwrap_or_default()
+            );
+            if found.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Thread {
+                    name: "check".into(),
+                    reason: found.problems.join("; "),
+                })
+            }
+        }
+        Command::Backup(args) => {
+            if args.to.exists() {
+                return Err(Error::Config {
+                    field: "to",
+                    reason: format!("{} exists; refusing to overwrite it", args.to.display()),
+                });
+            }
+            let pages = crate::store::maintenance::backup(&args.db, &args.to)?;
+            println!("backed up {pages} pages to {}", args.to.display());
             Ok(())
         }
     }

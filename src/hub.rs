@@ -72,8 +72,13 @@ impl Hub {
         let broadcast = Arc::new(Broadcast::default());
         let status = Arc::new(PollerStatus::default());
         let (stop_tx, stop_rx) = bounded::<()>(0);
+        let poller_conn = store.dedicated()?;
+        // Load the state before any request is served, so /api/state always has an answer.
+        let state = crate::store::state_rows::load(&poller_conn)?;
+        cache.publish(&state, store.stream(), 1);
         let poller = Poller {
-            conn: store.dedicated()?,
+            conn: poller_conn,
+            state,
             stream: store.stream(),
             broadcast: broadcast.clone(),
             wake: wake_rx,

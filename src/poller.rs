@@ -21,7 +21,7 @@ use crate::event::{Event, NewEvent, Priority};
 use crate::metrics::Metrics;
 use crate::sse::Frame;
 use crate::state::{self, State, StateCache, parse_utc_ms};
-use crate::store::{events, state_rows};
+use crate::store::events;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -64,6 +64,8 @@ pub(crate) struct Poller {
     pub(crate) cache: Arc<StateCache>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) watchdog: Watchdog,
+    /// The projection as loaded at start.
+    pub(crate) state: State,
 }
 
 /// The camera dead-man's switch: a camera silent for 3× its learned capture interval (and
@@ -170,9 +172,9 @@ impl Poller {
     /// pending until a dispatch commits.
     pub(crate) fn run(mut self) -> Result<()> {
         let mut head = events::head_seq(&self.conn)?;
-        let mut state = state_rows::load(&self.conn)?;
+        // Hub::start loaded the state and published version 1 before serving requests.
+        let mut state = std::mem::take(&mut self.state);
         let mut state_version: u64 = 1;
-        self.cache.publish(&state, self.stream, state_version);
         let mut version = data_version(&self.conn)?;
         let mut pending = true; // whatever was left undispatched before start
         let mut backoff = BACKOFF_MIN;

@@ -180,3 +180,101 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
         _ => Map::new(),
     })
 }
+
+/// What `timelapse-events check` found.
+pub(crate) struct CheckReport {
+    pub(crate) problems: Vec<String>,
+    pub(crate) report: Map<String, Value>,
+}
+
+/// Checks a database file without changing it: SQLite's `integrity_check`, the schema
+/// version, counts and sizes.
+pub(crate) fn check(path: &Path) -> Result<CheckReport> {
+    use rusqlite::OpenFlags;
+    if !path.exists() {
+        return Ok(CheckReport {
+            problems: vec![format!("{} does not exist", path.display())],
+            report: Map::new(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db("open the database"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db("set busy timeout"))?;
+    let mut problems = Vec::new();
+    let integrity: Vec<String> = {
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(db("run integrity_check"))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(db("run integrity_check"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("run integrity_check"))?
+    };
+    if integrity != ["ok"] {
+        problems.extend(integrity.iter().take(20).map(|l| format!("integrity: {l}")));
+    }
+    let version = super::user_version(&conn)?;
+    let supported = super::SCHEMA_VERSION;
+    if version > supported {
+        problems.push(format!(
+            "schema version {version} is newer than this binary supports (version {supported})"
+        ));
+    }
+    let mut report = Map::new();
+    report.insert(
+        "integrity".into(),
+        json!(integrity.first().cloned().unwrap_or_default()),
+    );
+    report.insert("schema_version".into(), json!(version));
+    report.insert("supported_schema_version".into(), json!(supported));
+    if (1..=supported).contains(&version) {
+        match stats(&conn, path) {
+            Ok(s) => report.extend(s),
+            Err(e) => problems.push(format!("cannot read stats: {e}")),
+        }
+    } else if version == 0 {
+        report.insert(
+            "note".into(),
+            json!("not yet initialised by a hub (schema is created at first start)"),
+        );
+    }
+    report.insert("ok".into(), json!(problems.is_empty()));
+    report.insert("problems".into(), json!(problems));
+    Ok(CheckReport { problems, report })
+}
+
+/// Copies a live database to `dest` with SQLite's online backup API, a few hundred pages
+/// at a time, so the hub keeps writing meanwhile; then checks the copy.
+pub(crate) fn backup(src: &Path, dest: &Path) -> Result<u64> {
+    use rusqlite::backup::Backup;
+    let from = Connection::open(src).map_err(db("open the database"))?;
+    from.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db("set busy timeout"))?;
+    let mut to = Connection::open(dest).map_err(db("create the backup file"))?;
+    {
+        let b = Backup::new(&from, &mut to).map_err(db("start the backup"))?;
+        b.run_to_completion(256, std::time::Duration::from_millis(5), None)
+            .map_err(db("copy pages"))?;
+    }
+    let ok: String = to
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(db("check the backup"))?;
+    if ok != "ok" {
+        return Err(crate::error::Error::Io {
+            op: "verify the backup",
+            source: std::io::Error::other(format!("quick_check says: {ok}")),
+        });
+    }
+    // The copy is a standalone file: leave it in rollback-journal mode, no -wal beside it.
+    to.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(db("finish the backup"))?;
+    let pages: i64 = to
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .map_err(db("count pages"))?;
+    Ok(u64::try_from(pages).unwrap_or(0))
+}

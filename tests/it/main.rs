@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod perf;
 mod pipeline;
+mod production;
 mod real_clients;
 mod state;
 mod stream;
