@@ -325,7 +325,7 @@ impl FromStr for Cursor {
         if stream.len() != 8 || !stream.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        if seq.is_empty() || seq.len() > 18 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         Ok(Cursor {

@@ -354,3 +354,133 @@ mod tests {
         assert!(text.ends_with("\n\n"));
     }
 }
+
+/// Property tests: any event survives the trip through our encoder and a parser written
+/// from the SSE specification; the query, cursor and validation parsers never panic and
+/// agree with the SQL CHECKs.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::event::{EventId, Priority, validate_type};
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    /// The WHATWG "interpret an event stream" algorithm, for complete input.
+    fn parse_spec(stream: &str) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let (mut data, mut event, mut last_id) = (String::new(), String::new(), String::new());
+        let normalised = stream.replace("\r\n", "\n").replace('\r', "\n");
+        for line in normalised.split('\n') {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    out.push((
+                        last_id.clone(),
+                        if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event.clone()
+                        },
+                        data.clone(),
+                    ));
+                }
+                data.clear();
+                event.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "event" => event = value.to_owned(),
+                "id" if !value.contains('\0') => last_id = value.to_owned(),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".*", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_round_trips_through_a_spec_parser(
+            t in "[A-Za-z0-9_.:-]{1,64}",
+            data in prop::collection::btree_map(".*", arb_json(), 0..5),
+            source in "[^\u{0}]{1,20}",
+            seq in 0i64..i64::MAX,
+            stream in any::<u32>(),
+            named in any::<bool>(),
+            heartbeats in 0usize..3,
+        ) {
+            let data: Map<String, Value> = data.into_iter().collect();
+            let event = Event {
+                cursor: Cursor { stream, seq },
+                id: EventId(seq),
+                event_type: t.clone(),
+                data: data.clone(),
+                priority: Priority::Low,
+                source,
+                created_at: "2026-11-26T10:00:00.000Z".into(),
+            };
+            let frame = Frame::new(&event);
+            let mut wire = String::from_utf8(prelude()).unwrap_or_default();
+            for _ in 0..heartbeats {
+                wire.push_str(std::str::from_utf8(HEARTBEAT).unwrap_or_default());
+            }
+            wire.push_str(std::str::from_utf8(frame.bytes(named)).unwrap_or_default());
+            let parsed = parse_spec(&wire);
+            prop_assert_eq!(parsed.len(), 1, "exactly one event from {:?}", wire);
+            let (id, kind, payload) = &parsed[0];
+            prop_assert_eq!(id, &event.cursor.to_string());
+            prop_assert_eq!(kind, if named { &t } else { "message" });
+            let v: Value = serde_json::from_str(payload).unwrap_or_default();
+            prop_assert_eq!(&v["data"], &Value::Object(data));
+            prop_assert_eq!(&v["type"], &Value::String(t));
+            prop_assert_eq!(id.parse::<Cursor>().ok(), Some(event.cursor));
+        }
+
+        #[test]
+        fn query_and_cursor_parsers_never_panic(target in ".*", header in proptest::option::of(".*")) {
+            let (_, pairs) = split_target(&target);
+            let _ = filter_from_query(&pairs);
+            let _ = resume_from(header.as_deref(), query_value(&pairs, "last_event_id"));
+            let _ = target.parse::<Cursor>();
+        }
+
+        #[test]
+        fn percent_encoding_round_trips(s in ".*") {
+            let encoded: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+            prop_assert_eq!(percent_decode(&encoded), s);
+        }
+
+        #[test]
+        fn accepted_types_are_exactly_the_check_constraint(t in ".{0,70}") {
+            let ok = !t.is_empty() && t.len() <= 64
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+            prop_assert_eq!(validate_type(&t).is_ok(), ok);
+        }
+    }
+}
