@@ -18,7 +18,7 @@ use rusqlite::Connection;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
-use crate::hub::{join_thread, spawn_named};
+use crate::hub::{Fatal, join_thread, spawn_critical};
 use crate::metrics::Metrics;
 use crate::store::{Store, events};
 
@@ -76,7 +76,7 @@ impl Emitter {
     /// As [`Emitter::open`].
     pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
         let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
-        let (writer, emitter) = Writer::start(&store, None, None)?;
+        let (writer, emitter) = Writer::start(&store, None, None, None)?;
         Ok(Emitter {
             _owner: Some(Arc::new(writer)),
             ..emitter
@@ -113,11 +113,12 @@ impl Writer {
         store: &Store,
         wake: Option<Sender<()>>,
         metrics: Option<Arc<Metrics>>,
+        fatal: Option<Fatal>,
     ) -> Result<(Writer, Emitter)> {
         let conn = store.dedicated()?;
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let handle = spawn_named("writer", None, move || {
+        let handle = spawn_critical("writer", fatal, move || {
             writer_loop(conn, &rx, &stop_rx, wake.as_ref(), metrics.as_deref());
             Ok(())
         })?;

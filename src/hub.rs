@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::broadcast::Broadcast;
 use crate::config::Config;
@@ -45,6 +45,7 @@ pub struct Hub {
     streams: Arc<Streams>,
     http: Option<HttpServer>,
     addr: SocketAddr,
+    failures: Receiver<String>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -66,9 +67,16 @@ impl Hub {
         config.validate()?;
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
+        let (fatal_tx, fatal_rx) = bounded(16);
+        let fatal = Fatal(fatal_tx);
         let metrics = Arc::new(Metrics::default());
         let cache = Arc::new(StateCache::default());
-        let (writer, emitter) = Writer::start(&store, Some(wake_tx), Some(metrics.clone()))?;
+        let (writer, emitter) = Writer::start(
+            &store,
+            Some(wake_tx),
+            Some(metrics.clone()),
+            Some(fatal.clone()),
+        )?;
         let broadcast = Arc::new(Broadcast::default());
         let status = Arc::new(PollerStatus::default());
         let (stop_tx, stop_rx) = bounded::<()>(0);
@@ -98,11 +106,11 @@ impl Hub {
         let retention = {
             let (store, stop) = (store.clone(), stop_rx.clone());
             let (policy, interval) = (retention::policy(&config), config.retention_interval);
-            spawn_named("retention", None, move || {
+            spawn_critical("retention", Some(fatal.clone()), move || {
                 retention::run(&store, policy, interval, &stop)
             })?
         };
-        let poller = spawn_named("poller", None, move || poller.run())?;
+        let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
         let streams = Streams::new(config.max_clients);
         let ctx = Arc::new(Ctx {
             config: config.clone(),
@@ -114,6 +122,8 @@ impl Hub {
             body_threads: Slots::new(BODY_THREADS),
             cache,
             metrics,
+            fatal,
+            abandoned: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut hub = Hub {
             config,
@@ -127,6 +137,7 @@ impl Hub {
             streams,
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
+            failures: fatal_rx,
         };
         // On failure here, `hub` drops and stops what already runs.
         let http = HttpServer::start(ctx)?;
@@ -152,6 +163,13 @@ impl Hub {
     /// A handle for producing events in this process.
     pub fn emitter(&self) -> Emitter {
         self.emitter.clone()
+    }
+
+    /// Receives a message when a thread the hub cannot run without has died (the poller,
+    /// the writer, retention), or when the hub must restart to free resources a hostile
+    /// client tied up. `serve` then shuts down and exits 1, so a supervisor restarts it.
+    pub fn failures(&self) -> Receiver<String> {
+        self.failures.clone()
     }
 
     /// The config the hub runs with.
@@ -239,20 +257,64 @@ where
         .map_err(|source| Error::Spawn { name: full, source })
 }
 
+/// Where long-lived threads report that they died, so `serve` can exit non-zero (and systemd
+/// restart it) instead of running on without them.
+#[derive(Clone)]
+pub(crate) struct Fatal(Sender<String>);
+
+impl Fatal {
+    pub(crate) fn report(&self, what: String) {
+        log::error!("fatal: {what}");
+        // Full means earlier reports are waiting; one is enough to stop the hub.
+        let _ = self.0.try_send(what);
+    }
+}
+
+/// [`spawn_named`] for a thread the hub cannot run without: an error it returns or a panic
+/// is reported to `fatal` as well as to its joiner.
+pub(crate) fn spawn_critical<F>(
+    name: &str,
+    fatal: Option<Fatal>,
+    f: F,
+) -> Result<JoinHandle<Result<()>>>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let label = format!("tle-{name}");
+    spawn_named(name, None, move || {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if let Some(f) = &fatal {
+                    f.report(format!("{label} ended: {}", e.chain()));
+                }
+                Err(e)
+            }
+            Err(panic) => {
+                if let Some(f) = &fatal {
+                    f.report(format!("{label} panicked: {}", panic_text(&*panic)));
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    })
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
+}
+
 /// Joins a thread; a panic or an error it returned becomes an `Err`.
 pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<()> {
     match handle.join() {
         Ok(r) => r,
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panicked".to_owned());
-            Err(Error::Thread {
-                name: name.to_owned(),
-                reason,
-            })
-        }
+        Err(panic) => Err(Error::Thread {
+            name: name.to_owned(),
+            reason: panic_text(&*panic),
+        }),
     }
 }

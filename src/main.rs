@@ -39,7 +39,17 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
         source: std::io::Error::other(e),
     })?;
     let hub = Hub::start(config)?;
-    let _ = stop_rx.recv();
-    log::info!("signal received: shutting down");
-    hub.shutdown()
+    let failures = hub.failures();
+    crossbeam_channel::select! {
+        recv(stop_rx) -> _ => {
+            log::info!("signal received: shutting down");
+            hub.shutdown()
+        }
+        recv(failures) -> what => {
+            let reason = what.unwrap_or_else(|_| "a hub thread ended".to_owned());
+            log::error!("shutting down: {reason}");
+            let _ = hub.shutdown();
+            Err(Error::Thread { name: "hub".into(), reason })
+        }
+    }
 }

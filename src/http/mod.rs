@@ -52,6 +52,9 @@ pub(crate) struct Ctx {
     pub(crate) body_threads: Arc<stream::Slots>,
     pub(crate) cache: Arc<crate::state::StateCache>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) fatal: crate::hub::Fatal,
+    /// Connections given up on (see `routes::abandon`); each holds a thread and two fds.
+    pub(crate) abandoned: std::sync::atomic::AtomicUsize,
 }
 
 /// The running server: listener, current tiny_http server and workers.

@@ -23,6 +23,8 @@ const DRAIN_LIMIT_BYTES: usize = 256 * 1024 * 1024;
 /// tiny_http reads bodies up to 1 KiB before we see the request; larger ones are read from
 /// the socket, which a client can stall, so they are read off the workers.
 const PREBUFFERED_BYTES: usize = 1024;
+/// Abandoned connections tolerated before the hub asks to be restarted.
+const MAX_ABANDONED: usize = 256;
 
 const PATHS: [&str; 5] = [
     "/",
@@ -161,7 +163,7 @@ pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
         }
         return None;
     }
-    abandon(rq, too_large());
+    abandon(rq, too_large(), ctx);
     None
 }
 
@@ -171,13 +173,24 @@ pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
 /// take the connection out of its hands and keep it. This costs one tiny_http thread and
 /// two sockets until the process ends; it is reached only for absurd declared lengths or
 /// when every body thread is busy. See the README's security section.
-fn abandon(rq: Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+fn abandon(rq: Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>, ctx: &Ctx) {
+    let n = ctx
+        .abandoned
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     log::warn!(
-        "abandoning the connection of {:?}: its unread body cannot be drained safely",
+        "abandoning the connection of {:?} ({n} so far): its unread body cannot be drained safely",
         rq.remote_addr()
     );
     let stream = rq.upgrade("close", response);
     std::mem::forget(stream);
+    if n == MAX_ABANDONED {
+        // Measured: each costs one thread and two file descriptors, forever. Past this many
+        // a client is attacking us; a restart (systemd: Restart=always) frees them all.
+        ctx.fatal.report(format!(
+            "{n} connections abandoned for absurd or stalled request bodies; restarting to free their threads and sockets"
+        ));
+    }
 }
 
 fn needs_body_thread(rq: &Request) -> bool {
@@ -193,7 +206,7 @@ fn post_on_thread(rq: Request, ctx: &Ctx, cors: Vec<(&'static str, String)>) {
         let e = HttpError::new(503, "too many uploads in progress")
             .with_header("Retry-After", "1")
             .with_header("Connection", "close");
-        return abandon(rq, e.into_reply().into_response());
+        return abandon(rq, e.into_reply().into_response(), ctx);
     };
     let (config, emitter) = (ctx.config.clone(), ctx.emitter.clone());
     let spawned = spawn_named("body", Some(128 * 1024), move || {

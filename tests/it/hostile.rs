@@ -199,3 +199,36 @@ fn clients_that_vanish_release_their_threads() {
         == 0));
     still_serves(&hub);
 }
+
+#[test]
+fn a_flood_of_absurd_bodies_makes_the_binary_exit_for_a_restart_instead_of_leaking_forever() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut hub = crate::support::ChildHub::start(&dir.path().join("e.db"), &[]);
+    for i in 0..256 {
+        let mut s = TcpStream::connect(hub.addr).expect("connect");
+        s.write_all(
+            b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000000\r\n\r\n",
+        )
+        .expect("send");
+        s.set_read_timeout(Some(WAIT)).ok();
+        assert_eq!(read_status(&mut s), Some(413), "request {i}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Ok(Some(status)) = hub.child.try_wait() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "hub did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "non-zero, so systemd's Restart= brings it back"
+    );
+    assert!(
+        hub.log().contains("256 connections abandoned"),
+        "{}",
+        hub.log()
+    );
+}
