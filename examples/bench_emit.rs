@@ -1,0 +1,244 @@
+//! Emit throughput and latency: how many events per second [`Emitter::emit`] stores from 1
+//! and 4 threads, with `synchronous` NORMAL and FULL, and how long one `emit` takes.
+//!
+//! Each case gets a fresh database in a temp dir (on the same file system as `--dir`, by
+//! default the system temp dir: fsync cost depends on it). Every thread emits back to back;
+//! `emit` returns only once the event is committed, so with T threads at most T events can
+//! share one group commit.
+//!
+//! ```text
+//! cargo run --release --example bench_emit                 # the full run, ~20 s
+//! cargo run --release --example bench_emit -- --quick      # a smoke run
+//! ```
+//!
+//! Prints a table, then one `BENCH_JSON {...}` line per case for scripts. Targets
+//! (issue #2): 4 threads NORMAL ≥ 50,000 events/s, FULL ≥ 20,000 events/s.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use timelapse_events::{Emitter, NewEvent, Synchronous};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Emit throughput and latency of the in-process Emitter.
+#[derive(Debug, Parser)]
+struct Args {
+    /// A small run (for smoke tests): 2,000 events per case.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for the temporary databases (its file system decides what fsync costs).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Events per case (overrides the default: 100,000 NORMAL, 40,000 FULL).
+    #[arg(long)]
+    events: Option<u64>,
+}
+
+/// A case stops early after this long, whatever its event count (the loop is bounded).
+const CASE_LIMIT: Duration = Duration::from_secs(15);
+/// Emits before the clock starts: opens the statement cache, grows the WAL.
+const WARM_UP: u64 = 500;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Outcome {
+    sync: Synchronous,
+    threads: usize,
+    events: u64,
+    secs: f64,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    cpu_s: f64,
+    writer_cpu_s: f64,
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("bench-emit-")
+        .tempdir_in(&base)?;
+    println!(
+        "bench_emit: databases in {} ({} CPUs)",
+        dir.path().display(),
+        thread::available_parallelism().map_or(0, usize::from)
+    );
+    let mut outcomes = Vec::new();
+    for sync in [Synchronous::Normal, Synchronous::Full] {
+        let count = match (args.quick, args.events, sync) {
+            (_, Some(n), _) => n,
+            (true, None, _) => 2_000,
+            (false, None, Synchronous::Normal) => 100_000,
+            (false, None, Synchronous::Full) => 40_000,
+        };
+        for threads in [1, 4] {
+            let path = dir
+                .path()
+                .join(format!("{}-{threads}.db", sync.as_str().to_lowercase()));
+            outcomes.push(case(&path, sync, threads, count)?);
+        }
+    }
+    println!(
+        "\n{:<7} {:>7} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "sync", "threads", "events", "events/s", "p50 µs", "p99 µs", "max µs", "CPU s", "writer s"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<7} {:>7} {:>8} {:>11.0} {:>9.1} {:>9.1} {:>9.0} {:>9.2} {:>10.2}",
+            o.sync.as_str(),
+            o.threads,
+            o.events,
+            o.events as f64 / o.secs,
+            o.p50_us,
+            o.p99_us,
+            o.max_us,
+            o.cpu_s,
+            o.writer_cpu_s
+        );
+    }
+    for o in &outcomes {
+        let line = json!({
+            "bench": "emit",
+            "synchronous": o.sync.as_str(),
+            "threads": o.threads,
+            "events": o.events,
+            "events_per_s": (o.events as f64 / o.secs).round(),
+            "p50_us": o.p50_us,
+            "p99_us": o.p99_us,
+            "max_us": o.max_us,
+            "cpu_s": o.cpu_s,
+            "writer_cpu_s": o.writer_cpu_s,
+        });
+        println!("BENCH_JSON {line}");
+    }
+    Ok(())
+}
+
+fn case(
+    path: &std::path::Path,
+    sync: Synchronous,
+    threads: usize,
+    count: u64,
+) -> Result<Outcome, BoxError> {
+    let emitter = Emitter::open_with(path, sync)?;
+    for i in 0..WARM_UP {
+        emitter.emit(event(0, i))?;
+    }
+    let per_thread = count / threads as u64;
+    let barrier = Barrier::new(threads + 1);
+    let cpu_before = proc_cpu_s("/proc/self/stat")?;
+    let writer_before = writer_cpu_s()?;
+    let (secs, mut lat) = thread::scope(|s| -> Result<(f64, Vec<u32>), BoxError> {
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (emitter, barrier) = (emitter.clone(), &barrier);
+            handles.push(s.spawn(move || -> Result<Vec<u32>, String> {
+                let mut lat = Vec::with_capacity(per_thread as usize);
+                barrier.wait();
+                let stop_at = Instant::now() + CASE_LIMIT;
+                for i in 0..per_thread {
+                    let ev = event(t as i64 + 1, i);
+                    let t0 = Instant::now();
+                    emitter.emit(ev).map_err(|e| e.to_string())?;
+                    let now = Instant::now();
+                    lat.push(u32::try_from((now - t0).as_nanos()).unwrap_or(u32::MAX));
+                    if now > stop_at {
+                        break;
+                    }
+                }
+                Ok(lat)
+            }));
+        }
+        barrier.wait();
+        let started = Instant::now();
+        let mut all = Vec::with_capacity(count as usize);
+        for h in handles {
+            let lat = h.join().map_err(|_| "an emitting thread panicked")??;
+            all.extend(lat);
+        }
+        Ok((started.elapsed().as_secs_f64(), all))
+    })?;
+    let cpu_s = proc_cpu_s("/proc/self/stat")? - cpu_before;
+    let writer_cpu_s = writer_cpu_s()? - writer_before;
+    drop(emitter); // stops the writer
+    lat.sort_unstable();
+    let q = |p: f64| pct(&lat, p) as f64 / 1000.0;
+    let o = Outcome {
+        sync,
+        threads,
+        events: lat.len() as u64,
+        secs,
+        p50_us: q(0.50),
+        p99_us: q(0.99),
+        max_us: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        cpu_s,
+        writer_cpu_s,
+    };
+    println!(
+        "{:<6} {} thread(s): {} events in {:.2} s = {:.0} events/s",
+        sync.as_str(),
+        threads,
+        o.events,
+        secs,
+        o.events as f64 / secs
+    );
+    Ok(o)
+}
+
+fn event(camera: i64, i: u64) -> NewEvent {
+    NewEvent::image_captured(camera, 7, i as i64, 3)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (fields 14 and 15, in clock ticks
+/// of 1/100 s, the Linux USER_HZ).
+fn proc_cpu_s(stat_path: &str) -> Result<f64, BoxError> {
+    let text = std::fs::read_to_string(stat_path)?;
+    // The command name may contain spaces; the fields start after its closing parenthesis.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64, BoxError> {
+        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
+    };
+    // After ")": field 3 (state) is index 0, so utime (14) is index 11, stime (15) index 12.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds of the `tle-writer` thread(s) alive in this process.
+fn writer_cpu_s() -> Result<f64, BoxError> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let dir = entry?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "tle-writer" {
+            total += proc_cpu_s(&dir.join("stat").to_string_lossy())?;
+        }
+    }
+    Ok(total)
+}
