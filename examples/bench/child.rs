@@ -1,0 +1,296 @@
+//! The processes a benchmark run starts: the hub (this same binary with `--role hub`, so its
+//! CPU and memory are measured apart from the load generator) and the external producer
+//! (`--role producer`, plain rusqlite INSERTs as any other program would do). Both are
+//! killed on drop, so a failed run leaves nothing behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
+
+use crate::BoxError;
+
+/// What the hub is started with.
+#[derive(Debug, Clone)]
+pub struct HubParams {
+    pub poll_ms: u64,
+    pub batch_rows: usize,
+    pub heartbeat_ms: u64,
+    pub max_clients: usize,
+    /// `None`: an ephemeral port the hub reports.
+    pub port: Option<u16>,
+}
+
+impl HubParams {
+    /// The hub's defaults (5 ms poll, 512 rows per batch).
+    pub fn normal() -> HubParams {
+        HubParams {
+            poll_ms: 5,
+            batch_rows: 512,
+            heartbeat_ms: 15_000,
+            max_clients: 256,
+            port: None,
+        }
+    }
+
+    /// The design we replace: 0.5 s poll, 50 rows a batch.
+    pub fn seed() -> HubParams {
+        HubParams {
+            poll_ms: 500,
+            batch_rows: 50,
+            ..HubParams::normal()
+        }
+    }
+}
+
+/// A hub child process.
+pub struct HubChild {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    /// How long `Hub::start` took inside the child.
+    pub start_us: u64,
+    pub spawned: Instant,
+}
+
+impl HubChild {
+    /// Starts the hub on `db` and waits (up to `wait`) for it to report its address.
+    pub fn spawn(db: &Path, p: &HubParams, wait: Duration) -> Result<HubChild, BoxError> {
+        let mut hub = HubChild::launch(db, p)?;
+        hub.ready(wait)?;
+        Ok(hub)
+    }
+
+    /// Starts the hub process without waiting for it.
+    pub fn launch(db: &Path, p: &HubParams) -> Result<HubChild, BoxError> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--role", "hub", "--db"])
+            .arg(db)
+            .args(["--poll-ms", &p.poll_ms.to_string()])
+            .args(["--batch-rows", &p.batch_rows.to_string()])
+            .args(["--heartbeat-ms", &p.heartbeat_ms.to_string()])
+            .args(["--max-clients", &p.max_clients.to_string()])
+            .args(["--port", &p.port.unwrap_or(0).to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let spawned = Instant::now();
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("hub child has no stdout")?;
+        let (tx, rx) = unbounded();
+        std::thread::Builder::new()
+            .name("hub-stdout".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(HubChild {
+            pid: child.id(),
+            child,
+            stdin,
+            lines: rx,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            start_us: 0,
+            spawned,
+        })
+    }
+
+    /// Waits (up to `wait`) for the `READY <addr> <start µs>` line.
+    pub fn ready(&mut self, wait: Duration) -> Result<(), BoxError> {
+        let ready = self.expect_line("READY", wait)?;
+        let mut parts = ready.split_whitespace().skip(1);
+        self.addr = parts.next().ok_or("READY without address")?.parse()?;
+        self.start_us = parts.next().ok_or("READY without time")?.parse()?;
+        Ok(())
+    }
+
+    /// Sends one command line to the hub's stdin.
+    pub fn command(&mut self, line: &str) -> Result<(), BoxError> {
+        let stdin = self.stdin.as_mut().ok_or("hub stdin closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for a stdout line starting with `word`; other lines are skipped.
+    pub fn expect_line(&mut self, word: &str, wait: Duration) -> Result<String, BoxError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.split_whitespace().next() == Some(word) => return Ok(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!("hub did not print {word} within {wait:?}").into());
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("hub exited before printing {word}").into());
+                }
+            }
+        }
+    }
+
+    /// CPU, memory and threads of the hub process now.
+    pub fn stats(&self) -> Result<ProcStats, BoxError> {
+        ProcStats::read(self.pid)
+    }
+
+    /// Asks the hub to shut down in order and waits for it (killing it after `wait`).
+    pub fn stop(mut self, wait: Duration) -> Result<(), BoxError> {
+        self.command("quit")?;
+        drop(self.stdin.take());
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("hub exited with {status}").into())
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("hub did not stop within {wait:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for HubChild {
+    fn drop(&mut self) {
+        // Still running only if `stop` was not called or failed: end it.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill(); // it may exit by itself in between
+        }
+        let _ = self.child.wait(); // reaps it; an error means it was reaped already
+    }
+}
+
+/// `--producer-synchronous` of this run, handed to every producer child.
+pub static PRODUCER_SYNCHRONOUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// An external producer child doing paced INSERTs.
+pub struct ProducerChild {
+    child: Child,
+}
+
+/// What the producer reports when done.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Produced {
+    pub rows: u64,
+    pub commit_p50_us: f64,
+    pub commit_p99_us: f64,
+}
+
+impl ProducerChild {
+    pub fn spawn(db: &Path, rate: f64, count: u64) -> Result<ProducerChild, BoxError> {
+        let exe = std::env::current_exe()?;
+        let sync = PRODUCER_SYNCHRONOUS.get().map_or("default", String::as_str);
+        let child = Command::new(exe)
+            .args(["--role", "producer", "--producer-synchronous", sync, "--db"])
+            .arg(db)
+            .args(["--rate", &rate.to_string(), "--count", &count.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(ProducerChild { child })
+    }
+
+    /// Waits (up to `wait`) for the producer to finish and parses its report.
+    pub fn finish(mut self, wait: Duration) -> Result<Produced, BoxError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("producer did not finish within {wait:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out)?;
+        }
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("PRODUCED "))
+            .ok_or_else(|| format!("producer failed: {out}"))?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let get = |i: usize| f.get(i).ok_or("short PRODUCED line");
+        Ok(Produced {
+            rows: get(1)?.parse()?,
+            commit_p50_us: get(2)?.parse()?,
+            commit_p99_us: get(3)?.parse()?,
+        })
+    }
+}
+
+impl Drop for ProducerChild {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill(); // it may exit by itself in between
+        }
+        let _ = self.child.wait(); // reaps it; an error means it was reaped already
+    }
+}
+
+/// One reading of `/proc/<pid>`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcStats {
+    /// User + system CPU seconds so far (10 ms resolution).
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    /// Peak RSS so far.
+    pub hwm_kib: u64,
+    pub threads: u64,
+}
+
+impl ProcStats {
+    pub fn read(pid: u32) -> Result<ProcStats, BoxError> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(ProcStats {
+            cpu_s: cpu_s(&format!("/proc/{pid}/stat"))?,
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+        })
+    }
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (fields 14 and 15, in clock ticks
+/// of 1/100 s, Linux's USER_HZ).
+pub fn cpu_s(stat_path: &str) -> Result<f64, BoxError> {
+    let text = std::fs::read_to_string(stat_path)?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) 12.
+    let ticks = |i: usize| -> Result<f64, BoxError> {
+        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
