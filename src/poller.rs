@@ -16,7 +16,7 @@ use rusqlite::Connection;
 
 use crate::broadcast::Broadcast;
 use crate::emitter::Emitter;
-use crate::error::{Result, db};
+use crate::error::Result;
 use crate::event::{Event, NewEvent, Priority};
 use crate::metrics::Metrics;
 use crate::sse::Frame;
@@ -175,7 +175,7 @@ impl Poller {
         // Hub::start loaded the state and published version 1 before serving requests.
         let mut state = std::mem::take(&mut self.state);
         let mut state_version: u64 = 1;
-        let mut version = data_version(&self.conn)?;
+        let mut version = events::data_version(&self.conn)?;
         let mut pending = true; // whatever was left undispatched before start
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -188,7 +188,7 @@ impl Poller {
                 if self.watchdog.last_check.elapsed() >= self.watchdog.tick() {
                     self.watchdog.check(&state, state::now_ms());
                 }
-                match data_version(&self.conn) {
+                match events::data_version(&self.conn) {
                     Ok(v) if v != version => {
                         version = v;
                         pending = true;
@@ -278,10 +278,4 @@ impl Poller {
             }
         }
     }
-}
-
-/// Changes whenever another connection (or process) commits; ours do not change it.
-fn data_version(conn: &Connection) -> Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-        .map_err(db("read data_version"))
 }
