@@ -208,7 +208,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Me
         .iter()
         .map(|j| events::Insert {
             event: &j.event,
-            data: j.data.clone(),
+            data: &j.data,
         })
         .collect();
     let outcome = events::insert_batch(conn, &rows);

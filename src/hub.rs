@@ -46,6 +46,8 @@ pub struct Hub {
     http: Option<HttpServer>,
     addr: SocketAddr,
     failures: Receiver<String>,
+    /// Set once stop_all has run (Drop calls it again after `shutdown`).
+    stopped: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -138,6 +140,7 @@ impl Hub {
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
             failures: fatal_rx,
+            stopped: false,
         };
         // On failure here, `hub` drops and stops what already runs.
         let http = HttpServer::start(ctx)?;
@@ -222,10 +225,10 @@ impl Hub {
                 "{left} streams still writing at shutdown (their send timeout will end them)"
             );
         }
-        if self.addr.port() != 0 {
+        if !self.stopped {
+            self.stopped = true;
             keep(self.store.checkpoint());
             log::info!("timelapse-events stopped");
-            self.addr.set_port(0);
         }
         first
     }

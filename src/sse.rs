@@ -29,13 +29,28 @@ pub(crate) struct Frame {
     pub(crate) named: Box<[u8]>,
 }
 
+/// One event's frame: `id:`, optionally `event: <type>`, and one `data:` line. serde_json
+/// writes compact JSON, where strings escape `\n` and `\r`, so the data is always one line.
+pub(crate) fn encode(event: &Event, named: bool) -> String {
+    let data = event.envelope().to_string();
+    encode_with(event, named, &data)
+}
+
+fn encode_with(event: &Event, named: bool, data: &str) -> String {
+    let id = event.cursor;
+    if named {
+        format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.event_type)
+    } else {
+        format!("id: {id}\ndata: {data}\n\n")
+    }
+}
+
 impl Frame {
+    /// Encodes both variants once; every subscriber shares them.
     pub(crate) fn new(event: &Event) -> Arc<Frame> {
-        // serde_json writes compact JSON: strings escape \n and \r, so the data is one line.
         let data = event.envelope().to_string();
-        let id = event.cursor.to_string();
-        let plain = format!("id: {id}\ndata: {data}\n\n");
-        let named = format!("id: {id}\nevent: {}\ndata: {data}\n\n", event.event_type);
+        let plain = encode_with(event, false, &data);
+        let named = encode_with(event, true, &data);
         Arc::new(Frame {
             seq: event.cursor.seq,
             event_type: event.event_type.clone(),

@@ -20,7 +20,7 @@ use super::Ctx;
 use super::reply::{HttpError, Reply};
 use crate::broadcast::Subscription;
 use crate::error::Result;
-use crate::event::{Cursor, Event};
+use crate::event::Cursor;
 use crate::hub::spawn_named;
 use crate::sse::{self, Filter, Frame, Resume};
 use crate::store::{Store, events};
@@ -391,7 +391,7 @@ fn catch_up(
         let mut buf = Vec::new();
         for e in &page {
             if plan.filter.matches(&e.event_type, e.camera_id()) {
-                buf.extend_from_slice(frame_of(e, plan.named).as_slice());
+                buf.extend_from_slice(sse::encode(e, plan.named).as_bytes());
             }
         }
         if !buf.is_empty() {
@@ -406,10 +406,6 @@ fn catch_up(
             return Ok(after);
         }
     }
-}
-
-fn frame_of(e: &Event, named: bool) -> Vec<u8> {
-    Frame::new(e).bytes(named).to_vec()
 }
 
 fn follow(

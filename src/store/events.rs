@@ -11,7 +11,7 @@ use crate::state::State;
 /// One event ready for INSERT: validated, payload serialised.
 pub(crate) struct Insert<'a> {
     pub(crate) event: &'a NewEvent,
-    pub(crate) data: String,
+    pub(crate) data: &'a str,
 }
 
 const INSERT: &str = "INSERT INTO sse_events (event_type, event_data, priority, source) \
