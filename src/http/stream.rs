@@ -191,10 +191,11 @@ pub(super) fn open(
         ctx.config.heartbeat_interval,
     );
     let cache = ctx.cache.clone();
+    let send_timeout = ctx.config.send_timeout;
     let spawned = spawn_named("stream", Some(STREAM_STACK_BYTES), move || {
         let _slot = slot;
         let peer = plan.peer.clone();
-        let mut out = Out::new(writer, plan.http10);
+        let mut out = Out::new(writer, plan.http10, send_timeout);
         match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
             Ok(End::Closed) => {
                 log::debug!("stream to {peer} ended: hub shutting down");
@@ -232,14 +233,16 @@ struct Out {
     w: Box<dyn Write + Send>,
     chunked: bool,
     buf: Vec<u8>,
+    send_timeout: Duration,
 }
 
 impl Out {
-    fn new(w: Box<dyn Write + Send>, http10: bool) -> Out {
+    fn new(w: Box<dyn Write + Send>, http10: bool, send_timeout: Duration) -> Out {
         Out {
             w,
             chunked: !http10,
             buf: Vec::with_capacity(4096),
+            send_timeout,
         }
     }
 
@@ -274,7 +277,25 @@ impl Out {
         } else {
             self.buf.extend_from_slice(payload);
         }
-        self.w.write_all(&self.buf)?;
+        // SO_SNDTIMEO (inherited from the listener) bounds each write() call, but a peer
+        // that takes a few bytes now and then would keep write_all going for ever
+        // (measured: 12 s past a 5 s timeout). So the whole write has a deadline too.
+        let deadline = std::time::Instant::now() + self.send_timeout;
+        let mut rest = &self.buf[..];
+        while !rest.is_empty() {
+            match self.w.write(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if !rest.is_empty() && std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client took no data for the send timeout",
+                ));
+            }
+        }
         self.w.flush()
     }
 

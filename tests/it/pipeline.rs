@@ -291,7 +291,9 @@ fn replay_to_live_handover_has_no_gap_and_no_duplicate_while_emits_race() {
 
 #[test]
 fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
-    let hub = TestHub::start_with(|c| c.send_timeout = Duration::from_secs(1));
+    // The send timeout is long enough that the queue overflows first (the cut-off under
+    // test); it still bounds how long the stuck stream's thread lingers afterwards.
+    let hub = TestHub::start_with(|c| c.send_timeout = Duration::from_secs(5));
     // A stuck client: a tiny receive buffer and no reads.
     let stuck = {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -315,8 +317,8 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
     .json()["streams"]
         == 2));
     let emitter = hub.emitter();
-    let payload = "x".repeat(8 * 1024);
-    let total = 3000;
+    let payload = "x".repeat(16 * 1024);
+    let total = 2000;
     let producer = std::thread::spawn(move || {
         for i in 0..total {
             emitter
