@@ -25,10 +25,10 @@ pub struct HubParams {
 }
 
 impl HubParams {
-    /// The hub's defaults (5 ms poll, 512 rows per batch).
+    /// The hub's defaults (5 ms poll unless `--poll-ms`, 512 rows per batch).
     pub fn normal() -> HubParams {
         HubParams {
-            poll_ms: 5,
+            poll_ms: NORMAL_POLL_MS.get().copied().unwrap_or(5),
             batch_rows: 512,
             heartbeat_ms: 15_000,
             max_clients: 256,
@@ -176,6 +176,9 @@ impl Drop for HubChild {
         let _ = self.child.wait(); // reaps it; an error means it was reaped already
     }
 }
+
+/// `--poll-ms` of this run, for the normal-mode hub.
+pub static NORMAL_POLL_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// `--producer-synchronous` of this run, handed to every producer child.
 pub static PRODUCER_SYNCHRONOUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();

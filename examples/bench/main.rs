@@ -85,7 +85,9 @@ struct Args {
     role: Option<Role>,
     #[arg(long, hide = true)]
     db: Option<PathBuf>,
-    #[arg(long, hide = true, default_value_t = 5)]
+    /// `Config.poll_interval` of the hub in normal mode, in ms (for experiments; the hub's
+    /// default is 5 ms). Seed mode always uses 500 ms.
+    #[arg(long, default_value_t = 5)]
     poll_ms: u64,
     #[arg(long, hide = true, default_value_t = 512)]
     batch_rows: usize,
@@ -155,6 +157,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
     let which = args
         .scenario
         .ok_or("name a scenario, or `all` (see --help)")?;
+    // Set once, here, before any child starts.
+    let _ = child::PRODUCER_SYNCHRONOUS.set(args.producer_synchronous.clone());
+    let _ = child::NORMAL_POLL_MS.set(args.poll_ms);
     let all = which == Which::All;
     let q = args.quick;
     let seed = args.seed_mode;
