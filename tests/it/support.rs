@@ -194,6 +194,48 @@ impl SseClient {
         c
     }
 
+    /// Like [`SseClient::connect_with`] (HTTP/1.1), but `None` instead of a panic when the
+    /// connection is refused or closed, or no response head comes within `timeout`: for
+    /// clients that follow a hub across crashes and restarts.
+    pub fn try_connect(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Option<SseClient> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+        stream.set_nodelay(true).ok();
+        let mut req =
+            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut c = SseClient {
+            stream,
+            raw: Vec::new(),
+            body: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            chunked: false,
+            events: VecDeque::new(),
+            cur: SseEvent::default(),
+            has_data: false,
+            last_id: None,
+            comments: 0,
+            ended: false,
+        };
+        let deadline = Instant::now() + timeout;
+        while find(&c.raw, b"\r\n\r\n").is_none() {
+            if !c.read_more(deadline) {
+                return None;
+            }
+        }
+        c.read_head(); // the head is complete: this only parses it
+        Some(c)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
