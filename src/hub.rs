@@ -114,6 +114,7 @@ impl Hub {
         };
         let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
         let streams = Streams::new(config.max_clients);
+        let (pump_tx, pump_rx) = bounded(1024);
         let ctx = Arc::new(Ctx {
             config: config.clone(),
             store: store.clone(),
@@ -126,6 +127,7 @@ impl Hub {
             metrics,
             fatal,
             abandoned: std::sync::atomic::AtomicUsize::new(0),
+            pump: pump_tx,
         });
         let mut hub = Hub {
             config,
@@ -143,7 +145,7 @@ impl Hub {
             stopped: false,
         };
         // On failure here, `hub` drops and stops what already runs.
-        let http = HttpServer::start(ctx)?;
+        let http = HttpServer::start(ctx, pump_rx)?;
         hub.addr = http.addr();
         hub.http = Some(http);
         let counts = events::counts(&*hub.store.conn()?)?;

@@ -19,13 +19,14 @@ mod reply;
 mod routes;
 pub(crate) mod stream;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
 use crate::broadcast::Broadcast;
@@ -55,12 +56,15 @@ pub(crate) struct Ctx {
     pub(crate) fatal: crate::hub::Fatal,
     /// Connections given up on (see `routes::abandon`); each holds a thread and two fds.
     pub(crate) abandoned: std::sync::atomic::AtomicUsize,
+    /// Nudges the pool pump (see [`pump`]) once per stream started.
+    pub(crate) pump: Sender<()>,
 }
 
 /// The running server: listener, current tiny_http server and workers.
 pub(crate) struct HttpServer {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<Result<()>>>,
+    pump: Option<(Sender<()>, JoinHandle<Result<()>>)>,
     addr: SocketAddr,
 }
 
@@ -72,7 +76,8 @@ struct Shared {
 }
 
 impl HttpServer {
-    pub(crate) fn start(ctx: Arc<Ctx>) -> Result<HttpServer> {
+    /// Binds, starts tiny_http and the workers, and the pump that `pump_rx` nudges.
+    pub(crate) fn start(ctx: Arc<Ctx>, pump_rx: Receiver<()>) -> Result<HttpServer> {
         let listener = bind(&ctx.config)?;
         let addr = listener
             .local_addr()
@@ -92,9 +97,15 @@ impl HttpServer {
                 Ok(())
             })?);
         }
+        let (pump_stop, stop_rx) = bounded::<()>(0);
+        let pump = spawn_named("pump", Some(64 * 1024), move || {
+            pump(loopback_of(addr), &pump_rx, &stop_rx);
+            Ok(())
+        })?;
         Ok(HttpServer {
             shared,
             workers,
+            pump: Some((pump_stop, pump)),
             addr,
         })
     }
@@ -113,6 +124,10 @@ impl HttpServer {
             server.unblock();
         }
         let mut first = Ok(());
+        if let Some((stop, pump)) = self.pump.take() {
+            drop(stop);
+            first = join_thread("pump", pump);
+        }
         for w in self.workers.drain(..) {
             let r = join_thread("http worker", w);
             if first.is_ok() {
@@ -179,6 +194,40 @@ fn worker(shared: &Shared, ctx: &Ctx) {
                 }
             }
         }
+    }
+}
+
+/// Works around a race in tiny_http 0.12's connection thread pool (`util/task_pool.rs`):
+/// `spawn` queues a new connection whenever a pool thread *counts* as idle, but in a burst
+/// several connections are queued on the same idle thread, which then takes one event
+/// stream for life; the rest stay accepted and never read until some connection closes
+/// (measured: 4 of 50 simultaneous clients served). Every event stream therefore nudges
+/// this thread, which opens and at once closes a connection to the hub: when no pool thread
+/// is idle, tiny_http starts a new one for it, and that thread, having read the empty
+/// connection to its end, takes the next queued connection. A stream start so replaces
+/// the pool thread it took. A probe costs one loopback connect (tens of microseconds).
+fn pump(addr: SocketAddr, nudges: &Receiver<()>, stop: &Receiver<()>) {
+    loop {
+        select! {
+            recv(nudges) -> n => if n.is_err() { return },
+            recv(stop) -> _ => return,
+        }
+        if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            log::debug!("pool pump probe failed: {e}");
+        }
+    }
+}
+
+/// The address to reach our own listener at: loopback when bound to "any".
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 

@@ -206,6 +206,8 @@ pub(super) fn open(
         }
         Ok(())
     });
+    // The stream holds a tiny_http pool thread for its life: have the pump replace it.
+    let _ = ctx.pump.try_send(()); // full: enough probes are already on their way
     match spawned {
         Ok(handle) => ctx.streams.keep(handle),
         // The writer went into the closure and was dropped with it; the client sees a

@@ -232,3 +232,34 @@ fn a_flood_of_absurd_bodies_makes_the_binary_exit_for_a_restart_instead_of_leaki
         hub.log()
     );
 }
+
+#[test]
+fn a_burst_of_simultaneous_stream_clients_is_served_in_full() {
+    let hub = TestHub::start_with(|c| c.max_clients = 1000);
+    let n = 200;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, barrier) = (hub.addr(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                SseClient::connect(addr, "/api/events")
+            })
+        })
+        .collect();
+    let mut clients: Vec<SseClient> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(clients.iter().all(|c| c.status == 200));
+    let id = hub
+        .emitter()
+        .emit(NewEvent::new("storm", json!({})))
+        .expect("emit");
+    let served = clients
+        .iter_mut()
+        .map(|c| c.next_event(WAIT).is_some_and(|e| e.json()["id"] == id.0))
+        .filter(|got| *got)
+        .count();
+    assert_eq!(served, n, "every client of the burst got the event");
+}
