@@ -160,7 +160,6 @@ fn many_streams_are_all_served_and_their_threads_end() {
 }
 
 #[test]
-#[ignore = "tiny_http 0.12 task-pool race: a burst of connects leaves most unserved (docs/performance.md)"]
 fn a_burst_of_connects_is_all_served() {
     for s in run("burst") {
         assert_exact_delivery(&s);
