@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
@@ -19,6 +19,10 @@ use crate::poller::{Poller, PollerStatus, Watchdog};
 use crate::retention;
 use crate::state::StateCache;
 use crate::store::{SCHEMA_VERSION, Store, events};
+use crate::watch::WalWatch;
+
+/// The poller's backstop check when WAL notifications work (they do the real waking).
+const WATCHED_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Threads that read a slow request body or drain a refused one, at most. Each is small
 /// (64-128 KiB of stack, a few KiB touched) and ends when its client sends or leaves.
@@ -40,6 +44,7 @@ pub struct Hub {
     writer: Option<Writer>,
     poller: Option<JoinHandle<Result<()>>>,
     retention: Option<JoinHandle<Result<()>>>,
+    watcher: Option<JoinHandle<Result<()>>>,
     poller_stop: Option<Sender<()>>,
     broadcast: Arc<Broadcast>,
     streams: Arc<Streams>,
@@ -69,19 +74,49 @@ impl Hub {
         config.validate()?;
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
         let (fatal_tx, fatal_rx) = bounded(16);
         let fatal = Fatal(fatal_tx);
         let metrics = Arc::new(Metrics::default());
         let cache = Arc::new(StateCache::default());
         let (writer, emitter) = Writer::start(
             &store,
-            Some(wake_tx),
+            Some(wake_tx.clone()),
             Some(metrics.clone()),
             Some(fatal.clone()),
         )?;
         let broadcast = Arc::new(Broadcast::default());
         let status = Arc::new(PollerStatus::default());
-        let (stop_tx, stop_rx) = bounded::<()>(0);
+        // File notifications when they work; fast polling when they do not.
+        let watch = if config.watch_wal {
+            match WalWatch::new(&config.db_path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log::warn!(
+                        "{}; polling every {:?} instead",
+                        e.chain(),
+                        config.poll_interval
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let poll_interval = if watch.is_some() {
+            config.poll_interval.max(WATCHED_POLL_INTERVAL)
+        } else {
+            config.poll_interval
+        };
+        let watcher = match watch {
+            Some(w) => {
+                let (wake, stop) = (wake_tx.clone(), stop_rx.clone());
+                Some(spawn_critical("watch", Some(fatal.clone()), move || {
+                    w.run(&wake, &stop)
+                })?)
+            }
+            None => None,
+        };
         let poller_conn = store.dedicated()?;
         // Load the state before any request is served, so /api/state always has an answer.
         let state = crate::store::state_rows::load(&poller_conn)?;
@@ -93,7 +128,7 @@ impl Hub {
             broadcast: broadcast.clone(),
             wake: wake_rx,
             stop: stop_rx.clone(),
-            poll_interval: config.poll_interval,
+            poll_interval,
             batch_rows: config.batch_rows,
             status: status.clone(),
             cache: cache.clone(),
@@ -136,6 +171,7 @@ impl Hub {
             writer: Some(writer),
             poller: Some(poller),
             retention: Some(retention),
+            watcher,
             poller_stop: Some(stop_tx),
             broadcast,
             streams,
@@ -217,6 +253,9 @@ impl Hub {
         }
         if let Some(r) = self.retention.take() {
             keep(join_thread("retention", r));
+        }
+        if let Some(w) = self.watcher.take() {
+            keep(join_thread("watch", w));
         }
         self.broadcast.close();
         let left = self

@@ -41,6 +41,7 @@ mod retention;
 mod sse;
 mod state;
 mod store;
+mod watch;
 
 pub mod cli;
 

@@ -18,6 +18,8 @@ use crate::BoxError;
 pub struct HubParams {
     pub poll_ms: u64,
     pub batch_rows: usize,
+    /// WAL notifications (inotify) on; the design we replace had none.
+    pub watch_wal: bool,
     pub heartbeat_ms: u64,
     pub max_clients: usize,
     /// `None`: an ephemeral port the hub reports.
@@ -30,6 +32,7 @@ impl HubParams {
         HubParams {
             poll_ms: NORMAL_POLL_MS.get().copied().unwrap_or(5),
             batch_rows: 512,
+            watch_wal: true,
             heartbeat_ms: 15_000,
             max_clients: 256,
             port: None,
@@ -41,6 +44,7 @@ impl HubParams {
         HubParams {
             poll_ms: 500,
             batch_rows: 50,
+            watch_wal: false,
             ..HubParams::normal()
         }
     }
@@ -74,6 +78,7 @@ impl HubChild {
             .arg(db)
             .args(["--poll-ms", &p.poll_ms.to_string()])
             .args(["--batch-rows", &p.batch_rows.to_string()])
+            .args(["--watch-wal", &p.watch_wal.to_string()])
             .args(["--heartbeat-ms", &p.heartbeat_ms.to_string()])
             .args(["--max-clients", &p.max_clients.to_string()])
             .args(["--port", &p.port.unwrap_or(0).to_string()])

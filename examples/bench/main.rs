@@ -91,6 +91,8 @@ struct Args {
     poll_ms: u64,
     #[arg(long, hide = true, default_value_t = 512)]
     batch_rows: usize,
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
+    watch_wal: bool,
     #[arg(long, hide = true, default_value_t = 15_000)]
     heartbeat_ms: u64,
     #[arg(long, hide = true, default_value_t = 256)]
@@ -144,6 +146,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
                 &HubParams {
                     poll_ms: args.poll_ms,
                     batch_rows: args.batch_rows,
+                    watch_wal: args.watch_wal,
                     heartbeat_ms: args.heartbeat_ms,
                     max_clients: args.max_clients,
                     port: Some(args.port),

@@ -39,6 +39,7 @@ pub fn hub(db: &Path, p: &HubParams) -> Result<(), BoxError> {
         bind: ([127, 0, 0, 1], p.port.unwrap_or(0)).into(),
         poll_interval: Duration::from_millis(p.poll_ms),
         batch_rows: p.batch_rows,
+        watch_wal: p.watch_wal,
         heartbeat_interval: Duration::from_millis(p.heartbeat_ms),
         max_clients: p.max_clients,
         ..Config::default()
