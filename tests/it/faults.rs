@@ -583,11 +583,6 @@ fn a_full_disk_fails_emits_as_disk_full_while_streams_replay_and_retention_go_on
         "disk full after {filled} filler bytes and {} more emits; /health: {health} {body}",
         acked.len()
     );
-    // A monitor polling /health must learn that events cannot be stored.
-    assert!(
-        body.to_string().contains("disk full"),
-        "/health does not say the disk is full: {health} {body}"
-    );
     // Streams go on (heartbeats), and stored events replay by cursor.
     let seen = live.comments;
     assert!(
@@ -664,6 +659,12 @@ fn a_full_disk_fails_emits_as_disk_full_while_streams_replay_and_retention_go_on
     );
     drop(conn);
     drop(hub); // before the tmpfs is unmounted
+    // Checked last so that everything above is proven even while this gap is open: a monitor
+    // polling /health must learn that events cannot be stored.
+    assert!(
+        body.to_string().contains("disk full"),
+        "/health does not say the disk is full: {health} {body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
