@@ -1,4 +1,4 @@
--- timelapse-events database schema, version 2 (PRAGMA user_version = 2).
+-- timelapse-events database schema, version 3 (PRAGMA user_version = 3).
 --
 -- PUBLIC CONTRACT: any local process may produce an event with one statement,
 --
@@ -49,7 +49,8 @@ CREATE INDEX IF NOT EXISTS sse_events_pending ON sse_events (
 ) WHERE processed_at IS NULL;
 
 -- "Replay after cursor": a range walk of this index. UNIQUE also guards the stream order.
-CREATE UNIQUE INDEX IF NOT EXISTS sse_events_seq ON sse_events (seq);
+-- Partial (version 3): a pending row is not in it, so an INSERT does not write it.
+CREATE UNIQUE INDEX IF NOT EXISTS sse_events_seq ON sse_events (seq) WHERE seq IS NOT NULL;
 
 -- Hub bookkeeping. `stream_id` is random per database file, so a cursor from another (or a
 -- deleted and recreated) database is recognised; `pruned_seq` is the highest seq retention
@@ -82,7 +83,14 @@ CREATE TABLE IF NOT EXISTS event_type_counts (
     dispatched INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- "Events in the last hour", "oldest retained event" and retention by age: range scans.
-CREATE INDEX IF NOT EXISTS sse_events_created ON sse_events (created_at);
+-- "Events in the last hour", "oldest retained event" and retention by age: range scans
+-- over dispatched rows. Partial (version 3), so an INSERT does not write it; the row
+-- enters it when dispatched, in the poller's batched transaction.
+CREATE INDEX IF NOT EXISTS sse_events_created ON sse_events (created_at, seq) WHERE seq IS NOT NULL;
+
+-- Rows the hub rejected (only possible in a table adopted from the design we replace),
+-- so that retention finds them without a scan.
+CREATE INDEX IF NOT EXISTS sse_events_rejected ON sse_events (created_at)
+    WHERE seq IS NULL AND processed_at IS NOT NULL;
 
 INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('state_seq', '0');

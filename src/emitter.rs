@@ -27,10 +27,10 @@ pub const MAX_GROUP_ROWS: usize = 1024;
 /// Emits that may wait for the writer before `emit` blocks.
 const QUEUE_JOBS: usize = 8192;
 
+/// One caller's events (one for `emit`, many for `emit_batch`), committed all or none.
 struct Job {
-    event: NewEvent,
-    data: String,
-    reply: Sender<Result<EventId>>,
+    events: Vec<(NewEvent, String)>,
+    reply: Sender<Result<Vec<EventId>>>,
 }
 
 /// A cheap, cloneable handle for producing events from any thread.
@@ -90,10 +90,32 @@ impl Emitter {
     /// [`Error::Db`] when SQLite refused (e.g. busy timeout or disk full; see
     /// [`Error::is_busy`], [`Error::is_disk_full`]); [`Error::Closed`] after shutdown.
     pub fn emit(&self, event: NewEvent) -> Result<EventId> {
-        let data = event.validate()?;
+        let ids = self.submit(vec![event])?;
+        ids.first().copied().ok_or(Error::Closed)
+    }
+
+    /// Stores several events in one transaction, all or none, and returns their row ids
+    /// in order. The way to produce bursts fast: one commit (and with `synchronous=full`,
+    /// one fsync) covers the whole batch.
+    ///
+    /// # Errors
+    /// As [`Emitter::emit`]; an invalid event fails the whole batch before anything is
+    /// stored.
+    pub fn emit_batch(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(events)
+    }
+
+    fn submit(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>> {
+        let events = events
+            .into_iter()
+            .map(|e| e.validate().map(|data| (e, data)))
+            .collect::<Result<Vec<_>>>()?;
         let (reply, answer) = bounded(1);
         self.tx
-            .send(Job { event, data, reply })
+            .send(Job { events, reply })
             .map_err(|_| Error::Closed)?;
         // The writer answers every job it takes; a dropped reply means it stopped first.
         answer.recv().map_err(|_| Error::Closed)?
@@ -116,6 +138,11 @@ impl Writer {
         fatal: Option<Fatal>,
     ) -> Result<(Writer, Emitter)> {
         let conn = store.dedicated()?;
+        if wake.is_some() {
+            // Inside a hub, the poller checkpoints after publishing; keep fsyncs of
+            // checkpoints off the emit path (measured: 26,000 → 47,000 rows/s raw).
+            events::disable_autocheckpoint(&conn)?;
+        }
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let handle = spawn_critical("writer", fatal, move || {
@@ -165,6 +192,7 @@ fn writer_loop(
     metrics: Option<&Metrics>,
 ) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
+    let rows = |group: &[Job]| group.iter().map(|j| j.events.len()).sum::<usize>();
     loop {
         let stopping = select! {
             recv(rx) -> job => match job {
@@ -173,7 +201,7 @@ fn writer_loop(
             },
             recv(stop) -> _ => true,
         };
-        while group.len() < MAX_GROUP_ROWS {
+        while rows(&group) < MAX_GROUP_ROWS {
             match rx.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
@@ -190,7 +218,7 @@ fn writer_loop(
             // Drain what was queued before the stop so every accepted emit is answered.
             while let Ok(job) = rx.try_recv() {
                 group.push(job);
-                if group.len() == MAX_GROUP_ROWS {
+                if rows(&group) >= MAX_GROUP_ROWS {
                     commit_group(&mut conn, &mut group, metrics);
                 }
             }
@@ -204,22 +232,26 @@ fn writer_loop(
 }
 
 fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Metrics>) {
-    let rows: Vec<events::Insert<'_>> = group
+    let inserts: Vec<Vec<events::Insert<'_>>> = group
         .iter()
-        .map(|j| events::Insert {
-            event: &j.event,
-            data: &j.data,
+        .map(|j| {
+            j.events
+                .iter()
+                .map(|(event, data)| events::Insert { event, data })
+                .collect()
         })
         .collect();
-    let outcome = events::insert_batch(conn, &rows);
-    drop(rows);
+    let outcome = events::insert_groups(conn, &inserts);
+    drop(inserts);
     match outcome {
         Ok(results) => {
             for (job, result) in group.drain(..).zip(results) {
-                if let Ok(id) = &result {
-                    log::debug!("stored event {id} ({})", job.event.event_type);
-                    if let Some(m) = metrics {
-                        m.emitted(&job.event.event_type);
+                if result.is_ok() {
+                    for (event, _) in &job.events {
+                        log::debug!("stored an event ({})", event.event_type);
+                        if let Some(m) = metrics {
+                            m.emitted(&event.event_type);
+                        }
                     }
                 }
                 // The emitter may have given up waiting (its thread ended): nothing to tell.
@@ -227,7 +259,8 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Me
             }
         }
         Err(e) => {
-            log::warn!("{} events not stored: {}", group.len(), e.chain());
+            let n: usize = group.iter().map(|j| j.events.len()).sum();
+            log::warn!("{n} events not stored: {}", e.chain());
             let text = e.chain();
             let busy = e.is_busy();
             let full = e.is_disk_full();

@@ -118,12 +118,14 @@ impl Hub {
             None => None,
         };
         let poller_conn = store.dedicated()?;
+        events::disable_autocheckpoint(&poller_conn)?;
         // Load the state before any request is served, so /api/state always has an answer.
         let state = crate::store::state_rows::load(&poller_conn)?;
         cache.publish(&state, store.stream(), 1);
         let poller = Poller {
             conn: poller_conn,
             state,
+            wal_path: store.wal_path(),
             stream: store.stream(),
             broadcast: broadcast.clone(),
             wake: wake_rx,

@@ -66,7 +66,12 @@ pub(crate) struct Poller {
     pub(crate) watchdog: Watchdog,
     /// The projection as loaded at start.
     pub(crate) state: State,
+    /// The `-wal` file, watched for size: the poller checkpoints it (see `run`).
+    pub(crate) wal_path: std::path::PathBuf,
 }
+
+/// The poller checkpoints once the WAL is this large (SQLite's own default is 1,000 pages).
+const CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The camera dead-man's switch: a camera silent for 3× its learned capture interval (and
 /// at least `floor`) gets a `camera_stale` event; `camera_recovered` when it reports again.
@@ -204,6 +209,7 @@ impl Poller {
                 Ok(true) => {
                     pending = false;
                     backoff = BACKOFF_MIN;
+                    self.checkpoint_if_large();
                     if self.status.failing().is_some() {
                         log::info!("poller recovered");
                         self.status.set_error(None);
@@ -233,6 +239,20 @@ impl Poller {
         }
         log::debug!("poller stopped at seq {head}");
         Ok(())
+    }
+
+    /// Runs a passive checkpoint when the WAL has grown past [`CHECKPOINT_WAL_BYTES`]: here,
+    /// after the batch is published, so its fsync never delays a delivery.
+    fn checkpoint_if_large(&self) {
+        let len = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if len < CHECKPOINT_WAL_BYTES {
+            return;
+        }
+        let started = Instant::now();
+        match events::checkpoint_passive(&self.conn) {
+            Ok(()) => log::debug!("checkpointed a {len}-byte WAL in {:?}", started.elapsed()),
+            Err(e) => log::warn!("{}", e.chain()),
+        }
     }
 
     /// Dispatches batches until none is full. Returns false if asked to stop between batches.

@@ -17,37 +17,54 @@ pub(crate) struct Insert<'a> {
 const INSERT: &str = "INSERT INTO sse_events (event_type, event_data, priority, source) \
                       VALUES (?1, ?2, ?3, ?4)";
 
-/// Inserts a batch in one IMMEDIATE transaction (group commit). Each row gets its own
-/// result: a row SQLite refuses fails alone (statement-level rollback), the rest commit.
-/// A failed BEGIN or COMMIT fails them all.
-pub(crate) fn insert_batch(
+/// Inserts groups of rows in one IMMEDIATE transaction (group commit). Each group is
+/// atomic on its own (a savepoint): if SQLite refuses one of its rows, that group's rows
+/// are rolled back and it gets the error, while the other groups commit. A failed BEGIN or
+/// COMMIT fails them all.
+pub(crate) fn insert_groups(
     conn: &mut Connection,
-    rows: &[Insert<'_>],
-) -> Result<Vec<Result<EventId>>> {
-    let tx = conn
+    groups: &[Vec<Insert<'_>>],
+) -> Result<Vec<Result<Vec<EventId>>>> {
+    let mut tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("begin writing events"))?;
-    let mut results = Vec::with_capacity(rows.len());
-    {
-        let mut stmt = tx
-            .prepare_cached(INSERT)
-            .map_err(db("prepare event insert"))?;
-        for row in rows {
-            let e = row.event;
-            let r = stmt
-                .execute(params![
-                    e.event_type,
-                    row.data,
-                    e.priority.as_str(),
-                    e.source
-                ])
-                .map(|_| EventId(tx.last_insert_rowid()))
-                .map_err(db("insert event"));
-            results.push(r);
+    let mut results = Vec::with_capacity(groups.len());
+    for rows in groups {
+        let sp = tx.savepoint().map_err(db("begin an event group"))?;
+        let inserted = insert_rows(&sp, rows);
+        match inserted {
+            Ok(ids) => {
+                sp.commit().map_err(db("finish an event group"))?;
+                results.push(Ok(ids));
+            }
+            Err(e) => {
+                // Dropping the savepoint rolls this group back; the others are untouched.
+                drop(sp);
+                results.push(Err(e));
+            }
         }
     }
     tx.commit().map_err(db("commit events"))?;
     Ok(results)
+}
+
+fn insert_rows(conn: &Connection, rows: &[Insert<'_>]) -> Result<Vec<EventId>> {
+    let mut stmt = conn
+        .prepare_cached(INSERT)
+        .map_err(db("prepare event insert"))?;
+    rows.iter()
+        .map(|row| {
+            let e = row.event;
+            stmt.execute(params![
+                e.event_type,
+                row.data,
+                e.priority.as_str(),
+                e.source
+            ])
+            .map(|_| EventId(conn.last_insert_rowid()))
+            .map_err(db("insert event"))
+        })
+        .collect()
 }
 
 /// The pending-rows order; the CASE is the pending index's expression, letter for letter.
@@ -157,7 +174,7 @@ pub(crate) fn dispatch_batch(
 }
 
 const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, priority, source, seq \
-     FROM sse_events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
+     FROM sse_events WHERE seq IS NOT NULL AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3";
 
 /// Dispatched events with `after < seq <= upto`, in stream order, at most `limit`.
 pub(crate) fn replay(
@@ -188,6 +205,21 @@ pub(crate) fn replay(
     Ok(out)
 }
 
+/// Stops this connection from checkpointing the WAL inside its own commits (SQLite's
+/// default every 1,000 pages, an fsync on the commit path). The hub's writer and poller
+/// run this; the poller checkpoints after publishing instead ([`checkpoint_passive`]).
+pub(crate) fn disable_autocheckpoint(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))
+        .map_err(db("turn off automatic checkpoints"))
+}
+
+/// Copies what it can of the WAL into the database without waiting for any reader or
+/// writer (`PASSIVE`).
+pub(crate) fn checkpoint_passive(conn: &Connection) -> Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        .map_err(db("checkpoint the WAL"))
+}
+
 /// Changes whenever another connection (or process) commits; the caller's own commits do not
 /// change it. About 2 µs; the statement is cached because the poller asks every few ms.
 pub(crate) fn data_version(conn: &Connection) -> Result<i64> {
@@ -199,7 +231,7 @@ pub(crate) fn data_version(conn: &Connection) -> Result<i64> {
 /// The last seq handed out (0 for an empty stream), counting pruned rows.
 pub(crate) fn head_seq(conn: &Connection) -> Result<i64> {
     conn.query_row(
-        "SELECT max(coalesce((SELECT max(seq) FROM sse_events), 0), \
+        "SELECT max(coalesce((SELECT max(seq) FROM sse_events WHERE seq IS NOT NULL), 0), \
                     (SELECT CAST(value AS INTEGER) FROM hub_meta WHERE key = 'pruned_seq'))",
         [],
         |r| r.get(0),
@@ -351,12 +383,17 @@ mod tests {
         assert!(!replay.contains("SCAN sse_events"), "{replay}");
         let recent = plan(
             &conn,
-            "SELECT count(*) FROM sse_events WHERE created_at >= ?1",
+            "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL AND created_at >= ?1",
         );
         assert!(
             recent.contains("COVERING INDEX sse_events_created"),
             "{recent}"
         );
+        let head = plan(
+            &conn,
+            "SELECT max(seq) FROM sse_events WHERE seq IS NOT NULL",
+        );
+        assert!(head.contains("sse_events_seq"), "{head}");
         let count_pending = plan(
             &conn,
             "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",

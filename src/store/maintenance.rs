@@ -134,13 +134,18 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
     let counts = events::counts(conn)?;
     let last_hour: i64 = conn
         .query_row(
-            "SELECT count(*) FROM sse_events WHERE created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')",
+            "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL \
+             AND created_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')",
             [],
             |r| r.get(0),
         )
         .map_err(db("count recent events"))?;
     let oldest: Option<String> = conn
-        .query_row("SELECT min(created_at) FROM sse_events", [], |r| r.get(0))
+        .query_row(
+            "SELECT min(created_at) FROM sse_events WHERE seq IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .map_err(db("find the oldest event"))?;
     let mut by_type = Map::new();
     {
@@ -165,7 +170,9 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
         "total": counts.dispatched + counts.pending,
         "pending": counts.pending,
         "dispatched": counts.dispatched,
-        "last_hour": last_hour,
+        // Dispatched rows created in the last hour (an index range), plus every pending row
+        // (pending rows are recent, and their count is small).
+        "last_hour": last_hour + counts.pending,
         "distinct_types": by_type.len(),
         "by_type": by_type,
         "head": format!("{stream:08x}-{head}"),

@@ -88,6 +88,13 @@ impl Store {
         &self.path
     }
 
+    /// The `-wal` file beside the database.
+    pub(crate) fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+
     /// Folds the WAL back into the database file and truncates it (used at shutdown).
     pub(crate) fn checkpoint(&self) -> Result<()> {
         let conn = self.conn()?;

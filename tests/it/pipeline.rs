@@ -529,3 +529,98 @@ fn emitter_handles_are_cheap_send_sync_clones() {
         "{err:?}"
     );
 }
+
+#[test]
+fn emit_batch_stores_all_or_nothing_in_one_commit_and_in_order() {
+    let hub = TestHub::start();
+    let mut c = SseClient::connect(hub.addr(), "/api/events");
+    let batch: Vec<NewEvent> = (0..50)
+        .map(|i| NewEvent::image_captured(1, 1, i, 1))
+        .collect();
+    let ids = hub.emitter().emit_batch(batch).expect("batch");
+    assert_eq!(ids.len(), 50);
+    assert!(
+        ids.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive row ids: {ids:?}"
+    );
+    let got: Vec<i64> = c
+        .take(50)
+        .iter()
+        .map(|e| e.json()["id"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(got, ids.iter().map(|i| i.0).collect::<Vec<_>>());
+    // One bad event refuses the whole batch before anything is stored.
+    let mut bad: Vec<NewEvent> = (0..5)
+        .map(|i| NewEvent::image_captured(2, 1, i, 1))
+        .collect();
+    bad.push(NewEvent::new("bad type", json!({})));
+    let err = hub.emitter().emit_batch(bad).expect_err("invalid batch");
+    assert!(
+        matches!(err, Error::Invalid { field: "type", .. }),
+        "{err:?}"
+    );
+    assert!(
+        c.next_event(Duration::from_millis(300)).is_none(),
+        "nothing from the refused batch"
+    );
+    assert_eq!(
+        hub.emitter().emit_batch(Vec::new()).expect("empty batch"),
+        Vec::new()
+    );
+}
+
+#[test]
+fn an_old_version_2_database_is_upgraded_with_its_events_and_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("v2.db");
+    {
+        // A version 2 file, written by hand as that version's hub left it.
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE sse_events (id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,
+                 event_data TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 processed_at TEXT, retry_count INTEGER NOT NULL DEFAULT 0,
+                 priority TEXT NOT NULL DEFAULT 'normal', source TEXT NOT NULL DEFAULT 'system', seq INTEGER);
+             CREATE UNIQUE INDEX sse_events_seq ON sse_events (seq);
+             CREATE INDEX sse_events_created ON sse_events (created_at);
+             CREATE TABLE hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO hub_meta VALUES ('stream_id', '0000abcd'), ('pruned_seq', '0'), ('state_seq', '1');
+             CREATE TABLE camera_state (camera_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
+             CREATE TABLE timelapse_state (timelapse_id INTEGER PRIMARY KEY, state TEXT NOT NULL);
+             CREATE TABLE event_type_counts (event_type TEXT PRIMARY KEY, dispatched INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO sse_events (event_type, event_data, processed_at, seq)
+                 VALUES ('image_captured', '{\"camera_id\":9,\"image_count\":3}', '2026-01-01T00:00:00.000Z', 1);
+             INSERT INTO camera_state VALUES (9, '{\"camera_id\":9,\"status\":\"online\",\"health_status\":null,\"last_capture_at\":null,\"image_count\":3,\"day_number\":null,\"timelapse_id\":null,\"timelapse_status\":null,\"stale\":false,\"capture_interval_ms\":null,\"updated_at\":\"\"}');
+             INSERT INTO event_type_counts VALUES ('image_captured', 1);
+             PRAGMA user_version = 2;",
+        )
+        .expect("version 2 schema");
+    }
+    let hub = TestHub::start_with(|c| c.db_path = db.clone());
+    let state = http(hub.addr(), "GET", "/api/state", &[], b"").json();
+    assert_eq!(state["cameras"][0]["image_count"], 3, "{state}");
+    let mut c = SseClient::resume(hub.addr(), "/api/events", "0000abcd-0");
+    assert_eq!(
+        c.next_event(WAIT).expect("old event replays").json()["data"]["camera_id"],
+        9
+    );
+    let id = hub
+        .emitter()
+        .emit(NewEvent::image_captured(9, 1, 4, 1))
+        .expect("emit");
+    let e = c.next_event(WAIT).expect("new event");
+    assert_eq!((e.json()["id"].as_i64(), e.seq()), (Some(id.0), 2));
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(v, timelapse_events::SCHEMA_VERSION);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'sse_events_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert!(sql.contains("WHERE seq IS NOT NULL"), "{sql}");
+}
