@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
-use timelapse_events::{Emitter, NewEvent, Synchronous};
+use timelapse_events::{Config, Emitter, Hub, NewEvent, Synchronous};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +38,12 @@ struct Args {
     /// Events per case (overrides the default: 100,000 NORMAL, 40,000 FULL).
     #[arg(long)]
     events: Option<u64>,
+    /// Events per call: 1 uses `emit`, more uses `emit_batch` (latency is then per call).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// Use a standalone `Emitter::open` (another process's view) instead of a running hub's.
+    #[arg(long)]
+    standalone: bool,
 }
 
 /// A case stops early after this long, whatever its event count (the loop is bounded).
@@ -90,7 +96,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
             let path = dir
                 .path()
                 .join(format!("{}-{threads}.db", sync.as_str().to_lowercase()));
-            outcomes.push(case(&path, sync, threads, count)?);
+            outcomes.push(case(&path, sync, threads, count, args)?);
         }
     }
     println!(
@@ -134,8 +140,25 @@ fn case(
     sync: Synchronous,
     threads: usize,
     count: u64,
+    args: &Args,
 ) -> Result<Outcome, BoxError> {
-    let emitter = Emitter::open_with(path, sync)?;
+    // The hub's own emitter by default: its writer leaves checkpoints to the poller, which
+    // dispatches every event meanwhile, as in production.
+    let hub = if args.standalone {
+        None
+    } else {
+        Some(Hub::start(Config {
+            db_path: path.to_owned(),
+            bind: ([127, 0, 0, 1], 0).into(),
+            synchronous: sync,
+            ..Config::default()
+        })?)
+    };
+    let emitter = match &hub {
+        Some(h) => h.emitter(),
+        None => Emitter::open_with(path, sync)?,
+    };
+    let batch = args.batch.max(1);
     for i in 0..WARM_UP {
         emitter.emit(event(0, i))?;
     }
@@ -151,12 +174,22 @@ fn case(
                 let mut lat = Vec::with_capacity(per_thread as usize);
                 barrier.wait();
                 let stop_at = Instant::now() + CASE_LIMIT;
-                for i in 0..per_thread {
-                    let ev = event(t as i64 + 1, i);
+                let mut i = 0;
+                while i < per_thread {
                     let t0 = Instant::now();
-                    emitter.emit(ev).map_err(|e| e.to_string())?;
+                    if batch == 1 {
+                        emitter
+                            .emit(event(t as i64 + 1, i))
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        let evs = (i..i + batch).map(|n| event(t as i64 + 1, n)).collect();
+                        emitter.emit_batch(evs).map_err(|e| e.to_string())?;
+                    }
+                    i += batch;
                     let now = Instant::now();
-                    lat.push(u32::try_from((now - t0).as_nanos()).unwrap_or(u32::MAX));
+                    let us = u32::try_from((now - t0).as_nanos()).unwrap_or(u32::MAX);
+                    // One latency sample per event, so counts and rates stay per event.
+                    lat.extend(std::iter::repeat_n(us, batch as usize));
                     if now > stop_at {
                         break;
                     }
@@ -175,7 +208,10 @@ fn case(
     })?;
     let cpu_s = proc_cpu_s("/proc/self/stat")? - cpu_before;
     let writer_cpu_s = writer_cpu_s()? - writer_before;
-    drop(emitter); // stops the writer
+    drop(emitter); // stops a standalone writer
+    if let Some(h) = hub {
+        h.shutdown()?;
+    }
     lat.sort_unstable();
     let q = |p: f64| pct(&lat, p) as f64 / 1000.0;
     let o = Outcome {
