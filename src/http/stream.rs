@@ -123,12 +123,14 @@ impl Streams {
     /// Waits (until `deadline`) for every stream to end, joins them, and returns how many
     /// were still running (they are left to end on their own when their write times out).
     pub(crate) fn wait(&self, deadline: Instant) -> usize {
-        self.slots.wait_idle(deadline);
+        let all_done = self.slots.wait_idle(deadline);
         let handles =
             std::mem::take(&mut *self.handles.lock().unwrap_or_else(PoisonError::into_inner));
         let mut running = 0;
         for h in handles {
-            if h.is_finished() {
+            // A stream gives its slot back as its last act, so once every slot is free the
+            // threads are returning: join them, even if one is not marked finished yet.
+            if all_done || h.is_finished() {
                 if let Err(e) = crate::hub::join_thread("stream", h) {
                     log::warn!("{}", e.chain());
                 }
