@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
 use crate::hub::{Fatal, join_thread, spawn_critical};
 use crate::metrics::Metrics;
+use crate::poller::PollerStatus;
 use crate::store::{Store, events};
 
 /// Most events committed in one transaction.
@@ -76,7 +77,7 @@ impl Emitter {
     /// As [`Emitter::open`].
     pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
         let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
-        let (writer, emitter) = Writer::start(&store, None, None, None)?;
+        let (writer, emitter) = Writer::start(&store, None, None, None, None)?;
         Ok(Emitter {
             _owner: Some(Arc::new(writer)),
             ..emitter
@@ -136,6 +137,7 @@ impl Writer {
         wake: Option<Sender<()>>,
         metrics: Option<Arc<Metrics>>,
         fatal: Option<Fatal>,
+        status: Option<Arc<PollerStatus>>,
     ) -> Result<(Writer, Emitter)> {
         let conn = store.dedicated()?;
         if wake.is_some() {
@@ -146,7 +148,7 @@ impl Writer {
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let handle = spawn_critical("writer", fatal, move || {
-            writer_loop(conn, &rx, &stop_rx, wake.as_ref(), metrics.as_deref());
+            writer_loop(conn, &rx, &stop_rx, wake.as_ref(), metrics.as_deref(), status.as_deref());
             Ok(())
         })?;
         Ok((
@@ -190,6 +192,7 @@ fn writer_loop(
     stop: &Receiver<()>,
     wake: Option<&Sender<()>>,
     metrics: Option<&Metrics>,
+    status: Option<&PollerStatus>,
 ) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
     let rows = |group: &[Job]| group.iter().map(|j| j.events.len()).sum::<usize>();
@@ -208,7 +211,7 @@ fn writer_loop(
             }
         }
         if !group.is_empty() {
-            commit_group(&mut conn, &mut group, metrics);
+            commit_group(&mut conn, &mut group, metrics, status);
             if let Some(wake) = wake {
                 // Full means a wake-up is already pending; that one covers us.
                 let _ = wake.try_send(());
@@ -219,11 +222,11 @@ fn writer_loop(
             while let Ok(job) = rx.try_recv() {
                 group.push(job);
                 if rows(&group) >= MAX_GROUP_ROWS {
-                    commit_group(&mut conn, &mut group, metrics);
+                    commit_group(&mut conn, &mut group, metrics, status);
                 }
             }
             if !group.is_empty() {
-                commit_group(&mut conn, &mut group, metrics);
+                commit_group(&mut conn, &mut group, metrics, status);
             }
             log::debug!("writer stopped");
             return;
@@ -231,7 +234,12 @@ fn writer_loop(
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Metrics>) {
+fn commit_group(
+    conn: &mut Connection,
+    group: &mut Vec<Job>,
+    metrics: Option<&Metrics>,
+    status: Option<&PollerStatus>,
+) {
     let inserts: Vec<Vec<events::Insert<'_>>> = group
         .iter()
         .map(|j| {
@@ -243,6 +251,11 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<Job>, metrics: Option<&Me
         .collect();
     let outcome = events::insert_groups(conn, &inserts);
     drop(inserts);
+    if let Some(status) = status {
+        // For /health: a failing commit (disk full, a lock held elsewhere) is news.
+        let now = outcome.as_ref().err().map(Error::to_string);
+        *status.writes.lock().unwrap_or_else(PoisonError::into_inner) = now;
+    }
     match outcome {
         Ok(results) => {
             for (job, result) in group.drain(..).zip(results) {

@@ -78,15 +78,16 @@ impl Hub {
         let (fatal_tx, fatal_rx) = bounded(16);
         let fatal = Fatal(fatal_tx);
         let metrics = Arc::new(Metrics::default());
+        let status = Arc::new(PollerStatus::default());
         let cache = Arc::new(StateCache::default());
         let (writer, emitter) = Writer::start(
             &store,
             Some(wake_tx.clone()),
             Some(metrics.clone()),
             Some(fatal.clone()),
+            Some(status.clone()),
         )?;
         let broadcast = Arc::new(Broadcast::default());
-        let status = Arc::new(PollerStatus::default());
         // File notifications when they work; fast polling when they do not.
         let watch = if config.watch_wal {
             match WalWatch::new(&config.db_path) {

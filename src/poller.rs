@@ -27,15 +27,25 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What the poller reports to `/health` and stats; shared, lock held only to copy a string.
+/// `writes` is the writer's: the error of its last commit, if that failed (e.g. disk full).
 #[derive(Default)]
 pub(crate) struct PollerStatus {
     last_error: Mutex<Option<String>>,
+    pub(crate) writes: Mutex<Option<String>>,
     pub(crate) dispatched: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
 impl PollerStatus {
+    /// The writer's last commit error, while its failure streak lasts.
+    pub(crate) fn writes_failing(&self) -> Option<String> {
+        self.writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The error of the current failure streak, if the last attempt failed.
     pub(crate) fn failing(&self) -> Option<String> {
         self.last_error

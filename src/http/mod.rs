@@ -21,10 +21,10 @@ pub(crate) mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -38,6 +38,11 @@ use crate::poller::PollerStatus;
 use crate::store::Store;
 
 pub(crate) use stream::Streams;
+
+/// With no request for this long, the pump checks that the server still answers.
+const LIVENESS_IDLE: Duration = Duration::from_secs(2);
+/// How long that check waits for an answer.
+const LIVENESS_WAIT: Duration = Duration::from_secs(2);
 
 /// Pause before rebuilding the server after an accept error.
 const REBUILD_PAUSE: Duration = Duration::from_millis(250);
@@ -73,6 +78,15 @@ struct Shared {
     server: RwLock<Arc<tiny_http::Server>>,
     stopping: AtomicBool,
     workers: usize,
+    /// When a worker last took a request, in ms since `epoch` (for the liveness probe).
+    last_request_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl HttpServer {
@@ -88,6 +102,8 @@ impl HttpServer {
             server: RwLock::new(Arc::new(server)),
             stopping: AtomicBool::new(false),
             workers: ctx.config.http_workers,
+            last_request_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let mut workers = Vec::new();
         for i in 0..ctx.config.http_workers {
@@ -98,8 +114,9 @@ impl HttpServer {
             })?);
         }
         let (pump_stop, stop_rx) = bounded::<()>(0);
+        let pump_shared = shared.clone();
         let pump = spawn_named("pump", Some(64 * 1024), move || {
-            pump(loopback_of(addr), &pump_rx, &stop_rx);
+            pump(&pump_shared, loopback_of(addr), &pump_rx, &stop_rx);
             Ok(())
         })?;
         Ok(HttpServer {
@@ -176,6 +193,7 @@ fn worker(shared: &Shared, ctx: &Ctx) {
         let server = shared.current();
         match server.recv() {
             Ok(rq) => {
+                shared.last_request_ms.store(shared.now_ms(), Ordering::Relaxed);
                 // A panic in a handler becomes a 500 (tiny_http answers a dropped request)
                 // and a log line; the worker lives on.
                 let outcome = catch_unwind(AssertUnwindSafe(|| routes::handle(rq, ctx)));
@@ -206,16 +224,55 @@ fn worker(shared: &Shared, ctx: &Ctx) {
 /// is idle, tiny_http starts a new one for it, and that thread, having read the empty
 /// connection to its end, takes the next queued connection. A stream start so replaces
 /// the pool thread it took. A probe costs one loopback connect (tens of microseconds).
-fn pump(addr: SocketAddr, nudges: &Receiver<()>, stop: &Receiver<()>) {
+///
+/// The same thread checks that the server still answers. tiny_http's accept thread can die
+/// without telling anyone: under EMFILE its `try_clone().unwrap()` of a new socket panics
+/// (tiny_http 0.12 src/util/refined_tcp_stream.rs:18). So after [`LIVENESS_IDLE`] without a
+/// request, the pump asks for `/favicon.ico` itself; no answer means a new server is built
+/// on the same listener.
+fn pump(shared: &Shared, addr: SocketAddr, nudges: &Receiver<()>, stop: &Receiver<()>) {
     loop {
         select! {
-            recv(nudges) -> n => if n.is_err() { return },
+            recv(nudges) -> n => {
+                if n.is_err() {
+                    return;
+                }
+                if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    log::debug!("pool pump probe failed: {e}");
+                }
+            }
             recv(stop) -> _ => return,
-        }
-        if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            log::debug!("pool pump probe failed: {e}");
+            default(LIVENESS_IDLE) => {
+                let idle_ms = shared.now_ms().saturating_sub(shared.last_request_ms.load(Ordering::Relaxed));
+                if u128::from(idle_ms) >= LIVENESS_IDLE.as_millis() && !answers(addr) {
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    log::error!("the HTTP server stopped answering; restarting its accept thread");
+                    shared.rebuild(&shared.current());
+                }
+            }
         }
     }
+}
+
+/// True if a request to ourselves is answered, or if we cannot tell (we could not even
+/// open a socket: then the fd shortage is ours too, and a rebuild would not help yet).
+fn answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(s) => s,
+        Err(e) => {
+            log::debug!("liveness probe could not connect: {e}");
+            return true;
+        }
+    };
+    let mut buf = [0u8; 16];
+    let answered = s
+        .set_read_timeout(Some(LIVENESS_WAIT))
+        .and_then(|()| s.write_all(b"GET /favicon.ico HTTP/1.0\r\n\r\n"))
+        .and_then(|()| s.read(&mut buf));
+    matches!(answered, Ok(n) if n > 0)
 }
 
 /// The address to reach our own listener at: loopback when bound to "any".
@@ -258,6 +315,13 @@ fn bind(config: &Config) -> Result<TcpListener> {
         .with_interval(Duration::from_secs(10))
         .with_retries(3);
     socket.set_tcp_keepalive(&keepalive).map_err(fail)?;
+    // A peer that leaves data unacknowledged (gone without a FIN) or keeps its window shut
+    // (stopped reading) this long is dropped by the kernel. Without it, tiny_http's thread
+    // for that connection waits in read() for as long as the peer stays, after our stream
+    // has already given up on it (measured: 100 such clients kept 200 threads).
+    socket
+        .set_tcp_user_timeout(Some(config.send_timeout * 2))
+        .map_err(fail)?;
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
     Ok(socket.into())

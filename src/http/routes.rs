@@ -330,20 +330,19 @@ fn preflight(rq: &Request, ctx: &Ctx) -> Reply {
 fn health(ctx: &Ctx) -> Handled {
     let counts = ctx.store.conn().and_then(|c| events::counts(&c));
     let poller = ctx.poller.failing();
-    let (status, db) = match (&counts, &poller) {
-        (Ok(_), None) => (200, "ok".to_owned()),
-        (Err(e), _) => (503, e.to_string()),
-        (Ok(_), Some(_)) => (503, "ok".to_owned()),
-    };
+    let writes = ctx.poller.writes_failing();
+    let healthy = counts.is_ok() && poller.is_none() && writes.is_none();
     let body = json!({
-        "status": if status == 200 { "ok" } else { "unhealthy" },
-        "database": db,
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "database": counts.as_ref().err().map_or_else(|| "ok".to_owned(), ToString::to_string),
         "poller": poller.as_deref().unwrap_or("ok"),
+        // The writer's last commit: e.g. "database: cannot commit events (disk full)".
+        "writes": writes.as_deref().unwrap_or("ok"),
         "dispatched": counts.as_ref().map(|c| c.dispatched).ok(),
         "pending": counts.as_ref().map(|c| c.pending).ok(),
         "streams": ctx.streams.active(),
     });
-    Ok(Reply::json(status, &body))
+    Ok(Reply::json(if healthy { 200 } else { 503 }, &body))
 }
 
 /// `GET /api/state`: the cached encoded state; `304` when the client's ETag is current.
