@@ -148,7 +148,14 @@ impl Writer {
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let handle = spawn_critical("writer", fatal, move || {
-            writer_loop(conn, &rx, &stop_rx, wake.as_ref(), metrics.as_deref(), status.as_deref());
+            writer_loop(
+                conn,
+                &rx,
+                &stop_rx,
+                wake.as_ref(),
+                metrics.as_deref(),
+                status.as_deref(),
+            );
             Ok(())
         })?;
         Ok((

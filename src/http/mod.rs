@@ -193,7 +193,9 @@ fn worker(shared: &Shared, ctx: &Ctx) {
         let server = shared.current();
         match server.recv() {
             Ok(rq) => {
-                shared.last_request_ms.store(shared.now_ms(), Ordering::Relaxed);
+                shared
+                    .last_request_ms
+                    .store(shared.now_ms(), Ordering::Relaxed);
                 // A panic in a handler becomes a 500 (tiny_http answers a dropped request)
                 // and a log line; the worker lives on.
                 let outcome = catch_unwind(AssertUnwindSafe(|| routes::handle(rq, ctx)));
@@ -320,7 +322,7 @@ fn bind(config: &Config) -> Result<TcpListener> {
     // for that connection waits in read() for as long as the peer stays, after our stream
     // has already given up on it (measured: 100 such clients kept 200 threads).
     socket
-        .set_tcp_user_timeout(Some(config.send_timeout * 2))
+        .set_tcp_user_timeout(Some(config.send_timeout))
         .map_err(fail)?;
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
