@@ -120,6 +120,7 @@ impl Hub {
         };
         let poller_conn = store.dedicated()?;
         events::disable_autocheckpoint(&poller_conn)?;
+        crate::store::fast_busy_handler(&poller_conn)?;
         // Load the state before any request is served, so /api/state always has an answer.
         let state = crate::store::state_rows::load(&poller_conn)?;
         cache.publish(&state, store.stream(), 1);
@@ -127,6 +128,8 @@ impl Hub {
             conn: poller_conn,
             state,
             wal_path: store.wal_path(),
+            busy_timeout: config.busy_timeout,
+            last_checkpoint: Instant::now(),
             stream: store.stream(),
             broadcast: broadcast.clone(),
             wake: wake_rx,

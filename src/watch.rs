@@ -15,6 +15,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::error::{Error, Result};
 
+/// After a nudge, how long the watcher lets further file events gather before reading them.
+const COALESCE: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// How long one wait for file events lasts before the thread looks at its stop channel.
 const STOP_CHECK_MS: u16 = 250;
 
@@ -54,13 +57,22 @@ impl WalWatch {
             match poll(&mut fds, PollTimeout::from(STOP_CHECK_MS)) {
                 Ok(0) | Err(Errno::EINTR) => {}
                 Ok(_) => {
-                    // Read every pending event; one nudge covers them all.
+                    // Full means a wake-up is already pending.
+                    let _ = wake.try_send(());
+                    // A commit is several writes, each an event: let the rest of this
+                    // commit (and others close behind it) arrive, then read them all at
+                    // once, so a burst costs one wake-up here, not one per write.
+                    // The first event may come before its commit is visible (SQLite
+                    // publishes a commit in shared memory after its last write), so
+                    // whatever arrived meanwhile earns a second nudge, after the wait.
+                    std::thread::sleep(COALESCE);
                     match self.inotify.read_events() {
+                        Ok(events) if !events.is_empty() => {
+                            let _ = wake.try_send(());
+                        }
                         Ok(_) | Err(Errno::EAGAIN) => {}
                         Err(e) => return Err(io_error(e)),
                     }
-                    // Full means a wake-up is already pending.
-                    let _ = wake.try_send(());
                 }
                 Err(e) => return Err(io_error(e)),
             }
