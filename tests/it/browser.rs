@@ -12,7 +12,7 @@
 //! refreshes `docs/dashboard.png`, the one the README shows.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -531,41 +531,9 @@ fn cards_and_log_follow_the_stream_in_order() {
     );
 }
 
-/// Binds an ephemeral loopback port and frees it, for a hub that must come back on it.
-fn reserve_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
-/// The hub binary on a fixed address (support::ChildHub always binds port 0).
+/// The hub binary on a fixed address, with 1 s heartbeats.
 fn child_hub(db: &Path, addr: SocketAddr) -> ChildHub {
-    let mut child = Command::new(crate::support::bin())
-        .arg("serve")
-        .arg("--db")
-        .arg(db)
-        .args(["--bind", &addr.to_string(), "--heartbeat-secs", "1"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hub");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening on http://") {
-                let _ = tx.send(()); // the test may have stopped waiting
-            }
-            let mut l = sink.lock().unwrap_or_else(PoisonError::into_inner);
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    rx.recv_timeout(WAIT).expect("hub listens");
-    ChildHub { child, addr, log }
+    ChildHub::start_on(db, &addr.to_string(), &["--heartbeat-secs", "1"])
 }
 
 #[test]
@@ -576,7 +544,7 @@ fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("events.db");
-    let addr = reserve_port();
+    let addr = crate::support::reserve_port();
     let hub = child_hub(&db, addr);
     // Events come from a producer process's point of view: straight into the database file.
     let em = Emitter::open(&db).expect("emitter on the hub's database");
@@ -646,7 +614,7 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let (old_db, new_db) = (dir.path().join("old.db"), dir.path().join("new.db"));
-    let addr = reserve_port();
+    let addr = crate::support::reserve_port();
     let old = Emitter::open(&old_db).expect("emitter");
     for cam in [1, 2] {
         old.emit(NewEvent::image_captured(cam, 1, 5, 1))

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,12 +42,6 @@ fn python3() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// A free loopback port: bound, read, and released, so a hub can restart in place on it.
-fn reserve_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
 }
 
 /// The random stream part of this hub's cursors (`<stream>-<seq>`).
@@ -220,7 +214,7 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
     }
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("events.db");
-    let bind = reserve_port().to_string();
+    let bind = crate::support::reserve_port().to_string();
     let flags = ["--heartbeat-secs", "1"];
     let mut hub = ChildHub::start_on(&db, &bind, &flags);
     let addr = hub.addr;

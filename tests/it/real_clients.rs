@@ -10,7 +10,6 @@
 //! `TLE_REQUIRE_CLIENTS=1`, when it fails instead.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, TestHub, WAIT, bin, post_json};
+use crate::support::{ChildHub, TestHub, WAIT, post_json};
 
 /// Each client process exits by itself after this long, whatever happens.
 const CLIENT_SECS: u64 = 40;
@@ -552,60 +551,12 @@ fn curl_filters_and_named_events() {
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    crate::support::reserve_port().port()
 }
 
-/// The hub binary serving `db` on `127.0.0.1:port`. (`ChildHub::start` always passes
-/// `--bind 127.0.0.1:0`, and clap refuses a second `--bind`, so it cannot take the port.)
+/// The hub binary serving `db` on `127.0.0.1:port`, with 1 s heartbeats.
 fn child_hub(db: &Path, port: u16) -> ChildHub {
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .arg("--db")
-        .arg(db)
-        .args([
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--heartbeat-secs",
-            "1",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hub");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = channel();
-    let keep = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.split(' ').next().unwrap_or("").to_owned());
-            }
-            if let Ok(mut l) = keep.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-        }
-    });
-    let addr = match rx.recv_timeout(WAIT) {
-        Ok(a) => a.parse().expect("address parses"),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "hub did not start on port {port}:\n{}",
-                log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-    };
-    assert_eq!(addr, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    ChildHub { child, addr, log }
+    ChildHub::start_on(db, &format!("127.0.0.1:{port}"), &["--heartbeat-secs", "1"])
 }
 
 fn post(hub: &ChildHub, n: i64) -> EventId {

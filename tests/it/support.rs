@@ -550,6 +550,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_timelapse-events")
 }
 
+/// A loopback address that was free a moment ago: bound, read, released, so that a hub
+/// can be started (and restarted in place) on it.
+pub fn reserve_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
 /// The hub binary running `serve` on an ephemeral port; killed on drop.
 pub struct ChildHub {
     pub child: Child,
@@ -592,11 +599,18 @@ impl ChildHub {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("hub prints its address")
-            .parse()
-            .expect("address parses");
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(a) => a.parse().expect("address parses"),
+            Err(_) => {
+                // Never leave a half-started hub behind a failed test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hub did not start on {bind}:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        };
         ChildHub { child, addr, log }
     }
 
