@@ -43,6 +43,8 @@ pub(crate) use stream::Streams;
 const LIVENESS_IDLE: Duration = Duration::from_secs(2);
 /// How long that check waits for an answer.
 const LIVENESS_WAIT: Duration = Duration::from_secs(2);
+/// Pump connects tried before an unanswered check counts as a dead accept thread.
+const LIVENESS_PUMPS: usize = 64;
 
 /// Pause before rebuilding the server after an accept error.
 const REBUILD_PAUSE: Duration = Duration::from_millis(250);
@@ -61,7 +63,8 @@ pub(crate) struct Ctx {
     pub(crate) fatal: crate::hub::Fatal,
     /// Connections given up on (see `routes::abandon`); each holds a thread and two fds.
     pub(crate) abandoned: std::sync::atomic::AtomicUsize,
-    /// Nudges the pool pump (see [`pump`]) once per stream started.
+    /// Nudges the pool pump (see [`pump`]) once per connection handed to a long-lived
+    /// thread (a stream, a slow body, a refusal being drained) or abandoned.
     pub(crate) pump: Sender<()>,
 }
 
@@ -247,8 +250,14 @@ fn pump(shared: &Shared, addr: SocketAddr, nudges: &Receiver<()>, stop: &Receive
             default(LIVENESS_IDLE) => {
                 let idle_ms = shared.now_ms().saturating_sub(shared.last_request_ms.load(Ordering::Relaxed));
                 if u128::from(idle_ms) >= LIVENESS_IDLE.as_millis() && !answers(addr) {
-                    if shared.stopping.load(Ordering::SeqCst) {
-                        return;
+                    // Starved pool threads look the same from outside: pump first (each
+                    // connect frees one queued connection), and only then conclude that
+                    // the accept thread is gone.
+                    for _ in 0..LIVENESS_PUMPS {
+                        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+                    }
+                    if answers(addr) || shared.stopping.load(Ordering::SeqCst) {
+                        continue;
                     }
                     log::error!("the HTTP server stopped answering; restarting its accept thread");
                     shared.rebuild(&shared.current());

@@ -152,7 +152,9 @@ pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
     if declared <= DRAIN_LIMIT_BYTES
         && let Some(slot) = ctx.body_threads.try_take()
     {
-        // Answer, then let the drop drain (or meet EOF) off the workers.
+        // Answer, then let the drop drain (or meet EOF) off the workers. Its tiny_http
+        // pool thread waits as long: have the pump replace it.
+        let _ = ctx.pump.try_send(());
         let spawned = spawn_named("reject", Some(64 * 1024), move || {
             let _slot = slot;
             let _ = rq.respond(too_large());
@@ -184,6 +186,7 @@ fn abandon(rq: Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
     );
     let stream = rq.upgrade("close", response);
     std::mem::forget(stream);
+    let _ = ctx.pump.try_send(()); // its pool thread is gone for good: replace it
     if n == MAX_ABANDONED {
         // Measured: each costs one thread and two file descriptors, forever. Past this many
         // a client is attacking us; a restart (systemd: Restart=always) frees them all.
@@ -209,6 +212,7 @@ fn post_on_thread(rq: Request, ctx: &Ctx, cors: Vec<(&'static str, String)>) {
         return abandon(rq, e.into_reply().into_response(), ctx);
     };
     let (config, emitter) = (ctx.config.clone(), ctx.emitter.clone());
+    let _ = ctx.pump.try_send(()); // a slow body holds its pool thread too
     let spawned = spawn_named("body", Some(128 * 1024), move || {
         let _slot = slot;
         let mut rq = rq;

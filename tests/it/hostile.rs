@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::json;
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, post_json, raw_request, wait_until};
+use crate::support::{
+    SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, wait_until,
+};
 
 /// The hub still answers, streams and stores.
 fn still_serves(hub: &TestHub) {
@@ -174,29 +176,13 @@ fn clients_that_vanish_release_their_threads() {
     let clients: Vec<SseClient> = (0..20)
         .map(|_| SseClient::connect(hub.addr(), "/api/events"))
         .collect();
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/health",
-        &[],
-        b""
-    )
-    .json()["streams"]
-        == 20));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 20));
     for c in &clients {
         let _ = c.raw_stream().shutdown(std::net::Shutdown::Both);
     }
     drop(clients);
     // Noticed at the next heartbeat write (or the one after).
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/health",
-        &[],
-        b""
-    )
-    .json()["streams"]
-        == 0));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 0));
     still_serves(&hub);
 }
 

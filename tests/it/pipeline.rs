@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, run_bin, wait_until};
+use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, open_streams, run_bin, wait_until};
 
 /// The stream id of a hub's database, read from /api/state's cursor.
 fn stream_id(addr: std::net::SocketAddr) -> String {
@@ -39,15 +39,7 @@ fn three_subscribers_get_all_events_from_four_threads_in_one_order() {
     let mut clients: Vec<SseClient> = (0..3)
         .map(|_| SseClient::connect(hub.addr(), "/api/events"))
         .collect();
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/health",
-        &[],
-        b""
-    )
-    .json()["streams"]
-        == 3));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 3));
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let emitter = hub.emitter();
@@ -307,15 +299,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
         s
     };
     let mut healthy = SseClient::connect(hub.addr(), "/api/events");
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/health",
-        &[],
-        b""
-    )
-    .json()["streams"]
-        == 2));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 2));
     let emitter = hub.emitter();
     let payload = "x".repeat(16 * 1024);
     let total = 2000;
@@ -340,15 +324,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
     let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
     assert_eq!(stats["cut_off_slow"], 1, "{stats}");
     // The stuck stream's thread is released once its blocked write times out.
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/health",
-        &[],
-        b""
-    )
-    .json()["streams"]
-        == 1));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 1));
     drop(stuck);
 }
 

@@ -9,9 +9,7 @@ use timelapse_events::NewEvent;
 use crate::support::{SseClient, TestHub, WAIT, http, post_json, wait_until};
 
 fn streams(hub: &TestHub) -> i64 {
-    http(hub.addr(), "GET", "/health", &[], b"").json()["streams"]
-        .as_i64()
-        .unwrap_or(-1)
+    crate::support::open_streams(hub.addr())
 }
 
 #[test]

@@ -539,6 +539,13 @@ pub fn read_response(s: &mut TcpStream) -> HttpResponse {
     }
 }
 
+/// Event streams the hub has open, from `GET /health`.
+pub fn open_streams(addr: SocketAddr) -> i64 {
+    http(addr, "GET", "/health", &[], b"").json()["streams"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
 pub fn post_json(addr: SocketAddr, body: &str, extra: &[(&str, &str)]) -> HttpResponse {
     let mut headers = vec![("Content-Type", "application/json")];
     headers.extend_from_slice(extra);
