@@ -40,9 +40,9 @@ use crate::store::Store;
 pub(crate) use stream::Streams;
 
 /// With no request for this long, the pump checks that the server still answers.
-const LIVENESS_IDLE: Duration = Duration::from_secs(2);
+const LIVENESS_IDLE: Duration = Duration::from_secs(1);
 /// How long that check waits for an answer.
-const LIVENESS_WAIT: Duration = Duration::from_secs(2);
+const LIVENESS_WAIT: Duration = Duration::from_millis(1500);
 /// Pump connects tried before an unanswered check counts as a dead accept thread.
 const LIVENESS_PUMPS: usize = 64;
 
