@@ -274,7 +274,7 @@ fn client_loop(addr: SocketAddr, n: u32, stop: &AtomicBool, c: &Counters) {
             continue;
         };
         let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: soak\r\n");
-        if visit % 2 == 0
+        if visit.is_multiple_of(2)
             && let Some(id) = &last_id
         {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
@@ -284,7 +284,7 @@ fn client_loop(addr: SocketAddr, n: u32, stop: &AtomicBool, c: &Counters) {
             continue;
         }
         c.connects.fetch_add(1, Ordering::Relaxed);
-        if (visit + n) % 5 == 0 {
+        if (visit + n).is_multiple_of(5) {
             thread::sleep(Duration::from_secs(5)); // a client that stops reading
         }
         let stay = Duration::from_millis(1000 + u64::from((n * 7919 + visit * 104_729) % 5000));

@@ -253,7 +253,7 @@ fn replay_to_live_handover_has_no_gap_and_no_duplicate_while_emits_race() {
                     .emit(NewEvent::new("tick", json!({"n": n})))
                     .expect("emit");
                 n += 1;
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     std::thread::sleep(Duration::from_micros(300));
                 }
             }
