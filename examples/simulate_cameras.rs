@@ -21,6 +21,9 @@
 //! One line per event goes to stdout (`<id> camera-<n> <type> <data>`); the seed and a summary
 //! go to stderr, so `--seed` reproduces a run camera by camera.
 
+#[path = "common/http_url.rs"]
+mod http_url;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -464,43 +467,11 @@ const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 impl Poster {
     fn new(url: &str, token: Option<String>) -> Result<Poster, BoxError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("--url must start with http:// (got {url:?})"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let path = if path.is_empty() || path == "/" {
-            "/api/events"
-        } else {
-            path
-        };
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, port) = v6
-                    .split_once(']')
-                    .ok_or_else(|| format!("unclosed [ in --url {url:?}"))?;
-                (host, port.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("bad port in --url {url:?}"))?,
-            None => 80,
-        };
-        if host.is_empty() {
-            return Err(format!("no host in --url {url:?}").into());
-        }
+        let http_url::HttpUrl { host, port, path } = http_url::parse(url)?;
         Ok(Poster {
-            host: host.to_owned(),
+            host,
             port,
-            path: path.to_owned(),
+            path,
             token,
         })
     }

@@ -16,6 +16,9 @@
 //!
 //! Events and resets go to stdout; connection notices go to stderr. Ctrl-C exits 0.
 
+#[path = "common/http_url.rs"]
+mod http_url;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
@@ -524,39 +527,11 @@ struct Target {
 
 impl Target {
     fn parse(url: &str, types: Option<&str>, camera_id: Option<i64>) -> Result<Target, BoxError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("--url must start with http:// (got {url:?})"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, port) = v6
-                    .split_once(']')
-                    .ok_or_else(|| format!("unclosed [ in --url {url:?}"))?;
-                (host, port.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| format!("bad port in --url {url:?}"))?,
-            None => 80,
-        };
-        if host.is_empty() {
-            return Err(format!("no host in --url {url:?}").into());
-        }
-        let mut path = if path.is_empty() || path == "/" {
-            "/api/events".to_owned()
-        } else {
-            path.to_owned()
-        };
+        let http_url::HttpUrl {
+            host,
+            port,
+            mut path,
+        } = http_url::parse(url)?;
         let mut add = |key: &str, value: &str| {
             path.push(if path.contains('?') { '&' } else { '?' });
             path.push_str(key);
@@ -571,7 +546,7 @@ impl Target {
         }
         Ok(Target {
             url: url.to_owned(),
-            host: host.to_owned(),
+            host,
             port,
             path,
         })
