@@ -412,14 +412,17 @@ fn stats_report_counts_subscribers_and_sizes() {
     let hub = TestHub::start();
     let mut a = SseClient::connect(hub.addr(), "/api/events?types=image_captured");
     let _b = SseClient::connect(hub.addr(), "/api/events?camera_id=4");
+    // "other" goes first: same priority dispatches in id order, so once `a` has seen the
+    // three captures, "other" is committed as dispatched too (the poller commits, then
+    // broadcasts). Emitted last, it could still be pending when stats is read.
+    hub.emitter()
+        .emit(NewEvent::new("other", json!({})))
+        .expect("emit");
     for i in 0..3 {
         hub.emitter()
             .emit(NewEvent::image_captured(4, 1, i, 1))
             .expect("emit");
     }
-    hub.emitter()
-        .emit(NewEvent::new("other", json!({})))
-        .expect("emit");
     a.take(3);
     let s = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
     assert_eq!(s["total"], 4, "{s}");
