@@ -83,11 +83,9 @@ pub(crate) fn save(conn: &Connection, state: &State, changed: &[Changed]) -> Res
                 .map_err(db("save timelapse state"))?;
         }
     }
-    conn.execute(
-        "UPDATE hub_meta SET value = ?1 WHERE key = 'state_seq'",
-        [state.seq.to_string()],
-    )
-    .map_err(db("save state_seq"))?;
+    conn.prepare_cached("UPDATE hub_meta SET value = ?1 WHERE key = 'state_seq'")
+        .and_then(|mut s| s.execute([state.seq.to_string()]))
+        .map_err(db("save state_seq"))?;
     Ok(())
 }
 
