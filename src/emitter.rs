@@ -1,11 +1,16 @@
 //! In-process producers: [`Emitter`], a cheap handle that capture threads clone, and the one
-//! writer thread (`tle-writer`) behind it that commits their events in groups.
+//! thread behind it that commits their events in groups.
 //!
 //! SQLite has one writer at a time. Rather than many threads fighting for its lock (measured
 //! here: two threads committing single rows were slower than one, and unfair), every emit is
 //! queued, in arrival order, to one thread that takes whatever is waiting (up to
 //! [`MAX_GROUP_ROWS`]) and commits it in one transaction. One fsync then covers the group,
 //! which is what makes `--synchronous full` affordable on an SD card.
+//!
+//! Inside a hub that thread is the poller, which stores the group and dispatches it in the
+//! same transaction (see `poller`). An emitter made by [`Emitter::open`], for another
+//! process writing into a hub's file, has a writer thread of its own (`tle-writer`) that
+//! only stores; the hub picks the rows up like any external producer's.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,9 +23,8 @@ use rusqlite::Connection;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
-use crate::hub::{Fatal, join_thread, spawn_critical};
+use crate::hub::{join_thread, spawn_critical};
 use crate::metrics::Metrics;
-use crate::poller::PollerStatus;
 use crate::store::{Store, events};
 
 /// Most events committed in one transaction.
@@ -29,9 +33,21 @@ pub const MAX_GROUP_ROWS: usize = 1024;
 const QUEUE_JOBS: usize = 8192;
 
 /// One caller's events (one for `emit`, many for `emit_batch`), committed all or none.
-struct Job {
-    events: Vec<(NewEvent, String)>,
-    reply: Sender<Result<Vec<EventId>>>,
+pub(crate) struct Job {
+    pub(crate) events: Vec<(NewEvent, String)>,
+    pub(crate) reply: Sender<Result<Vec<EventId>>>,
+}
+
+impl Job {
+    /// A job for `events`, and where its answer arrives.
+    pub(crate) fn new(events: Vec<NewEvent>) -> Result<(Job, Receiver<Result<Vec<EventId>>>)> {
+        let events = events
+            .into_iter()
+            .map(|e| e.validate().map(|data| (e, data)))
+            .collect::<Result<Vec<_>>>()?;
+        let (reply, answer) = bounded(1);
+        Ok((Job { events, reply }, answer))
+    }
 }
 
 /// A cheap, cloneable handle for producing events from any thread.
@@ -77,11 +93,18 @@ impl Emitter {
     /// As [`Emitter::open`].
     pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
         let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
-        let (writer, emitter) = Writer::start(&store, None, None, None, None)?;
+        let (writer, emitter) = Writer::start(&store)?;
         Ok(Emitter {
             _owner: Some(Arc::new(writer)),
             ..emitter
         })
+    }
+
+    /// An emitter whose jobs the caller's thread takes from the returned receiver (the
+    /// hub's poller).
+    pub(crate) fn channel() -> (Emitter, Receiver<Job>) {
+        let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
+        (Emitter { tx, _owner: None }, rx)
     }
 
     /// Stores one event and returns its row id once it is committed.
@@ -110,55 +133,30 @@ impl Emitter {
     }
 
     fn submit(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>> {
-        let events = events
-            .into_iter()
-            .map(|e| e.validate().map(|data| (e, data)))
-            .collect::<Result<Vec<_>>>()?;
-        let (reply, answer) = bounded(1);
-        self.tx
-            .send(Job { events, reply })
-            .map_err(|_| Error::Closed)?;
+        let (job, answer) = Job::new(events)?;
+        self.tx.send(job).map_err(|_| Error::Closed)?;
         // The writer answers every job it takes; a dropped reply means it stopped first.
         answer.recv().map_err(|_| Error::Closed)?
     }
 }
 
-/// The writer thread and the means to stop it.
+/// The writer thread of an [`Emitter::open`] and the means to stop it.
 pub(crate) struct Writer {
     stop: Mutex<Option<Sender<()>>>,
     handle: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
 impl Writer {
-    /// Starts `tle-writer` on a dedicated connection. After each commit it nudges `wake`
-    /// (the poller), if given.
-    pub(crate) fn start(
-        store: &Store,
-        wake: Option<Sender<()>>,
-        metrics: Option<Arc<Metrics>>,
-        fatal: Option<Fatal>,
-        status: Option<Arc<PollerStatus>>,
-    ) -> Result<(Writer, Emitter)> {
+    /// Starts `tle-writer` on a dedicated connection.
+    fn start(store: &Store) -> Result<(Writer, Emitter)> {
         let conn = store.dedicated()?;
-        if wake.is_some() {
-            // Inside a hub, the poller checkpoints after publishing; keep fsyncs of
-            // checkpoints off the emit path (measured: 26,000 → 47,000 rows/s raw).
-            events::disable_autocheckpoint(&conn)?;
-        }
         crate::store::fast_busy_handler(&conn)?;
         let busy_limit = store.busy_timeout();
-        let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
+        let (emitter, rx) = Emitter::channel();
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let handle = spawn_critical("writer", fatal, move || {
+        let handle = spawn_critical("writer", None, move || {
             crate::store::set_busy_limit(busy_limit);
-            writer_loop(
-                conn,
-                &rx,
-                &stop_rx,
-                wake.as_ref(),
-                metrics.as_deref(),
-                status.as_deref(),
-            );
+            writer_loop(conn, &rx, &stop_rx);
             Ok(())
         })?;
         Ok((
@@ -166,12 +164,12 @@ impl Writer {
                 stop: Mutex::new(Some(stop_tx)),
                 handle: Mutex::new(Some(handle)),
             },
-            Emitter { tx, _owner: None },
+            emitter,
         ))
     }
 
     /// Commits what is queued, answers it, and ends the thread. Idempotent.
-    pub(crate) fn stop(&self) -> Result<()> {
+    fn stop(&self) -> Result<()> {
         // Poisoning cannot leave these Options half-written: take() is the only mutation.
         drop(
             self.stop
@@ -196,16 +194,8 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: &Receiver<Job>,
-    stop: &Receiver<()>,
-    wake: Option<&Sender<()>>,
-    metrics: Option<&Metrics>,
-    status: Option<&PollerStatus>,
-) {
+fn writer_loop(mut conn: Connection, rx: &Receiver<Job>, stop: &Receiver<()>) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
-    let rows = |group: &[Job]| group.iter().map(|j| j.events.len()).sum::<usize>();
     loop {
         let stopping = select! {
             recv(rx) -> job => match job {
@@ -214,29 +204,18 @@ fn writer_loop(
             },
             recv(stop) -> _ => true,
         };
-        while rows(&group) < MAX_GROUP_ROWS {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
+        take_queued(rx, &mut group);
         if !group.is_empty() {
-            commit_group(&mut conn, &mut group, metrics, status);
-            if let Some(wake) = wake {
-                // Full means a wake-up is already pending; that one covers us.
-                let _ = wake.try_send(());
-            }
+            commit_group(&mut conn, &mut group);
         }
         if stopping {
             // Drain what was queued before the stop so every accepted emit is answered.
-            while let Ok(job) = rx.try_recv() {
-                group.push(job);
-                if rows(&group) >= MAX_GROUP_ROWS {
-                    commit_group(&mut conn, &mut group, metrics, status);
+            loop {
+                take_queued(rx, &mut group);
+                if group.is_empty() {
+                    break;
                 }
-            }
-            if !group.is_empty() {
-                commit_group(&mut conn, &mut group, metrics, status);
+                commit_group(&mut conn, &mut group);
             }
             log::debug!("writer stopped");
             return;
@@ -244,13 +223,33 @@ fn writer_loop(
     }
 }
 
-fn commit_group(
-    conn: &mut Connection,
-    group: &mut Vec<Job>,
-    metrics: Option<&Metrics>,
-    status: Option<&PollerStatus>,
-) {
-    let inserts: Vec<Vec<events::Insert<'_>>> = group
+fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
+    let outcome = events::insert_groups(conn, &inserts(group));
+    answer(group, outcome, None);
+}
+
+/// Rows in a group of jobs.
+pub(crate) fn rows(group: &[Job]) -> usize {
+    group.iter().map(|j| j.events.len()).sum()
+}
+
+/// Adds what is queued to `group` without waiting, up to [`MAX_GROUP_ROWS`] rows.
+pub(crate) fn take_queued(rx: &Receiver<Job>, group: &mut Vec<Job>) {
+    let mut n = rows(group);
+    while n < MAX_GROUP_ROWS {
+        match rx.try_recv() {
+            Ok(job) => {
+                n += job.events.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// The INSERTs of a group, one list per job.
+pub(crate) fn inserts(group: &[Job]) -> Vec<Vec<events::Insert<'_>>> {
+    group
         .iter()
         .map(|j| {
             j.events
@@ -258,32 +257,42 @@ fn commit_group(
                 .map(|(event, data)| events::Insert { event, data })
                 .collect()
         })
-        .collect();
-    let outcome = events::insert_groups(conn, &inserts);
-    drop(inserts);
-    if let Some(status) = status {
-        // For /health: a failing commit (disk full, a lock held elsewhere) is news.
-        let now = outcome.as_ref().err().map(Error::to_string);
-        *status.writes.lock().unwrap_or_else(PoisonError::into_inner) = now;
-    }
+        .collect()
+}
+
+/// Answers every job of `group` (and empties it): with its own result when the transaction
+/// committed, else with the error that failed them all. Returns that error's text, or the
+/// first job's own database error, for `/health`.
+pub(crate) fn answer(
+    group: &mut Vec<Job>,
+    outcome: Result<Vec<Result<Vec<EventId>>>>,
+    metrics: Option<&Metrics>,
+) -> Option<String> {
     match outcome {
         Ok(results) => {
+            let mut failed = None;
             for (job, result) in group.drain(..).zip(results) {
-                if result.is_ok() {
-                    for (event, _) in &job.events {
-                        log::debug!("stored an event ({})", event.event_type);
-                        if let Some(m) = metrics {
-                            m.emitted(&event.event_type);
+                match &result {
+                    Ok(_) => {
+                        for (event, _) in &job.events {
+                            log::debug!("stored an event ({})", event.event_type);
+                            if let Some(m) = metrics {
+                                m.emitted(&event.event_type);
+                            }
                         }
+                    }
+                    Err(e) => {
+                        log::warn!("{} events not stored: {}", job.events.len(), e.chain());
+                        failed.get_or_insert_with(|| e.to_string());
                     }
                 }
                 // The emitter may have given up waiting (its thread ended): nothing to tell.
                 let _ = job.reply.send(result);
             }
+            failed
         }
         Err(e) => {
-            let n: usize = group.iter().map(|j| j.events.len()).sum();
-            log::warn!("{n} events not stored: {}", e.chain());
+            log::warn!("{} events not stored: {}", rows(group), e.chain());
             let text = e.chain();
             let busy = e.is_busy();
             let full = e.is_disk_full();
@@ -295,12 +304,13 @@ fn commit_group(
                     .unwrap_or_else(|| clone_error(&text, busy, full));
                 let _ = job.reply.send(Err(err));
             }
+            Some(text)
         }
     }
 }
 
-/// The group-wide error, for the second and later callers (rusqlite errors are not Clone).
-fn clone_error(text: &str, busy: bool, full: bool) -> Error {
+/// The group-wide error, for callers other than the first (rusqlite errors are not Clone).
+pub(crate) fn clone_error(text: &str, busy: bool, full: bool) -> Error {
     let code = if busy {
         rusqlite::ffi::SQLITE_BUSY
     } else if full {

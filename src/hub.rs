@@ -1,4 +1,4 @@
-//! [`Hub`]: wires the store, writer, poller, broadcast and HTTP server together and owns
+//! [`Hub`]: wires the store, poller, broadcast and HTTP server together and owns
 //! every thread it starts.
 
 use std::collections::HashSet;
@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::broadcast::Broadcast;
 use crate::config::Config;
-use crate::emitter::{Emitter, Writer};
+use crate::emitter::Emitter;
 use crate::error::{Error, Result};
 use crate::http::{Ctx, HttpServer, Streams, stream::Slots};
 use crate::metrics::Metrics;
@@ -41,7 +41,6 @@ pub struct Hub {
     config: Config,
     store: Store,
     emitter: Emitter,
-    writer: Option<Writer>,
     poller: Option<JoinHandle<Result<()>>>,
     retention: Option<JoinHandle<Result<()>>>,
     watcher: Option<JoinHandle<Result<()>>>,
@@ -64,7 +63,7 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Opens the database, starts the writer, poller and HTTP workers, and returns once the
+    /// Opens the database, starts the poller, retention, WAL watcher and HTTP workers, and returns once the
     /// listener is bound (so a client may connect at once).
     ///
     /// # Errors
@@ -80,13 +79,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::default());
         let status = Arc::new(PollerStatus::default());
         let cache = Arc::new(StateCache::default());
-        let (writer, emitter) = Writer::start(
-            &store,
-            Some(wake_tx.clone()),
-            Some(metrics.clone()),
-            Some(fatal.clone()),
-            Some(status.clone()),
-        )?;
+        let (emitter, jobs) = Emitter::channel();
         let broadcast = Arc::new(Broadcast::default());
         // File notifications when they work; fast polling when they do not.
         let watch = if config.watch_wal {
@@ -132,6 +125,7 @@ impl Hub {
             last_checkpoint: Instant::now(),
             stream: store.stream(),
             broadcast: broadcast.clone(),
+            jobs,
             wake: wake_rx,
             stop: stop_rx.clone(),
             poll_interval,
@@ -140,10 +134,11 @@ impl Hub {
             cache: cache.clone(),
             metrics: metrics.clone(),
             watchdog: Watchdog {
-                emitter: emitter.clone(),
                 floor: config.stale_floor,
                 asked: HashSet::new(),
                 last_check: Instant::now(),
+                queued: Vec::new(),
+                waiting: Vec::new(),
             },
         };
         let retention = {
@@ -174,7 +169,6 @@ impl Hub {
             config,
             store,
             emitter,
-            writer: Some(writer),
             poller: Some(poller),
             retention: Some(retention),
             watcher,
@@ -213,7 +207,7 @@ impl Hub {
     }
 
     /// Receives a message when a thread the hub cannot run without has died (the poller,
-    /// the writer, retention), or when the hub must restart to free resources a hostile
+    /// retention, the WAL watcher), or when the hub must restart to free resources a hostile
     /// client tied up. `serve` then shuts down and exits 1, so a supervisor restarts it.
     pub fn failures(&self) -> Receiver<String> {
         self.failures.clone()
@@ -225,7 +219,7 @@ impl Hub {
     }
 
     /// Stops everything, in this order: HTTP workers (no new requests or streams); the
-    /// writer (commits and answers every queued emit); the poller (finishes its batch;
+    /// poller (finishes its batch, then stores, dispatches and answers every queued emit;
     /// rows it did not reach stay pending and are dispatched at the next start); the
     /// broadcast (each stream writes its final chunk and ends; waited for up to
     /// `shutdown_grace`); then a WAL checkpoint.
@@ -250,10 +244,9 @@ impl Hub {
         if let Some(mut http) = self.http.take() {
             keep(http.stop());
         }
-        if let Some(writer) = self.writer.take() {
-            keep(writer.stop());
-        }
-        drop(self.poller_stop.take()); // disconnects the poller's and retention's select!
+        // Disconnects the poller's and retention's select!; the poller stores and answers
+        // the emits already queued before it ends.
+        drop(self.poller_stop.take());
         if let Some(p) = self.poller.take() {
             keep(join_thread("poller", p));
         }

@@ -3,15 +3,13 @@
 //! # Data flow
 //!
 //! ```text
-//!  capture threads ── Emitter ──► writer thread ─┐ (group commit)
-//!  other processes ── INSERT INTO sse_events ────┤
+//!  capture threads ── Emitter ───────────────────┐ (queued, in arrival order)
 //!  HTTP POST /api/events ── Emitter ─────────────┤
 //!                                                ▼
-//!                                   SQLite file (WAL) : the durable log
-//!                                                │  data_version check / nudge
-//!                                                ▼
-//!                                   poller thread: batch, priority first, assign seq,
-//!                                   mark dispatched (one IMMEDIATE transaction)
+//!  other processes ── INSERT ──► SQLite file ◄── poller thread: in one IMMEDIATE
+//!                                (WAL), the      transaction, store what the Emitters
+//!                                durable log     queued, take pending rows (priority
+//!          inotify on -wal / data_version ──►    first), assign seq, mark dispatched
 //!                                                │  Arc<Frame>, encoded once
 //!                                                ▼
 //!                                   Broadcast: one bounded queue per subscriber

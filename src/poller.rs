@@ -1,8 +1,12 @@
 //! The poller thread (`tle-poller`): the only code that moves events from "stored" to
-//! "dispatched". It wakes on a nudge from the in-process writer, or every `poll_interval`
-//! to check `PRAGMA data_version` (a couple of microseconds, no table read) for commits from
-//! other processes; only then does it read. Each batch is taken, given stream positions and
-//! marked dispatched in one IMMEDIATE transaction, then encoded once and published.
+//! "dispatched", and the writer of the hub's own events. It wakes on an emit from this
+//! process, on a nudge from the WAL watcher, or every `poll_interval` to check
+//! `PRAGMA data_version` (a couple of microseconds, no table read) for commits from other
+//! processes; only then does it read. In one IMMEDIATE transaction it stores the emits that
+//! are waiting, takes a batch of pending rows (those among them), gives each its stream
+//! position and marks it dispatched; then it publishes the batch, encoded once, and answers
+//! the emitters. One commit per event instead of two (a writer's and a dispatcher's), and
+//! one thread hand-off fewer (measured: see docs/performance.md).
 //!
 //! No transaction or statement is held open between polls: an open read would pin the WAL
 //! and stop checkpoints (measured: 4 MB to 183 MB over 20k commits).
@@ -11,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError, select};
+use crossbeam_channel::{Receiver, TryRecvError, never, select};
 use rusqlite::Connection;
 
 use crate::broadcast::Broadcast;
-use crate::emitter::Emitter;
+use crate::emitter::{self, Job};
 use crate::error::Result;
 use crate::event::{Event, NewEvent, Priority};
 use crate::metrics::Metrics;
@@ -68,6 +72,8 @@ pub(crate) struct Poller {
     pub(crate) conn: Connection,
     pub(crate) stream: u32,
     pub(crate) broadcast: Arc<Broadcast>,
+    /// Emits from this process (the hub's [`crate::Emitter`]s).
+    pub(crate) jobs: Receiver<Job>,
     pub(crate) wake: Receiver<()>,
     pub(crate) stop: Receiver<()>,
     pub(crate) poll_interval: Duration,
@@ -95,11 +101,14 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// at least `floor`) gets a `camera_stale` event; `camera_recovered` when it reports again.
 /// Runs on the poller thread, which owns the state it reads.
 pub(crate) struct Watchdog {
-    pub(crate) emitter: Emitter,
     pub(crate) floor: Duration,
     /// Cameras with a stale/recovered event emitted but not yet folded into the state.
     pub(crate) asked: std::collections::HashSet<i64>,
     pub(crate) last_check: Instant,
+    /// Its events, stored by the poller's next step.
+    pub(crate) queued: Vec<Job>,
+    /// The answers to those, by camera.
+    pub(crate) waiting: Vec<(i64, Receiver<Result<Vec<crate::EventId>>>)>,
 }
 
 impl Watchdog {
@@ -178,21 +187,45 @@ impl Watchdog {
         }
     }
 
+    /// Queues `event` for the poller's next step (the poller is the hub's writer, so it
+    /// cannot wait for an emit of its own).
     fn send(&mut self, camera_id: i64, event: NewEvent) {
         log::info!("watchdog: {} for camera {camera_id}", event.event_type);
-        match self.emitter.emit(event) {
-            Ok(_) => {
+        match Job::new(vec![event]) {
+            Ok((job, answer)) => {
                 self.asked.insert(camera_id);
+                self.queued.push(job);
+                self.waiting.push((camera_id, answer));
             }
-            Err(e) => log::warn!("watchdog could not store its event: {}", e.chain()),
+            Err(e) => log::warn!("watchdog event refused: {}", e.chain()),
         }
+    }
+
+    /// After a step: a camera whose event was not stored is asked about again later.
+    fn answered(&mut self) {
+        let asked = &mut self.asked;
+        self.waiting
+            .retain(|(camera_id, answer)| match answer.try_recv() {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => {
+                    log::warn!("watchdog could not store its event: {}", e.chain());
+                    asked.remove(camera_id);
+                    false
+                }
+                Err(TryRecvError::Empty) => true,
+                Err(TryRecvError::Disconnected) => {
+                    asked.remove(camera_id);
+                    false
+                }
+            });
     }
 }
 
 impl Poller {
-    /// Runs until `stop` is dropped. Database errors are logged, reported through
-    /// [`PollerStatus`] and retried with backoff; nothing stored is lost, since rows stay
-    /// pending until a dispatch commits.
+    /// Runs until `stop` is dropped, then stores and answers the emits already queued.
+    /// Database errors are logged, reported through [`PollerStatus`] and retried with
+    /// backoff; nothing stored is lost, since rows stay pending until a dispatch commits,
+    /// and an emit is acknowledged only after its commit.
     pub(crate) fn run(mut self) -> Result<()> {
         crate::store::set_busy_limit(self.busy_timeout);
         let mut head = events::head_seq(&self.conn)?;
@@ -203,27 +236,33 @@ impl Poller {
         let mut pending = true; // whatever was left undispatched before start
         let mut backoff = BACKOFF_MIN;
         let mut speculated = Instant::now();
+        let mut group: Vec<Job> = Vec::with_capacity(64);
         loop {
-            if !pending {
-                // A nudge (the writer's, after its commit; the WAL watcher's, on another
-                // process's writes) means "dispatch now". The dispatch transaction is
-                // IMMEDIATE, so if the nudge came while another process was still
-                // finishing its commit, it waits for that commit (the fast busy handler
-                // retries every 50 µs) and sees its rows.
+            emitter::take_queued(&self.jobs, &mut group);
+            if !pending && group.is_empty() {
+                // A nudge (the WAL watcher's, on another process's writes) means "dispatch
+                // now". The dispatch transaction is IMMEDIATE, so if the nudge came while
+                // the other process was still finishing its commit, it waits for that
+                // commit (the fast busy handler retries every 50 µs) and sees its rows.
                 //
-                // The watcher also reports our own commits, and at a high rate every
-                // nudge taking the write lock slowed everyone (measured: 1,000 events/s
-                // to 20 clients, p99 141 ms). So a nudge whose commit is already visible
+                // The watcher also reports our own commits, which never move our own
+                // connection's data_version. So a nudge whose commit is already visible
                 // (data_version moved) dispatches at once, and one that is not may start
-                // such a waiting dispatch at most every SPECULATIVE_EVERY.
+                // such a waiting dispatch at most every SPECULATIVE_EVERY (measured: a
+                // write transaction for every nudge at 1,000 events/s, p99 141 ms).
                 let nudged = select! {
+                    recv(self.jobs) -> job => {
+                        match job {
+                            Ok(job) => group.push(job),
+                            // Every emitter is gone (the hub is stopping): stop listening.
+                            Err(_) => self.jobs = never(),
+                        }
+                        false
+                    },
                     recv(self.wake) -> _ => true,
                     recv(self.stop) -> _ => break,
                     default(self.poll_interval) => false,
                 };
-                if self.watchdog.last_check.elapsed() >= self.watchdog.tick() {
-                    self.watchdog.check(&state, state::now_ms());
-                }
                 match events::data_version(&self.conn) {
                     Ok(v) if v != version => {
                         version = v;
@@ -234,13 +273,20 @@ impl Poller {
                         pending = true;
                     }
                     Ok(_) => {}
-                    Err(_) => pending = true, // let drain report it
+                    Err(_) => pending = true, // let the step report it
                 }
+                emitter::take_queued(&self.jobs, &mut group);
             }
-            if !pending {
+            if self.watchdog.last_check.elapsed() >= self.watchdog.tick() {
+                self.watchdog.check(&state, state::now_ms());
+            }
+            group.append(&mut self.watchdog.queued);
+            if !pending && group.is_empty() {
                 continue;
             }
-            match self.drain(&mut head, &mut state, &mut state_version) {
+            let outcome = self.drain(&mut head, &mut state, &mut state_version, &mut group);
+            self.watchdog.answered();
+            match outcome {
                 Ok(true) => {
                     pending = false;
                     backoff = BACKOFF_MIN;
@@ -252,6 +298,7 @@ impl Poller {
                 }
                 Ok(false) => break, // stopping
                 Err(e) => {
+                    pending = true;
                     self.status.errors.fetch_add(1, Ordering::Relaxed);
                     let text = e.chain();
                     if self.status.failing().is_none() {
@@ -264,12 +311,26 @@ impl Poller {
                     if let Ok(h) = events::head_seq(&self.conn) {
                         head = h;
                     }
+                    // An emit ends the wait: its caller is waiting, and its attempt waits
+                    // for a lock held elsewhere by itself (busy timeout).
                     select! {
+                        recv(self.jobs) -> job => if let Ok(job) = job { group.push(job) },
                         recv(self.stop) -> _ => break,
                         default(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
+            }
+        }
+        // Every emit accepted before the stop is stored and answered (and dispatched, so
+        // streams still open get it before the broadcast closes).
+        loop {
+            emitter::take_queued(&self.jobs, &mut group);
+            if group.is_empty() {
+                break;
+            }
+            if let Err(e) = self.step(&mut head, &mut state, &mut state_version, &mut group) {
+                log::error!("poller at shutdown: {}", e.chain());
             }
         }
         log::debug!("poller stopped at seq {head}");
@@ -297,47 +358,100 @@ impl Poller {
         }
     }
 
-    /// Dispatches batches until none is full. Returns false if asked to stop between batches.
-    fn drain(&mut self, head: &mut i64, state: &mut State, version: &mut u64) -> Result<bool> {
+    /// Steps until no batch is full and no emit waits. Returns false if asked to stop
+    /// between steps.
+    fn drain(
+        &mut self,
+        head: &mut i64,
+        state: &mut State,
+        version: &mut u64,
+        group: &mut Vec<Job>,
+    ) -> Result<bool> {
         loop {
-            let started = Instant::now();
-            let batch =
-                events::dispatch_batch(&mut self.conn, self.stream, head, self.batch_rows, state)?;
-            if batch.state_changed {
-                *version += 1;
-                self.cache.publish(state, self.stream, *version);
-            }
-            let n = batch.events.len() + batch.rejected;
-            if !batch.events.is_empty() {
-                let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
-                self.broadcast.publish(&frames);
-                let now = state::now_ms();
-                for e in &batch.events {
-                    let created = parse_utc_ms(&e.created_at).unwrap_or(now);
-                    self.metrics.dispatched(&e.event_type, now - created);
-                }
-                self.watchdog.recoveries(state, &batch.events, now);
-                self.status
-                    .dispatched
-                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-                log::debug!(
-                    "dispatched {} events up to seq {} in {:?}",
-                    batch.events.len(),
-                    head,
-                    started.elapsed()
-                );
-            }
-            if batch.rejected > 0 {
-                self.status
-                    .rejected
-                    .fetch_add(batch.rejected as u64, Ordering::Relaxed);
-            }
-            if n < self.batch_rows {
+            let full = self.step(head, state, version, group)?;
+            emitter::take_queued(&self.jobs, group);
+            if !full && group.is_empty() {
                 return Ok(true);
             }
             if matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
                 return Ok(false);
             }
         }
+    }
+
+    /// One transaction: stores `group` (and empties it, answering every job), dispatches
+    /// a batch, publishes it. Returns true when the batch was full (more may be pending).
+    fn step(
+        &mut self,
+        head: &mut i64,
+        state: &mut State,
+        version: &mut u64,
+        group: &mut Vec<Job>,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        // The batch has room for every new row, so an emit is dispatched in its own commit
+        // unless a backlog of higher priority is ahead of it.
+        let limit = self.batch_rows + emitter::rows(group);
+        let outcome = {
+            let inserts = emitter::inserts(group);
+            events::store_and_dispatch(&mut self.conn, &inserts, self.stream, head, limit, state)
+        };
+        let (stored, batch) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                if !group.is_empty() {
+                    let copy = emitter::clone_error(&e.chain(), e.is_busy(), e.is_disk_full());
+                    let failed = emitter::answer(group, Err(copy), Some(&self.metrics));
+                    self.set_writes(failed);
+                }
+                return Err(e);
+            }
+        };
+        // Answer first: an emitting thread then prepares its next event while this one is
+        // published, and the next step takes a larger group.
+        if !group.is_empty() {
+            let failed = emitter::answer(group, Ok(stored), Some(&self.metrics));
+            self.set_writes(failed);
+        }
+        if batch.state_changed {
+            *version += 1;
+            self.cache.publish(state, self.stream, *version);
+        }
+        if !batch.events.is_empty() {
+            let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
+            self.broadcast.publish(&frames);
+        }
+        if !batch.events.is_empty() {
+            let now = state::now_ms();
+            for e in &batch.events {
+                let created = parse_utc_ms(&e.created_at).unwrap_or(now);
+                self.metrics.dispatched(&e.event_type, now - created);
+            }
+            self.watchdog.recoveries(state, &batch.events, now);
+            self.status
+                .dispatched
+                .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+            log::debug!(
+                "dispatched {} events up to seq {} in {:?}",
+                batch.events.len(),
+                head,
+                started.elapsed()
+            );
+        }
+        if batch.rejected > 0 {
+            self.status
+                .rejected
+                .fetch_add(batch.rejected as u64, Ordering::Relaxed);
+        }
+        Ok(batch.events.len() + batch.rejected >= limit)
+    }
+
+    /// For `/health`: the error of the last step that stored events, if it failed.
+    fn set_writes(&self, failed: Option<String>) {
+        *self
+            .status
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = failed;
     }
 }

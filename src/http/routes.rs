@@ -340,7 +340,7 @@ fn health(ctx: &Ctx) -> Handled {
         "status": if healthy { "ok" } else { "unhealthy" },
         "database": counts.as_ref().err().map_or_else(|| "ok".to_owned(), ToString::to_string),
         "poller": poller.as_deref().unwrap_or("ok"),
-        // The writer's last commit: e.g. "database: cannot commit events (disk full)".
+        // The last step that stored emits, if it failed: e.g. "... (disk full)".
         "writes": writes.as_deref().unwrap_or("ok"),
         "dispatched": counts.as_ref().map(|c| c.dispatched).ok(),
         "pending": counts.as_ref().map(|c| c.pending).ok(),

@@ -506,6 +506,56 @@ fn emitter_handles_are_cheap_send_sync_clones() {
     );
 }
 
+/// The hub's poller stores an emit and dispatches it in one transaction: by the time
+/// `emit` returns, the row already has its place in the stream. After shutdown, an emit
+/// fails with `Closed` rather than hanging.
+#[test]
+fn a_hub_emit_is_dispatched_when_it_returns_and_fails_closed_after_shutdown() {
+    let hub = TestHub::start();
+    let conn = rusqlite::Connection::open(hub.db_path()).expect("open");
+    let seq_of = |id: i64| -> Option<i64> {
+        conn.query_row("SELECT seq FROM sse_events WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .expect("row exists once emit returned")
+    };
+    let ids: Vec<i64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..3)
+            .map(|t| {
+                let emitter = hub.emitter();
+                s.spawn(move || {
+                    (0..20)
+                        .map(|i| {
+                            emitter
+                                .emit(NewEvent::image_captured(t, 1, i, 1))
+                                .expect("emit")
+                                .0
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("emitting thread"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 60);
+    let mut seqs: Vec<i64> = ids
+        .iter()
+        .map(|&id| seq_of(id).unwrap_or_else(|| panic!("event {id} not dispatched yet")))
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 60, "each its own seq");
+    let emitter = hub.emitter();
+    hub.shutdown().expect("shutdown");
+    let err = emitter
+        .emit(NewEvent::new("late", json!({})))
+        .expect_err("emit after shutdown");
+    assert!(matches!(err, Error::Closed), "{err:?}");
+}
+
 #[test]
 fn emit_batch_stores_all_or_nothing_in_one_commit_and_in_order() {
     let hub = TestHub::start();
