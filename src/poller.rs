@@ -418,19 +418,19 @@ impl Poller {
             self.cache.publish(state, self.stream, *version);
         }
         if !batch.events.is_empty() {
-            let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
-            self.broadcast.publish(&frames);
-        }
-        if !batch.events.is_empty() {
+            // Counted before they are published, so a client that has an event sees it in
+            // /metrics and stats too.
             let now = state::now_ms();
             for e in &batch.events {
                 let created = parse_utc_ms(&e.created_at).unwrap_or(now);
                 self.metrics.dispatched(&e.event_type, now - created);
             }
-            self.watchdog.recoveries(state, &batch.events, now);
             self.status
                 .dispatched
                 .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+            let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
+            self.broadcast.publish(&frames);
+            self.watchdog.recoveries(state, &batch.events, now);
             log::debug!(
                 "dispatched {} events up to seq {} in {:?}",
                 batch.events.len(),

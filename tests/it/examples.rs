@@ -293,8 +293,8 @@ fn tail_prints_every_event_once_across_hub_restarts() {
 
     // Ctrl-C ends it cleanly.
     let status = tail.interrupt();
-    assert!(status.success(), "tail exited {status}: {}", tail.stderr());
-    let stderr = tail.stderr();
+    let stderr = tail.stderr_to_end();
+    assert!(status.success(), "tail exited {status}: {stderr}");
     assert!(stderr.contains("reconnecting"), "stderr:\n{stderr}");
     assert!(stderr.contains("stopped"), "stderr:\n{stderr}");
     drop(hub);
@@ -559,7 +559,7 @@ fn run_to_end(cmd: &mut Command) -> Finished {
     Finished {
         status,
         stdout,
-        stderr: proc.stderr(),
+        stderr: proc.stderr_to_end(),
     }
 }
 
@@ -569,6 +569,7 @@ struct Proc {
     child: Child,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -591,7 +592,7 @@ impl Proc {
         });
         let collected = Arc::new(Mutex::new(String::new()));
         let sink = collected.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut s) = sink.lock() {
                     s.push_str(&line);
@@ -603,7 +604,16 @@ impl Proc {
             child,
             lines,
             stderr: collected,
+            stderr_reader: Some(stderr_reader),
         }
+    }
+
+    /// All of stderr, once the child has exited: waits for the reader to reach its end.
+    fn stderr_to_end(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
     }
 
     /// The next stdout line, or None after `timeout` or at the end of the output.

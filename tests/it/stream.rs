@@ -115,6 +115,8 @@ fn filters_and_named_events_select_and_label_frames() {
 fn idle_streams_get_bare_comment_heartbeats_at_the_interval() {
     let hub = TestHub::start_with(|c| c.heartbeat_interval = Duration::from_millis(200));
     let mut c = SseClient::connect(hub.addr(), "/api/events");
+    // Count from the prelude's `: connected` comment, so five heartbeats are awaited.
+    assert!(c.wait_comments(1, WAIT), "the prelude's comment");
     let start = Instant::now();
     let before = c.comments;
     assert!(c.wait_comments(before + 5, WAIT), "five heartbeats");
@@ -189,8 +191,9 @@ fn bad_foreign_future_and_pruned_cursors_get_reset_then_live_events() {
         assert_eq!(live.json()["id"], id.0);
         first.take(1);
     }
-    // The query parameter works too, and the header wins over it.
-    let good = all[17].id.clone().expect("id");
+    // The query parameter works too, and the header wins over it. The head is now 24 and
+    // retention keeps 5 (seq 20..=24), so resume from seq 20.
+    let good = all[19].id.clone().expect("id");
     let mut c = SseClient::connect_with(
         hub.addr(),
         &format!("/api/events?last_event_id={stream}-999"),
@@ -198,7 +201,7 @@ fn bad_foreign_future_and_pruned_cursors_get_reset_then_live_events() {
         "HTTP/1.1",
     );
     let next = c.next_event(WAIT).expect("replayed");
-    assert_eq!(next.seq(), 19, "resumed from the header's cursor");
+    assert_eq!(next.seq(), 21, "resumed from the header's cursor");
 }
 
 #[test]
@@ -493,10 +496,15 @@ fn sigterm_stops_the_binary_with_exit_zero_and_a_checkpointed_wal() {
     let status = hub.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert!(c.wait_end(WAIT), "the stream was ended cleanly");
-    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    // The log reader may still be a line behind the exit.
+    let read = || log.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(
-        log.contains("shutting down") && log.contains("stopped"),
-        "{log}"
+        wait_until(WAIT, || {
+            let l = read();
+            l.contains("shutting down") && l.contains("stopped")
+        }),
+        "{}",
+        read()
     );
     let wal = dir.path().join("events.db-wal");
     let wal_len = std::fs::metadata(&wal).map_or(0, |m| m.len());
