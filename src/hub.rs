@@ -361,3 +361,52 @@ pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU seconds of this process's threads named `name` (Linux /proc).
+    fn thread_cpu_s(name: &str) -> f64 {
+        let mut total = 0.0;
+        for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+            let dir = entry.expect("task").path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            // After the ")" that ends the name: utime and stime are fields 12 and 13.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            total += (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0;
+        }
+        total
+    }
+
+    /// Without the WAL watcher (inotify unavailable, or turned off) the poller only
+    /// polls: no wake-up channel may leave it spinning. The one Hub in this test binary,
+    /// so its `tle-poller` is the only one. A spinning poller burns about a core-second
+    /// per second; a polling one a few milliseconds.
+    #[test]
+    fn an_idle_poller_without_the_watcher_sleeps() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hub = Hub::start(Config {
+            db_path: dir.path().join("events.db"),
+            bind: ([127, 0, 0, 1], 0).into(),
+            watch_wal: false,
+            ..Config::default()
+        })
+        .expect("hub starts");
+        hub.emitter()
+            .emit(crate::NewEvent::new("warm_up", serde_json::json!({})))
+            .expect("emit");
+        let before = thread_cpu_s("tle-poller");
+        std::thread::sleep(Duration::from_secs(1));
+        let used = thread_cpu_s("tle-poller") - before;
+        hub.shutdown().expect("shutdown");
+        assert!(used < 0.25, "the idle poller used {used} s of CPU in 1 s");
+    }
+}

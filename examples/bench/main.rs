@@ -191,7 +191,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
         .map(|s| s.print());
         check(r, "emitter");
         if seed {
-            println!("emitter                seed mode n/a: the writer's nudge cannot be disabled");
+            println!(
+                "emitter                seed mode n/a: the hub's own emits are dispatched in their own commit"
+            );
         }
     }
     if all || which == Which::S2 {
