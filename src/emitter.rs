@@ -66,6 +66,8 @@ impl Job {
 #[derive(Clone)]
 pub struct Emitter {
     tx: Sender<Job>,
+    /// Disconnected when the thread that takes the jobs has ended.
+    alive: Receiver<()>,
     // Set for an emitter made by `open`: the last clone dropped stops its writer thread.
     _owner: Option<Arc<Writer>>,
 }
@@ -100,11 +102,22 @@ impl Emitter {
         })
     }
 
-    /// An emitter whose jobs the caller's thread takes from the returned receiver (the
-    /// hub's poller).
-    pub(crate) fn channel() -> (Emitter, Receiver<Job>) {
+    /// An emitter whose jobs the caller's thread takes from the returned queue (the hub's
+    /// poller, or a standalone writer).
+    pub(crate) fn channel() -> (Emitter, Queue) {
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
-        (Emitter { tx, _owner: None }, rx)
+        let (alive_tx, alive) = bounded::<()>(0);
+        (
+            Emitter {
+                tx,
+                alive,
+                _owner: None,
+            },
+            Queue {
+                rx,
+                alive: alive_tx,
+            },
+        )
     }
 
     /// Stores one event and returns its row id once it is committed.
@@ -135,9 +148,22 @@ impl Emitter {
     fn submit(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>> {
         let (job, answer) = Job::new(events)?;
         self.tx.send(job).map_err(|_| Error::Closed)?;
-        // The writer answers every job it takes; a dropped reply means it stopped first.
-        answer.recv().map_err(|_| Error::Closed)?
+        // The queue's thread answers every job it takes. One it never took (queued as it
+        // stopped) stays in the channel, unanswered, while other emitters keep the channel
+        // open, so waiting for the answer alone could wait forever.
+        select! {
+            recv(answer) -> r => r.map_err(|_| Error::Closed)?,
+            // Ended: an answer it sent before is visible now; none means not stored.
+            recv(self.alive) -> _ => answer.try_recv().map_err(|_| Error::Closed)?,
+        }
     }
+}
+
+/// The taking end of an [`Emitter`]'s queue. Its thread holds it; when that thread ends,
+/// `alive` drops and every emit waiting for an answer returns [`Error::Closed`].
+pub(crate) struct Queue {
+    pub(crate) rx: Receiver<Job>,
+    pub(crate) alive: Sender<()>,
 }
 
 /// The writer thread of an [`Emitter::open`] and the means to stop it.
@@ -152,11 +178,12 @@ impl Writer {
         let conn = store.dedicated()?;
         crate::store::fast_busy_handler(&conn)?;
         let busy_limit = store.busy_timeout();
-        let (emitter, rx) = Emitter::channel();
+        let (emitter, queue) = Emitter::channel();
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let handle = spawn_critical("writer", None, move || {
             crate::store::set_busy_limit(busy_limit);
-            writer_loop(conn, &rx, &stop_rx);
+            writer_loop(conn, &queue.rx, &stop_rx);
+            drop(queue);
             Ok(())
         })?;
         Ok((

@@ -43,6 +43,7 @@ pub struct Hub {
     emitter: Emitter,
     poller: Option<JoinHandle<Result<()>>>,
     retention: Option<JoinHandle<Result<()>>>,
+    checkpointer: Option<JoinHandle<Result<()>>>,
     watcher: Option<JoinHandle<Result<()>>>,
     poller_stop: Option<Sender<()>>,
     broadcast: Arc<Broadcast>,
@@ -79,7 +80,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::default());
         let status = Arc::new(PollerStatus::default());
         let cache = Arc::new(StateCache::default());
-        let (emitter, jobs) = Emitter::channel();
+        let (emitter, queue) = Emitter::channel();
         let broadcast = Arc::new(Broadcast::default());
         // File notifications when they work; fast polling when they do not.
         let watch = if config.watch_wal {
@@ -120,12 +121,11 @@ impl Hub {
         let poller = Poller {
             conn: poller_conn,
             state,
-            wal_path: store.wal_path(),
             busy_timeout: config.busy_timeout,
-            last_checkpoint: Instant::now(),
             stream: store.stream(),
             broadcast: broadcast.clone(),
-            jobs,
+            jobs: queue.rx,
+            _alive: queue.alive,
             wake: wake_rx,
             stop: stop_rx.clone(),
             poll_interval,
@@ -140,6 +140,12 @@ impl Hub {
                 queued: Vec::new(),
                 waiting: Vec::new(),
             },
+        };
+        let checkpointer = {
+            let (store, stop) = (store.clone(), stop_rx.clone());
+            spawn_critical("checkpoint", Some(fatal.clone()), move || {
+                crate::checkpoint::run(&store, &stop)
+            })?
         };
         let retention = {
             let (store, stop) = (store.clone(), stop_rx.clone());
@@ -171,6 +177,7 @@ impl Hub {
             emitter,
             poller: Some(poller),
             retention: Some(retention),
+            checkpointer: Some(checkpointer),
             watcher,
             poller_stop: Some(stop_tx),
             broadcast,
@@ -249,6 +256,9 @@ impl Hub {
         drop(self.poller_stop.take());
         if let Some(p) = self.poller.take() {
             keep(join_thread("poller", p));
+        }
+        if let Some(c) = self.checkpointer.take() {
+            keep(join_thread("checkpoint", c));
         }
         if let Some(r) = self.retention.take() {
             keep(join_thread("retention", r));

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod broadcast;
+mod checkpoint;
 mod config;
 mod emitter;
 mod error;

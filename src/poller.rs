@@ -74,6 +74,8 @@ pub(crate) struct Poller {
     pub(crate) broadcast: Arc<Broadcast>,
     /// Emits from this process (the hub's [`crate::Emitter`]s).
     pub(crate) jobs: Receiver<Job>,
+    /// Dropped with the poller: emits still waiting then fail with `Closed`.
+    pub(crate) _alive: crossbeam_channel::Sender<()>,
     pub(crate) wake: Receiver<()>,
     pub(crate) stop: Receiver<()>,
     pub(crate) poll_interval: Duration,
@@ -84,18 +86,9 @@ pub(crate) struct Poller {
     pub(crate) watchdog: Watchdog,
     /// The projection as loaded at start.
     pub(crate) state: State,
-    /// The `-wal` file, watched for size: the poller checkpoints it (see `run`).
-    pub(crate) wal_path: std::path::PathBuf,
     /// How long a dispatch waits for another connection's write lock.
     pub(crate) busy_timeout: Duration,
-    /// When the poller last ran a checkpoint.
-    pub(crate) last_checkpoint: Instant,
 }
-
-/// The poller checkpoints once the WAL is this large (SQLite's own default is 1,000 pages).
-const CHECKPOINT_WAL_BYTES: u64 = 4 * 1024 * 1024;
-/// ... and not more often than this.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The camera dead-man's switch: a camera silent for 3× its learned capture interval (and
 /// at least `floor`) gets a `camera_stale` event; `camera_recovered` when it reports again.
@@ -310,7 +303,6 @@ impl Poller {
                 Ok(true) => {
                     pending = false;
                     backoff = BACKOFF_MIN;
-                    self.checkpoint_if_large();
                     if self.status.failing().is_some() {
                         log::info!("poller recovered");
                         self.status.set_error(None);
@@ -342,10 +334,19 @@ impl Poller {
                 }
             }
         }
-        // Every emit accepted before the stop is stored and answered (and dispatched, so
-        // streams still open get it before the broadcast closes).
+        // Every emit queued before the stop is stored and answered (and dispatched, so
+        // streams still open get it before the broadcast closes). Only those: a capture
+        // thread that keeps emitting cannot hold the shutdown open; its later emits fail
+        // with `Closed` once this thread has dropped the queue.
+        let mut left = self.jobs.len();
         loop {
-            emitter::take_queued(&self.jobs, &mut group);
+            while left > 0 && emitter::rows(&group) < emitter::MAX_GROUP_ROWS {
+                match self.jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+                left -= 1;
+            }
             if group.is_empty() {
                 break;
             }
@@ -355,27 +356,6 @@ impl Poller {
         }
         log::debug!("poller stopped at seq {head}");
         Ok(())
-    }
-
-    /// Runs a passive checkpoint when the WAL has grown past [`CHECKPOINT_WAL_BYTES`]: here,
-    /// after the batch is published, so its fsync never delays a delivery.
-    fn checkpoint_if_large(&mut self) {
-        // At most one a second: while readers or a writer keep a checkpoint from
-        // completing, the file stays large, and each attempt costs a flush (measured: one
-        // after every batch took the poller to 0.9 ms of CPU per event).
-        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
-            return;
-        }
-        let len = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        if len < CHECKPOINT_WAL_BYTES {
-            return;
-        }
-        self.last_checkpoint = Instant::now();
-        let started = Instant::now();
-        match events::checkpoint_passive(&self.conn) {
-            Ok(()) => log::debug!("checkpointed a {len}-byte WAL in {:?}", started.elapsed()),
-            Err(e) => log::warn!("{}", e.chain()),
-        }
     }
 
     /// Steps until no batch is full and no emit waits. Returns false if asked to stop

@@ -227,8 +227,8 @@ pub(crate) fn replay(
 }
 
 /// Stops this connection from checkpointing the WAL inside its own commits (SQLite's
-/// default every 1,000 pages, an fsync on the commit path). The hub's writer and poller
-/// run this; the poller checkpoints after publishing instead ([`checkpoint_passive`]).
+/// default every 1,000 pages, an fsync on the commit path). The hub's poller runs this;
+/// the checkpoint thread checkpoints beside it instead ([`checkpoint_passive`]).
 pub(crate) fn disable_autocheckpoint(conn: &Connection) -> Result<()> {
     conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))
         .map_err(db("turn off automatic checkpoints"))

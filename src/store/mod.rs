@@ -25,7 +25,7 @@ pub use schema::SCHEMA_VERSION;
 /// Pooled connections for short reads: request handlers and stream back-fill.
 const POOL_SIZE: u32 = 4;
 /// WAL is truncated back to this after a checkpoint (SQLite's `journal_size_limit`). Below
-/// the poller's checkpoint threshold (4 MiB), so that the file's size tells how much the
+/// the checkpoint thread's threshold (4 MiB), so that the file's size tells how much the
 /// WAL holds: otherwise a WAL that once grew stays that size, rewound but never shrunk.
 const JOURNAL_SIZE_LIMIT_BYTES: i64 = 2 * 1024 * 1024;
 

@@ -557,6 +557,58 @@ fn a_hub_emit_is_dispatched_when_it_returns_and_fails_closed_after_shutdown() {
     assert!(matches!(err, Error::Closed), "{err:?}");
 }
 
+/// Capture threads that keep emitting while the hub shuts down neither hold the shutdown
+/// open nor lose an acknowledged event: each emit either returns an id that is stored and
+/// dispatched, or fails with `Closed`.
+#[test]
+fn shutdown_under_continuous_emits_ends_and_keeps_every_acknowledged_event() {
+    let mut hub = TestHub::start();
+    let db = hub.db_path();
+    let started = Arc::new(std::sync::Barrier::new(4));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    for t in 0..3 {
+        let (emitter, started, done_tx) = (hub.emitter(), started.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            started.wait();
+            for i in 0.. {
+                match emitter.emit(NewEvent::image_captured(t, 1, i, 1)) {
+                    Ok(id) => acked.push(id.0),
+                    Err(Error::Closed) => break,
+                    Err(e) => panic!("unexpected error: {e:?}"),
+                }
+            }
+            let _ = done_tx.send(acked);
+        });
+    }
+    started.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    // stop() keeps the temp dir, so the file can be read afterwards.
+    hub.stop()
+        .expect("shutdown ends while producers still emit");
+    // A producer stuck in emit (an accepted job nobody will answer) fails here, not hangs.
+    let acked: Vec<i64> = (0..3)
+        .flat_map(|_| {
+            done.recv_timeout(WAIT)
+                .expect("every producer's emit returned after the shutdown")
+        })
+        .collect();
+    assert!(acked.len() > 10, "the producers ran: {}", acked.len());
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let dispatched: HashSet<i64> = conn
+        .prepare("SELECT id FROM sse_events WHERE seq IS NOT NULL")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    let missing: Vec<&i64> = acked.iter().filter(|id| !dispatched.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not dispatched: {missing:?}"
+    );
+}
+
 #[test]
 fn emit_batch_stores_all_or_nothing_in_one_commit_and_in_order() {
     let hub = TestHub::start();
