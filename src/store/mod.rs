@@ -1,9 +1,10 @@
 //! The SQLite event log: opening, pragmas, the connection pool, migrations, and (in
 //! [`events`]) every SQL statement the hub runs. Nothing outside this module writes SQL.
 //!
-//! Connections follow rusqlite's `Send + !Sync`: the emitter's writer thread and the poller
-//! each own one dedicated connection (the poller's `PRAGMA data_version` is per connection);
-//! request handlers and stream threads borrow pooled ones for short reads.
+//! Connections follow rusqlite's `Send + !Sync`: the poller (the hub's one writer), the
+//! checkpoint and retention threads, and a standalone `Emitter::open`'s writer each own one
+//! dedicated connection (the poller's `PRAGMA data_version` is per connection); request
+//! handlers and stream threads borrow pooled ones for short reads.
 
 pub(crate) mod events;
 pub(crate) mod maintenance;
