@@ -326,7 +326,10 @@ impl Poller {
                     // An emit ends the wait: its caller is waiting, and its attempt waits
                     // for a lock held elsewhere by itself (busy timeout).
                     select! {
-                        recv(self.jobs) -> job => if let Ok(job) = job { group.push(job) },
+                        recv(self.jobs) -> job => match job {
+                            Ok(job) => group.push(job),
+                            Err(_) => self.jobs = never(),
+                        },
                         recv(self.stop) -> _ => break,
                         default(backoff) => {}
                     }
