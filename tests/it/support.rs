@@ -176,7 +176,14 @@ impl SseClient {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).expect("send request");
-        let mut c = SseClient {
+        let mut c = SseClient::fresh(stream);
+        c.read_head();
+        c
+    }
+
+    /// A client on `stream` that has sent its request and read nothing yet.
+    fn fresh(stream: TcpStream) -> SseClient {
+        SseClient {
             stream,
             raw: Vec::new(),
             body: Vec::new(),
@@ -189,9 +196,7 @@ impl SseClient {
             last_id: None,
             comments: 0,
             ended: false,
-        };
-        c.read_head();
-        c
+        }
     }
 
     /// Like [`SseClient::connect_with`] (HTTP/1.1), but `None` instead of a panic when the
@@ -212,20 +217,7 @@ impl SseClient {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).ok()?;
-        let mut c = SseClient {
-            stream,
-            raw: Vec::new(),
-            body: Vec::new(),
-            status: 0,
-            headers: Vec::new(),
-            chunked: false,
-            events: VecDeque::new(),
-            cur: SseEvent::default(),
-            has_data: false,
-            last_id: None,
-            comments: 0,
-            ended: false,
-        };
+        let mut c = SseClient::fresh(stream);
         let deadline = Instant::now() + timeout;
         while find(&c.raw, b"\r\n\r\n").is_none() {
             if !c.read_more(deadline) {
