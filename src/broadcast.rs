@@ -272,7 +272,7 @@ mod tests {
         let mut data = serde_json::Map::new();
         data.insert("camera_id".into(), camera.into());
         Frame::new(&Event {
-            cursor: Cursor { stream: 1, seq },
+            cursor: Cursor { log_id: 1, seq },
             id: EventId(seq),
             event_type: t.into(),
             data,

@@ -7,10 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{Config, DEFAULT_DB_PATH, Synchronous};
-use crate::emitter::Emitter;
-use crate::error::{Error, Result};
-use crate::event::{NewEvent, Priority};
+use timelapse_events::{
+    Config, DEFAULT_DB_PATH, Emitter, Error, NewEvent, Priority, Result, Synchronous, admin,
+};
 
 /// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.
 #[derive(Debug, Parser)]
@@ -222,7 +221,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stats(db) => {
-            let stats = crate::store::stats_of(&db.db, db.synchronous)?;
+            let stats = admin::stats(&db.db, db.synchronous)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&stats).unwrap_or_default()
@@ -230,41 +229,18 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Cleanup(args) => {
-            let policy = match args.older_than {
-                Some(age) => crate::store::maintenance::Policy {
-                    max_age_secs: Some(age.as_secs()),
-                    max_rows: None,
-                    max_db_bytes: None,
-                },
-                None => crate::retention::policy(&Config::default()),
-            };
-            let deleted = crate::store::cleanup(&args.db.db, args.db.synchronous, policy)?;
+            let deleted = admin::cleanup(&args.db.db, args.db.synchronous, args.older_than)?;
             println!("deleted {deleted} events");
             Ok(())
         }
-        Command::Check(args) => {
-            let found = crate::store::maintenance::check(&args.db)?;
+        Command::Check(args) => admin::check(&args.db, |report| {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&found.report).unwrap_or_default()
+                serde_json::to_string_pretty(report).unwrap_or_default()
             );
-            if found.problems.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::Thread {
-                    name: "check".into(),
-                    reason: found.problems.join("; "),
-                })
-            }
-        }
+        }),
         Command::Backup(args) => {
-            if args.to.exists() {
-                return Err(Error::Config {
-                    field: "to",
-                    reason: format!("{} exists; refusing to overwrite it", args.to.display()),
-                });
-            }
-            let pages = crate::store::maintenance::backup(&args.db, &args.to)?;
+            let pages = admin::backup(&args.db, &args.to)?;
             println!("backed up {pages} pages to {}", args.to.display());
             Ok(())
         }

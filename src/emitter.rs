@@ -23,9 +23,9 @@ use rusqlite::Connection;
 use crate::config::Synchronous;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
-use crate::hub::{join_thread, spawn_critical};
 use crate::metrics::Metrics;
 use crate::store::{Store, events};
+use crate::thread::{join_thread, spawn_critical};
 
 /// Most events committed in one transaction.
 pub const MAX_GROUP_ROWS: usize = 1024;
@@ -104,7 +104,7 @@ impl Emitter {
 
     /// An emitter whose jobs the caller's thread takes from the returned queue (the hub's
     /// poller, or a standalone writer).
-    pub(crate) fn channel() -> (Emitter, Queue) {
+    pub(crate) fn channel() -> (Emitter, Intake) {
         let (tx, rx) = bounded::<Job>(QUEUE_JOBS);
         let (alive_tx, alive) = bounded::<()>(0);
         (
@@ -113,7 +113,7 @@ impl Emitter {
                 alive,
                 _owner: None,
             },
-            Queue {
+            Intake {
                 rx,
                 alive: alive_tx,
             },
@@ -161,7 +161,7 @@ impl Emitter {
 
 /// The taking end of an [`Emitter`]'s queue. Its thread holds it; when that thread ends,
 /// `alive` drops and every emit waiting for an answer returns [`Error::Closed`].
-pub(crate) struct Queue {
+pub(crate) struct Intake {
     pub(crate) rx: Receiver<Job>,
     pub(crate) alive: Sender<()>,
 }
@@ -252,7 +252,7 @@ fn writer_loop(mut conn: Connection, rx: &Receiver<Job>, stop: &Receiver<()>) {
 
 fn commit_group(conn: &mut Connection, group: &mut Vec<Job>) {
     let outcome = events::insert_groups(conn, &inserts(group));
-    answer(group, outcome, None);
+    answer(group, outcome.map_err(Error::into_shared), None);
 }
 
 /// Rows in a group of jobs.
@@ -288,11 +288,11 @@ pub(crate) fn inserts(group: &[Job]) -> Vec<Vec<events::Insert<'_>>> {
 }
 
 /// Answers every job of `group` (and empties it): with its own result when the transaction
-/// committed, else with the error that failed them all. Returns that error's text, or the
-/// first job's own database error, for `/health`.
+/// committed, else with the error that failed them all (the same error, shared). Returns
+/// that error's text, or the first job's own database error, for `/health`.
 pub(crate) fn answer(
     group: &mut Vec<Job>,
-    outcome: Result<Vec<Result<Vec<EventId>>>>,
+    outcome: std::result::Result<Vec<Result<Vec<EventId>>>, Arc<Error>>,
     metrics: Option<&Metrics>,
 ) -> Option<String> {
     match outcome {
@@ -319,37 +319,55 @@ pub(crate) fn answer(
             failed
         }
         Err(e) => {
-            log::warn!("{} events not stored: {}", rows(group), e.chain());
             let text = e.chain();
-            let busy = e.is_busy();
-            let full = e.is_disk_full();
-            let mut first = Some(e);
+            log::warn!("{} events not stored: {text}", rows(group));
             for job in group.drain(..) {
-                // Every caller gets the same cause; the first gets the original error value.
-                let err = first
-                    .take()
-                    .unwrap_or_else(|| clone_error(&text, busy, full));
-                let _ = job.reply.send(Err(err));
+                // As above: a caller that gave up waiting needs no answer.
+                let _ = job.reply.send(Err(Error::Shared(e.clone())));
             }
             Some(text)
         }
     }
 }
 
-/// The group-wide error, for callers other than the first (rusqlite errors are not Clone).
-pub(crate) fn clone_error(text: &str, busy: bool, full: bool) -> Error {
-    let code = if busy {
-        rusqlite::ffi::SQLITE_BUSY
-    } else if full {
-        rusqlite::ffi::SQLITE_FULL
-    } else {
-        rusqlite::ffi::SQLITE_ERROR
-    };
-    Error::Db {
-        op: "commit events",
-        source: rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(code),
-            Some(text.to_owned()),
-        ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real SQLite failure: an INSERT into a database opened read-only.
+    fn read_only_failure() -> Error {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.db");
+        Store::open(&path, Synchronous::Normal, Duration::from_secs(1)).expect("create");
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open read-only");
+        conn.execute("INSERT INTO hub_meta (key, value) VALUES ('k', 'v')", [])
+            .map_err(crate::error::db("insert event"))
+            .expect_err("a read-only database refuses writes")
+    }
+
+    /// Every emit of a failed group learns the same cause, with the same condition
+    /// (read-only, busy, disk full), not a copy rebuilt from its text.
+    #[test]
+    fn every_caller_of_a_failed_group_gets_the_original_error() {
+        let original = read_only_failure();
+        let want = original.chain();
+        assert!(want.contains("read-only"), "{want}");
+        let mut group = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..3 {
+            let (job, answer) =
+                Job::new(vec![NewEvent::new("t", serde_json::json!({"i": i}))]).expect("job");
+            group.push(job);
+            answers.push(answer);
+        }
+        let health = answer(&mut group, Err(original.into_shared()), None);
+        assert_eq!(health.as_deref(), Some(want.as_str()));
+        assert!(group.is_empty());
+        for (i, a) in answers.iter().enumerate() {
+            let got = a.try_recv().expect("answered").expect_err("failed");
+            assert_eq!(got.chain(), want, "caller {i}");
+            assert!(!got.is_busy() && !got.is_disk_full(), "caller {i}");
+        }
     }
 }

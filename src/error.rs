@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Shorthand for `Result<T, timelapse_events::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,8 +72,24 @@ pub enum Error {
         /// What it reported.
         reason: String,
     },
+    /// The database's `PRAGMA user_version` is no version this binary ever wrote (e.g.
+    /// negative): not a timelapse-events database, or a damaged one.
+    SchemaUnknown {
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The newest version this binary knows.
+        supported: i64,
+    },
+    /// `timelapse-events check` found problems (each one named).
+    Check {
+        /// What is wrong, one entry per problem.
+        problems: Vec<String>,
+    },
     /// The hub (or the emitter's writer) has been shut down.
     Closed,
+    /// One failure reported to several callers (every emit of a group whose commit
+    /// failed): displays, and classifies, exactly as the error it shares.
+    Shared(Arc<Error>),
 }
 
 impl fmt::Display for Error {
@@ -94,7 +111,14 @@ impl fmt::Display for Error {
             Error::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
             Error::Spawn { name, .. } => write!(f, "cannot start thread {name}"),
             Error::Thread { name, reason } => write!(f, "thread {name} failed: {reason}"),
+            Error::SchemaUnknown { found, supported } => write!(
+                f,
+                "database schema version {found} is not one timelapse-events writes \
+                 (0 to {supported}); is this a timelapse-events database?"
+            ),
+            Error::Check { problems } => write!(f, "check failed: {}", problems.join("; ")),
             Error::Closed => write!(f, "the hub is shut down"),
+            Error::Shared(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -107,6 +131,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } | Error::Bind { source, .. } | Error::Spawn { source, .. } => {
                 Some(source)
             }
+            Error::Shared(e) => e.source(),
             _ => None,
         }
     }
@@ -115,14 +140,28 @@ impl std::error::Error for Error {
 impl Error {
     /// True when SQLite gave up waiting for another connection's lock (busy timeout).
     pub fn is_busy(&self) -> bool {
-        matches!(self, Error::Db { source, .. } if sqlite_code(source)
-            == Some(rusqlite::ErrorCode::DatabaseBusy))
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
     }
 
     /// True when the disk (or SQLite's `max_page_count`) is full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Db { source, .. } if sqlite_code(source)
-            == Some(rusqlite::ErrorCode::DiskFull))
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Error::Db { source, .. } => sqlite_code(source),
+            Error::Shared(e) => e.sqlite_code(),
+            _ => None,
+        }
+    }
+
+    /// This error in a form several callers can hold.
+    pub(crate) fn into_shared(self) -> Arc<Error> {
+        match self {
+            Error::Shared(e) => e,
+            e => Arc::new(e),
+        }
     }
 
     /// The error and its causes as one line: `a: b: c`.

@@ -296,21 +296,21 @@ impl Event {
     }
 }
 
-/// A position in one database's event stream: `<stream id>-<seq>`, e.g. `9f2c01ab-42`.
+/// A position in one database's event log: `<log id>-<seq>`, e.g. `9f2c01ab-42`.
 ///
-/// `seq` increases along the stream; `stream` is random per database file, so a cursor from
-/// another or a recreated database is told apart from one of ours.
+/// `seq` increases along the log; `log_id` is random per database file (`hub_meta`'s
+/// `stream_id`), so a cursor from another or a recreated database is told apart from ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cursor {
-    /// The database's random stream id.
-    pub stream: u32,
+    /// The database's random id.
+    pub log_id: u32,
     /// Dispatch sequence number (0 = before the first event).
     pub seq: i64,
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}-{}", self.stream, self.seq)
+        write!(f, "{:08x}-{}", self.log_id, self.seq)
     }
 }
 
@@ -321,15 +321,15 @@ impl FromStr for Cursor {
             field: "cursor",
             reason: "expected <8 hex digits>-<number>".into(),
         };
-        let (stream, seq) = s.trim().split_once('-').ok_or_else(bad)?;
-        if stream.len() != 8 || !stream.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let (log_id, seq) = s.trim().split_once('-').ok_or_else(bad)?;
+        if log_id.len() != 8 || !log_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         if seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         Ok(Cursor {
-            stream: u32::from_str_radix(stream, 16).map_err(|_| bad())?,
+            log_id: u32::from_str_radix(log_id, 16).map_err(|_| bad())?,
             seq: seq.parse().map_err(|_| bad())?,
         })
     }
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = Cursor {
-            stream: 0x9f2c01ab,
+            log_id: 0x9f2c01ab,
             seq: 42,
         };
         assert_eq!(c.to_string(), "9f2c01ab-42");

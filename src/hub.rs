@@ -1,7 +1,6 @@
 //! [`Hub`]: wires the store, poller, broadcast and HTTP server together and owns
 //! every thread it starts.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -9,24 +8,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::emitter::Emitter;
-use crate::error::{Error, Result};
-use crate::http::{Ctx, HttpServer, Streams, stream::Slots};
-use crate::metrics::Metrics;
-use crate::poller::{Poller, PollerStatus, Watchdog};
+use crate::error::Result;
+use crate::http::{self, Ctx, Server};
+use crate::poller::{Outputs, Pace, Poller};
 use crate::retention;
-use crate::state::StateCache;
 use crate::store::{SCHEMA_VERSION, Store, events};
+use crate::thread::{Fatal, Group, join_thread, spawn_critical};
 use crate::watch::WalWatch;
 
 /// The poller's backstop check when WAL notifications work (they do the real waking).
 const WATCHED_POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Threads that read a slow request body or drain a refused one, at most. Each is small
-/// (64-128 KiB of stack, a few KiB touched) and ends when its client sends or leaves.
-const BODY_THREADS: usize = 64;
 
 /// A running hub. Stop it with [`Hub::shutdown`] (dropping it does the same, best effort).
 ///
@@ -46,9 +39,9 @@ pub struct Hub {
     checkpointer: Option<JoinHandle<Result<()>>>,
     watcher: Option<JoinHandle<Result<()>>>,
     poller_stop: Option<Sender<()>>,
-    broadcast: Arc<Broadcast>,
-    streams: Arc<Streams>,
-    http: Option<HttpServer>,
+    out: Outputs,
+    streams: Arc<Group>,
+    http: Option<Server>,
     addr: SocketAddr,
     failures: Receiver<String>,
     /// Set once stop_all has run (Drop calls it again after `shutdown`).
@@ -75,72 +68,40 @@ impl Hub {
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let (fatal_tx, fatal_rx) = bounded(16);
-        let fatal = Fatal(fatal_tx);
-        let metrics = Arc::new(Metrics::default());
-        let status = Arc::new(PollerStatus::default());
-        let cache = Arc::new(StateCache::default());
-        let (emitter, queue) = Emitter::channel();
-        let broadcast = Arc::new(Broadcast::default());
+        let (fatal, failures) = Fatal::channel();
+        let (emitter, intake) = Emitter::channel();
+        let out = Outputs::default();
         // File notifications when they work; fast polling when they do not.
         let watch = if config.watch_wal {
-            match WalWatch::new(&config.db_path) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    log::warn!(
-                        "{}; polling every {:?} instead",
-                        e.chain(),
-                        config.poll_interval
-                    );
-                    None
-                }
-            }
+            WalWatch::new(&config.db_path)
+                .map_err(|e| {
+                    let every = config.poll_interval;
+                    log::warn!("{}; polling every {every:?} instead", e.chain());
+                })
+                .ok()
         } else {
             None
         };
-        let poll_interval = if watch.is_some() {
-            config.poll_interval.max(WATCHED_POLL_INTERVAL)
-        } else {
-            config.poll_interval
+        let pace = Pace {
+            poll_interval: if watch.is_some() {
+                config.poll_interval.max(WATCHED_POLL_INTERVAL)
+            } else {
+                config.poll_interval
+            },
+            batch_rows: config.batch_rows,
+            stale_floor: config.stale_floor,
         };
         let watcher = match watch {
             Some(w) => {
-                let (wake, stop) = (wake_tx.clone(), stop_rx.clone());
+                let stop = stop_rx.clone();
                 Some(spawn_critical("watch", Some(fatal.clone()), move || {
-                    w.run(&wake, &stop)
+                    w.run(&wake_tx, &stop)
                 })?)
             }
             None => None,
         };
-        let poller_conn = store.dedicated()?;
-        events::disable_autocheckpoint(&poller_conn)?;
-        crate::store::fast_busy_handler(&poller_conn)?;
-        // Load the state before any request is served, so /api/state always has an answer.
-        let state = crate::store::state_rows::load(&poller_conn)?;
-        cache.publish(&state, store.stream(), 1);
-        let poller = Poller {
-            conn: poller_conn,
-            state,
-            busy_timeout: config.busy_timeout,
-            stream: store.stream(),
-            broadcast: broadcast.clone(),
-            jobs: queue.rx,
-            _alive: queue.alive,
-            wake: wake_rx,
-            stop: stop_rx.clone(),
-            poll_interval,
-            batch_rows: config.batch_rows,
-            status: status.clone(),
-            cache: cache.clone(),
-            metrics: metrics.clone(),
-            watchdog: Watchdog {
-                floor: config.stale_floor,
-                asked: HashSet::new(),
-                last_check: Instant::now(),
-                queued: Vec::new(),
-                waiting: Vec::new(),
-            },
-        };
+        // Loads the state before any request is served, so /api/state always has an answer.
+        let poller = Poller::open(&store, &pace, out.clone(), intake, wake_rx, stop_rx.clone())?;
         let checkpointer = {
             let (store, stop) = (store.clone(), stop_rx.clone());
             spawn_critical("checkpoint", Some(fatal.clone()), move || {
@@ -148,28 +109,23 @@ impl Hub {
             })?
         };
         let retention = {
-            let (store, stop) = (store.clone(), stop_rx.clone());
+            let (store, stop) = (store.clone(), stop_rx);
             let (policy, interval) = (retention::policy(&config), config.retention_interval);
             spawn_critical("retention", Some(fatal.clone()), move || {
                 retention::run(&store, policy, interval, &stop)
             })?
         };
         let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
-        let streams = Streams::new(config.max_clients);
-        let (pump_tx, pump_rx) = bounded(1024);
+        let streams = http::streams(&config);
         let ctx = Arc::new(Ctx {
             config: config.clone(),
             store: store.clone(),
             emitter: emitter.clone(),
-            broadcast: broadcast.clone(),
-            poller: status,
+            broadcast: out.broadcast.clone(),
+            status: out.status.clone(),
             streams: streams.clone(),
-            body_threads: Slots::new(BODY_THREADS),
-            cache,
-            metrics,
-            fatal,
-            abandoned: std::sync::atomic::AtomicUsize::new(0),
-            pump: pump_tx,
+            cache: out.cache.clone(),
+            metrics: out.metrics.clone(),
         });
         let mut hub = Hub {
             config,
@@ -180,17 +136,17 @@ impl Hub {
             checkpointer: Some(checkpointer),
             watcher,
             poller_stop: Some(stop_tx),
-            broadcast,
+            out,
             streams,
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
-            failures: fatal_rx,
+            failures,
             stopped: false,
         };
         // On failure here, `hub` drops and stops what already runs.
-        let http = HttpServer::start(ctx, pump_rx)?;
-        hub.addr = http.addr();
-        hub.http = Some(http);
+        let server = http::start(ctx, fatal)?;
+        hub.addr = server.addr();
+        hub.http = Some(server);
         let counts = events::counts(&*hub.store.conn()?)?;
         log::info!(
             "timelapse-events listening on http://{} (database {}, schema version {}, {} events dispatched, {} pending)",
@@ -225,7 +181,8 @@ impl Hub {
         &self.config
     }
 
-    /// Stops everything, in this order: HTTP workers (no new requests or streams); the
+    /// Stops everything, in this order: HTTP workers (no new requests or streams), and the
+    /// uploads in progress (waited for up to `shutdown_grace`, so they are answered); the
     /// poller (finishes its batch, then stores, dispatches and answers every queued emit;
     /// rows it did not reach stay pending and are dispatched at the next start); the
     /// broadcast (each stream writes its final chunk and ends; waited for up to
@@ -249,7 +206,7 @@ impl Hub {
             }
         };
         if let Some(mut http) = self.http.take() {
-            keep(http.stop());
+            keep(http.stop(Instant::now() + self.config.shutdown_grace));
         }
         // Disconnects the poller's and retention's select!; the poller stores and answers
         // the emits already queued before it ends.
@@ -266,7 +223,7 @@ impl Hub {
         if let Some(w) = self.watcher.take() {
             keep(join_thread("watch", w));
         }
-        self.broadcast.close();
+        self.out.broadcast.close();
         let left = self
             .streams
             .wait(Instant::now() + self.config.shutdown_grace);
@@ -289,86 +246,6 @@ impl Drop for Hub {
         if let Err(e) = self.stop_all() {
             log::error!("hub stopped with error: {}", e.chain());
         }
-    }
-}
-
-/// Spawns a named thread `tle-<name>` (visible in `top -H` and panics).
-pub(crate) fn spawn_named<F>(
-    name: &str,
-    stack_bytes: Option<usize>,
-    f: F,
-) -> Result<JoinHandle<Result<()>>>
-where
-    F: FnOnce() -> Result<()> + Send + 'static,
-{
-    let full = format!("tle-{name}");
-    let mut b = std::thread::Builder::new().name(full.clone());
-    if let Some(bytes) = stack_bytes {
-        b = b.stack_size(bytes);
-    }
-    b.spawn(f)
-        .map_err(|source| Error::Spawn { name: full, source })
-}
-
-/// Where long-lived threads report that they died, so `serve` can exit non-zero (and systemd
-/// restart it) instead of running on without them.
-#[derive(Clone)]
-pub(crate) struct Fatal(Sender<String>);
-
-impl Fatal {
-    pub(crate) fn report(&self, what: String) {
-        log::error!("fatal: {what}");
-        // Full means earlier reports are waiting; one is enough to stop the hub.
-        let _ = self.0.try_send(what);
-    }
-}
-
-/// [`spawn_named`] for a thread the hub cannot run without: an error it returns or a panic
-/// is reported to `fatal` as well as to its joiner.
-pub(crate) fn spawn_critical<F>(
-    name: &str,
-    fatal: Option<Fatal>,
-    f: F,
-) -> Result<JoinHandle<Result<()>>>
-where
-    F: FnOnce() -> Result<()> + Send + 'static,
-{
-    let label = format!("tle-{name}");
-    spawn_named(name, None, move || {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                if let Some(f) = &fatal {
-                    f.report(format!("{label} ended: {}", e.chain()));
-                }
-                Err(e)
-            }
-            Err(panic) => {
-                if let Some(f) = &fatal {
-                    f.report(format!("{label} panicked: {}", panic_text(&*panic)));
-                }
-                std::panic::resume_unwind(panic)
-            }
-        }
-    })
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".to_owned())
-}
-
-/// Joins a thread; a panic or an error it returned becomes an `Err`.
-pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<()> {
-    match handle.join() {
-        Ok(r) => r,
-        Err(panic) => Err(Error::Thread {
-            name: name.to_owned(),
-            reason: panic_text(&*panic),
-        }),
     }
 }
 

@@ -22,10 +22,13 @@
 //! its live queue with no gap and no duplicate.
 //!
 //! The public API is small: [`Hub`], [`Config`], [`Emitter`], [`NewEvent`], [`Event`],
-//! [`Priority`], [`EventId`], [`Cursor`] and [`Error`].
+//! [`Priority`], [`EventId`], [`Cursor`] and [`Error`], plus [`admin`] for maintenance of a
+//! database file without a hub (what the binary's `stats`, `cleanup`, `check` and `backup`
+//! run). ARCHITECTURE.md gives the modules floor by floor and the threads.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 mod broadcast;
 mod checkpoint;
 mod config;
@@ -39,10 +42,11 @@ mod poller;
 mod retention;
 mod sse;
 mod state;
+mod status;
 mod store;
+mod thread;
 mod watch;
-
-pub mod cli;
+mod watchdog;
 
 pub use config::{Config, DEFAULT_DB_PATH, Synchronous};
 pub use emitter::Emitter;

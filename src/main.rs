@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::Parser;
-use timelapse_events::cli::{Cli, Command, ServeArgs};
+use cli::{Cli, Command, ServeArgs};
 use timelapse_events::{Error, Hub};
 
 fn main() -> ExitCode {
@@ -11,7 +13,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        other => timelapse_events::cli::run(other),
+        other => cli::run(other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

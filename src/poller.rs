@@ -11,230 +11,132 @@
 //! No transaction or statement is held open between polls: an open read would pin the WAL
 //! and stop checkpoints (measured: 4 MB to 183 MB over 20k commits).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError, never, select};
 use rusqlite::Connection;
 
 use crate::broadcast::Broadcast;
-use crate::emitter::{self, Job};
-use crate::error::Result;
-use crate::event::{Event, NewEvent, Priority};
+use crate::emitter::{self, Intake, Job};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sse::Frame;
 use crate::state::{self, State, StateCache, parse_utc_ms};
-use crate::store::events;
+use crate::status::PollerStatus;
+use crate::store::{self, Store, events};
+use crate::watchdog::Watchdog;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// At most one dispatch every this long for a nudge whose commit is not visible yet.
 const SPECULATIVE_EVERY: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// What the poller reports to `/health` and stats; shared, lock held only to copy a string.
-/// `writes` is the writer's: the error of its last commit, if that failed (e.g. disk full).
-#[derive(Default)]
-pub(crate) struct PollerStatus {
-    last_error: Mutex<Option<String>>,
-    pub(crate) writes: Mutex<Option<String>>,
-    pub(crate) dispatched: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) errors: AtomicU64,
-}
-
-impl PollerStatus {
-    /// The writer's last commit error, while its failure streak lasts.
-    pub(crate) fn writes_failing(&self) -> Option<String> {
-        self.writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The error of the current failure streak, if the last attempt failed.
-    pub(crate) fn failing(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_error(&self, e: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
-    }
-}
-
-pub(crate) struct Poller {
-    pub(crate) conn: Connection,
-    pub(crate) stream: u32,
+/// What the poller publishes to: the broadcast, its own status, the state cache and the
+/// metrics. `Hub` makes them and shares the same handles with the HTTP side.
+#[derive(Clone, Default)]
+pub(crate) struct Outputs {
     pub(crate) broadcast: Arc<Broadcast>,
-    /// Emits from this process (the hub's [`crate::Emitter`]s).
-    pub(crate) jobs: Receiver<Job>,
-    /// Dropped with the poller: emits still waiting then fail with `Closed`.
-    pub(crate) _alive: crossbeam_channel::Sender<()>,
-    pub(crate) wake: Receiver<()>,
-    pub(crate) stop: Receiver<()>,
-    pub(crate) poll_interval: Duration,
-    pub(crate) batch_rows: usize,
     pub(crate) status: Arc<PollerStatus>,
     pub(crate) cache: Arc<StateCache>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) watchdog: Watchdog,
-    /// The projection as loaded at start.
-    pub(crate) state: State,
+}
+
+/// How the poller paces itself (from [`crate::Config`]).
+pub(crate) struct Pace {
+    /// The `data_version` check interval when nothing wakes it.
+    pub(crate) poll_interval: Duration,
+    /// Most pending rows dispatched in one transaction.
+    pub(crate) batch_rows: usize,
+    /// The watchdog's floor (see [`Watchdog::new`]).
+    pub(crate) stale_floor: Duration,
+}
+
+/// The poller thread's state: its connection, its wake-up channels, and what it carries from
+/// one step to the next.
+pub(crate) struct Poller {
+    conn: Connection,
+    log_id: u32,
+    out: Outputs,
+    /// Emits from this process (the hub's [`crate::Emitter`]s).
+    jobs: Receiver<Job>,
+    /// Dropped with the poller: emits still waiting then fail with `Closed`.
+    _alive: crossbeam_channel::Sender<()>,
+    wake: Receiver<()>,
+    stop: Receiver<()>,
+    poll_interval: Duration,
+    batch_rows: usize,
     /// How long a dispatch waits for another connection's write lock.
-    pub(crate) busy_timeout: Duration,
-}
-
-/// The camera dead-man's switch: a camera silent for 3× its learned capture interval (and
-/// at least `floor`) gets a `camera_stale` event; `camera_recovered` when it reports again.
-/// Runs on the poller thread, which owns the state it reads.
-pub(crate) struct Watchdog {
-    pub(crate) floor: Duration,
-    /// Cameras with a stale/recovered event emitted but not yet folded into the state.
-    pub(crate) asked: std::collections::HashSet<i64>,
-    pub(crate) last_check: Instant,
-    /// Its events, stored by the poller's next step.
-    pub(crate) queued: Vec<Job>,
-    /// The answers to those, by camera.
-    pub(crate) waiting: Vec<(i64, Receiver<Result<Vec<crate::EventId>>>)>,
-}
-
-impl Watchdog {
-    fn tick(&self) -> Duration {
-        (self.floor / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-
-    /// Emits `camera_stale` for cameras overdue now.
-    fn check(&mut self, state: &State, now_ms: i64) {
-        self.last_check = Instant::now();
-        for cam in state.cameras.values() {
-            if cam.stale || self.asked.contains(&cam.camera_id) {
-                continue;
-            }
-            // A camera known to be offline, or whose timelapse is paused or done, is not
-            // expected to capture.
-            if cam.status.as_deref() == Some("offline")
-                || !matches!(cam.timelapse_status.as_deref(), None | Some("running"))
-            {
-                continue;
-            }
-            let (Some(interval), Some(last)) = (
-                cam.capture_interval_ms,
-                cam.last_capture_at.as_deref().and_then(parse_utc_ms),
-            ) else {
-                continue;
-            };
-            let limit_ms = (3.0 * interval).max(self.floor.as_millis() as f64);
-            let silent_ms = (now_ms - last) as f64;
-            if silent_ms > limit_ms {
-                let event = NewEvent::new(
-                    state::CAMERA_STALE,
-                    serde_json::json!({
-                        "camera_id": cam.camera_id,
-                        "silent_secs": (silent_ms / 10.0).round() / 100.0,
-                        "expected_interval_secs": (interval / 10.0).round() / 100.0,
-                    }),
-                )
-                .with_priority(Priority::High)
-                .with_source("watchdog");
-                self.send(cam.camera_id, event);
-            }
-        }
-    }
-
-    /// After a batch: a stale camera that reported again gets `camera_recovered`.
-    fn recoveries(&mut self, state: &State, batch: &[Event], now_ms: i64) {
-        for e in batch {
-            if e.event_type == state::CAMERA_STALE || e.event_type == state::CAMERA_RECOVERED {
-                if let Some(id) = e.camera_id() {
-                    self.asked.remove(&id);
-                }
-                continue;
-            }
-            if e.event_type != state::IMAGE_CAPTURED {
-                continue;
-            }
-            let Some(id) = e.camera_id() else { continue };
-            let Some(cam) = state.cameras.get(&id) else {
-                continue;
-            };
-            if cam.stale && !self.asked.contains(&id) {
-                let silent = cam
-                    .last_capture_at
-                    .as_deref()
-                    .and_then(parse_utc_ms)
-                    .map(|t| now_ms - t);
-                let event = NewEvent::new(
-                    state::CAMERA_RECOVERED,
-                    serde_json::json!({"camera_id": id, "silent_secs": silent.map(|ms| ms as f64 / 1000.0)}),
-                )
-                .with_priority(Priority::High)
-                .with_source("watchdog");
-                self.send(id, event);
-            }
-        }
-    }
-
-    /// Queues `event` for the poller's next step (the poller is the hub's writer, so it
-    /// cannot wait for an emit of its own).
-    fn send(&mut self, camera_id: i64, event: NewEvent) {
-        log::info!("watchdog: {} for camera {camera_id}", event.event_type);
-        match Job::new(vec![event]) {
-            Ok((job, answer)) => {
-                self.asked.insert(camera_id);
-                self.queued.push(job);
-                self.waiting.push((camera_id, answer));
-            }
-            Err(e) => log::warn!("watchdog event refused: {}", e.chain()),
-        }
-    }
-
-    /// After a step: a camera whose event was not stored is asked about again later.
-    fn answered(&mut self) {
-        let asked = &mut self.asked;
-        self.waiting
-            .retain(|(camera_id, answer)| match answer.try_recv() {
-                Ok(Ok(_)) => false,
-                Ok(Err(e)) => {
-                    log::warn!("watchdog could not store its event: {}", e.chain());
-                    asked.remove(camera_id);
-                    false
-                }
-                Err(TryRecvError::Empty) => true,
-                Err(TryRecvError::Disconnected) => {
-                    asked.remove(camera_id);
-                    false
-                }
-            });
-    }
+    busy_timeout: Duration,
+    watchdog: Watchdog,
+    /// The seq of the last dispatched event.
+    head: i64,
+    /// The projection, and the version of it last published to the cache.
+    state: State,
+    state_version: u64,
+    /// `PRAGMA data_version` at the last check.
+    data_version: i64,
+    /// Emits taken from the queue, to be stored by the next step.
+    group: Vec<Job>,
 }
 
 impl Poller {
+    /// Opens the poller's own connection (its `PRAGMA data_version` is per connection),
+    /// loads the state and publishes it as version 1, so that `/api/state` has an answer
+    /// before the first request is served.
+    ///
+    /// # Errors
+    /// The connection cannot be opened or configured, or the state cannot be read.
+    pub(crate) fn open(
+        store: &Store,
+        pace: &Pace,
+        out: Outputs,
+        intake: Intake,
+        wake: Receiver<()>,
+        stop: Receiver<()>,
+    ) -> Result<Poller> {
+        let conn = store.dedicated()?;
+        events::disable_autocheckpoint(&conn)?;
+        store::fast_busy_handler(&conn)?;
+        let state = store::state_rows::load(&conn)?;
+        out.cache.publish(&state, store.log_id(), 1);
+        let head = events::head_seq(&conn)?;
+        let data_version = events::data_version(&conn)?;
+        Ok(Poller {
+            conn,
+            log_id: store.log_id(),
+            out,
+            jobs: intake.rx,
+            _alive: intake.alive,
+            wake,
+            stop,
+            poll_interval: pace.poll_interval,
+            batch_rows: pace.batch_rows,
+            busy_timeout: store.busy_timeout(),
+            watchdog: Watchdog::new(pace.stale_floor),
+            head,
+            state,
+            state_version: 1,
+            data_version,
+            group: Vec::with_capacity(64),
+        })
+    }
+
     /// Runs until `stop` is dropped, then stores and answers the emits already queued.
     /// Database errors are logged, reported through [`PollerStatus`] and retried with
     /// backoff; nothing stored is lost, since rows stay pending until a dispatch commits,
     /// and an emit is acknowledged only after its commit.
     pub(crate) fn run(mut self) -> Result<()> {
-        crate::store::set_busy_limit(self.busy_timeout);
-        let mut head = events::head_seq(&self.conn)?;
-        // Hub::start loaded the state and published version 1 before serving requests.
-        let mut state = std::mem::take(&mut self.state);
-        let mut state_version: u64 = 1;
-        let mut version = events::data_version(&self.conn)?;
+        store::set_busy_limit(self.busy_timeout);
         let mut pending = true; // whatever was left undispatched before start
         let mut backoff = BACKOFF_MIN;
         let mut speculated = Instant::now();
         // A nudge arrived within SPECULATIVE_EVERY of the last speculative dispatch.
         let mut deferred = false;
-        let mut group: Vec<Job> = Vec::with_capacity(64);
         loop {
-            emitter::take_queued(&self.jobs, &mut group);
-            if !pending && group.is_empty() {
+            emitter::take_queued(&self.jobs, &mut self.group);
+            if !pending && self.group.is_empty() {
                 // A nudge (the WAL watcher's, on another process's writes) means "dispatch
                 // now". The dispatch transaction is IMMEDIATE, so if the nudge came while
                 // the other process was still finishing its commit, it waits for that
@@ -255,7 +157,7 @@ impl Poller {
                 let nudged = select! {
                     recv(self.jobs) -> job => {
                         match job {
-                            Ok(job) => group.push(job),
+                            Ok(job) => self.group.push(job),
                             // Every emitter is gone (the hub is stopping): stop listening.
                             Err(_) => self.jobs = never(),
                         }
@@ -273,8 +175,8 @@ impl Poller {
                     default(timeout) => deferred,
                 };
                 match events::data_version(&self.conn) {
-                    Ok(v) if v != version => {
-                        version = v;
+                    Ok(v) if v != self.data_version => {
+                        self.data_version = v;
                         pending = true;
                     }
                     Ok(_) if nudged && speculated.elapsed() >= SPECULATIVE_EVERY => {
@@ -285,49 +187,47 @@ impl Poller {
                     Ok(_) => {}
                     Err(_) => pending = true, // let the step report it
                 }
-                emitter::take_queued(&self.jobs, &mut group);
+                emitter::take_queued(&self.jobs, &mut self.group);
             }
-            if self.watchdog.last_check.elapsed() >= self.watchdog.tick() {
-                self.watchdog.check(&state, state::now_ms());
-            }
-            group.append(&mut self.watchdog.queued);
-            if !pending && group.is_empty() {
+            self.watchdog.poll(&self.state, &mut self.group);
+            if !pending && self.group.is_empty() {
                 continue;
             }
-            let outcome = self.drain(&mut head, &mut state, &mut state_version, &mut group);
+            let outcome = self.drain();
             // The step took the write lock, so it saw every commit a held-back nudge was
             // about (a commit in progress holds that lock until it is visible).
             deferred = false;
             self.watchdog.answered();
+            let status = &self.out.status;
             match outcome {
                 Ok(true) => {
                     pending = false;
                     backoff = BACKOFF_MIN;
-                    if self.status.failing().is_some() {
+                    if status.failing().is_some() {
                         log::info!("poller recovered");
-                        self.status.set_error(None);
+                        status.set_error(None);
                     }
                 }
                 Ok(false) => break, // stopping
                 Err(e) => {
                     pending = true;
-                    self.status.errors.fetch_add(1, Ordering::Relaxed);
+                    status.errors.fetch_add(1, Ordering::Relaxed);
                     let text = e.chain();
-                    if self.status.failing().is_none() {
+                    if status.failing().is_none() {
                         log::error!("poller: {text}; retrying with backoff");
                     } else {
                         log::debug!("poller still failing: {text}");
                     }
-                    self.status.set_error(Some(text));
+                    status.set_error(Some(text));
                     // The seq counter may be stale if a commit's outcome is unknown: re-read.
                     if let Ok(h) = events::head_seq(&self.conn) {
-                        head = h;
+                        self.head = h;
                     }
                     // An emit ends the wait: its caller is waiting, and its attempt waits
                     // for a lock held elsewhere by itself (busy timeout).
                     select! {
                         recv(self.jobs) -> job => match job {
-                            Ok(job) => group.push(job),
+                            Ok(job) => self.group.push(job),
                             Err(_) => self.jobs = never(),
                         },
                         recv(self.stop) -> _ => break,
@@ -343,37 +243,31 @@ impl Poller {
         // with `Closed` once this thread has dropped the queue.
         let mut left = self.jobs.len();
         loop {
-            while left > 0 && emitter::rows(&group) < emitter::MAX_GROUP_ROWS {
+            while left > 0 && emitter::rows(&self.group) < emitter::MAX_GROUP_ROWS {
                 match self.jobs.try_recv() {
-                    Ok(job) => group.push(job),
+                    Ok(job) => self.group.push(job),
                     Err(_) => break,
                 }
                 left -= 1;
             }
-            if group.is_empty() {
+            if self.group.is_empty() {
                 break;
             }
-            if let Err(e) = self.step(&mut head, &mut state, &mut state_version, &mut group) {
+            if let Err(e) = self.step() {
                 log::error!("poller at shutdown: {}", e.chain());
             }
         }
-        log::debug!("poller stopped at seq {head}");
+        log::debug!("poller stopped at seq {}", self.head);
         Ok(())
     }
 
     /// Steps until no batch is full and no emit waits. Returns false if asked to stop
     /// between steps.
-    fn drain(
-        &mut self,
-        head: &mut i64,
-        state: &mut State,
-        version: &mut u64,
-        group: &mut Vec<Job>,
-    ) -> Result<bool> {
+    fn drain(&mut self) -> Result<bool> {
         loop {
-            let full = self.step(head, state, version, group)?;
-            emitter::take_queued(&self.jobs, group);
-            if !full && group.is_empty() {
+            let full = self.step()?;
+            emitter::take_queued(&self.jobs, &mut self.group);
+            if !full && self.group.is_empty() {
                 return Ok(true);
             }
             if matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) {
@@ -382,43 +276,47 @@ impl Poller {
         }
     }
 
-    /// One transaction: stores `group` (and empties it, answering every job), dispatches
+    /// One transaction: stores the group (and empties it, answering every job), dispatches
     /// a batch, publishes it. Returns true when the batch was full (more may be pending).
-    fn step(
-        &mut self,
-        head: &mut i64,
-        state: &mut State,
-        version: &mut u64,
-        group: &mut Vec<Job>,
-    ) -> Result<bool> {
+    fn step(&mut self) -> Result<bool> {
         let started = Instant::now();
         // The batch has room for every new row, so an emit is dispatched in its own commit
         // unless a backlog of higher priority is ahead of it.
-        let limit = self.batch_rows + emitter::rows(group);
+        let limit = self.batch_rows + emitter::rows(&self.group);
         let outcome = {
-            let inserts = emitter::inserts(group);
-            events::store_and_dispatch(&mut self.conn, &inserts, self.stream, head, limit, state)
+            let inserts = emitter::inserts(&self.group);
+            events::store_and_dispatch(
+                &mut self.conn,
+                &inserts,
+                self.log_id,
+                &mut self.head,
+                limit,
+                &mut self.state,
+            )
         };
+        let out = &self.out;
         let (stored, batch) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                if !group.is_empty() {
-                    let copy = emitter::clone_error(&e.chain(), e.is_busy(), e.is_disk_full());
-                    let failed = emitter::answer(group, Err(copy), Some(&self.metrics));
-                    self.set_writes(failed);
+                let e = e.into_shared();
+                if !self.group.is_empty() {
+                    let failed =
+                        emitter::answer(&mut self.group, Err(e.clone()), Some(&out.metrics));
+                    out.status.set_writes(failed);
                 }
-                return Err(e);
+                return Err(Error::Shared(e));
             }
         };
         // Answer first: an emitting thread then prepares its next event while this one is
         // published, and the next step takes a larger group.
-        if !group.is_empty() {
-            let failed = emitter::answer(group, Ok(stored), Some(&self.metrics));
-            self.set_writes(failed);
+        if !self.group.is_empty() {
+            let failed = emitter::answer(&mut self.group, Ok(stored), Some(&out.metrics));
+            out.status.set_writes(failed);
         }
         if batch.state_changed {
-            *version += 1;
-            self.cache.publish(state, self.stream, *version);
+            self.state_version += 1;
+            out.cache
+                .publish(&self.state, self.log_id, self.state_version);
         }
         if !batch.events.is_empty() {
             // Counted before they are published, so a client that has an event sees it in
@@ -426,35 +324,26 @@ impl Poller {
             let now = state::now_ms();
             for e in &batch.events {
                 let created = parse_utc_ms(&e.created_at).unwrap_or(now);
-                self.metrics.dispatched(&e.event_type, now - created);
+                out.metrics.dispatched(&e.event_type, now - created);
             }
-            self.status
+            out.status
                 .dispatched
                 .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
             let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
-            self.broadcast.publish(&frames);
-            self.watchdog.recoveries(state, &batch.events, now);
+            out.broadcast.publish(&frames);
+            self.watchdog.recoveries(&self.state, &batch.events, now);
             log::debug!(
                 "dispatched {} events up to seq {} in {:?}",
                 batch.events.len(),
-                head,
+                self.head,
                 started.elapsed()
             );
         }
         if batch.rejected > 0 {
-            self.status
+            out.status
                 .rejected
                 .fetch_add(batch.rejected as u64, Ordering::Relaxed);
         }
         Ok(batch.events.len() + batch.rejected >= limit)
-    }
-
-    /// For `/health`: the error of the last step that stored events, if it failed.
-    fn set_writes(&self, failed: Option<String>) {
-        *self
-            .status
-            .writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = failed;
     }
 }

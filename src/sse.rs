@@ -1,8 +1,7 @@
 //! Pure SSE pieces: event frames, the stream prelude, heartbeats and resets, HTTP chunk
-//! framing, and parsing of what a client asks for (query string, filters, resume cursor).
-//! No I/O: `http::stream` does the writing.
+//! framing, what a stream subscribes to ([`Filter`]) and where it resumes (`Last-Event-ID`).
+//! No I/O: `http::stream` does the writing, `http::request` the query parsing.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -149,91 +148,6 @@ pub(crate) fn resume_from(header: Option<&str>, query: Option<&str>) -> Resume {
     }
 }
 
-/// Splits a request target into its path and decoded query pairs.
-pub(crate) fn split_target(target: &str) -> (Cow<'_, str>, Vec<(String, String)>) {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let pairs = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    (Cow::Owned(percent_decode(path)), pairs)
-}
-
-/// Decodes `%XX` and `+`; invalid escapes are kept as written; invalid UTF-8 is replaced.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// Builds a filter from query pairs.
-///
-/// # Errors
-/// A message for a 400: an event type that cannot exist, or a camera id that is no number.
-pub(crate) fn filter_from_query(pairs: &[(String, String)]) -> Result<Filter, String> {
-    let mut filter = Filter::default();
-    for (k, v) in pairs {
-        match k.as_str() {
-            "types" | "type" => {
-                let mut types: Vec<String> = filter.types.take().unwrap_or_default();
-                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    crate::event::validate_type(t).map_err(|e| format!("types: {e}"))?;
-                    types.push(t.to_owned());
-                }
-                if types.len() > 64 {
-                    return Err("types: at most 64 types".into());
-                }
-                filter.types = Some(types);
-            }
-            "camera_id" => {
-                let id = v
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| format!("camera_id: `{}` is not an integer", v.escape_debug()))?;
-                filter.camera_id = Some(id);
-            }
-            _ => {}
-        }
-    }
-    Ok(filter)
-}
-
-/// Value of the first query parameter named `key`.
-pub(crate) fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-/// True for `1`, `true`, `yes` (and a bare `?named`).
-pub(crate) fn query_flag(pairs: &[(String, String)], key: &str) -> bool {
-    matches!(query_value(pairs, key), Some("" | "1" | "true" | "yes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +160,7 @@ mod tests {
         };
         Event {
             cursor: Cursor {
-                stream: 0xabcdef01,
+                log_id: 0xabcdef01,
                 seq: 7,
             },
             id: EventId(3),
@@ -292,55 +206,8 @@ mod tests {
     }
 
     #[test]
-    fn query_strings_are_percent_decoded() {
-        let (path, q) = split_target(
-            "/api/events?types=image_captured%2Ccamera_status_changed&camera_id=%203&x",
-        );
-        assert_eq!(path, "/api/events");
-        let f = filter_from_query(&q).unwrap_or_default();
-        assert_eq!(
-            f.types.as_deref(),
-            Some(
-                &[
-                    "image_captured".to_owned(),
-                    "camera_status_changed".to_owned()
-                ][..]
-            )
-        );
-        assert_eq!(f.camera_id, Some(3));
-        for (raw, want) in [
-            ("a%20b", "a b"),
-            ("%zz", "%zz"),
-            ("%", "%"),
-            ("%4", "%4"),
-            ("a+b", "a b"),
-            ("%C3%A9", "é"),
-            ("%FF", "\u{fffd}"),
-        ] {
-            assert_eq!(percent_decode(raw), want, "{raw}");
-        }
-    }
-
-    #[test]
-    fn filters_reject_impossible_values() {
-        let q = |s: &str| split_target(s).1;
-        assert!(filter_from_query(&q("/?camera_id=abc")).is_err());
-        assert!(filter_from_query(&q("/?types=a%0Ab")).is_err());
-        let f = filter_from_query(&q("/?types=a")).unwrap_or_default();
-        assert!(f.matches("a", None));
-        assert!(!f.matches("b", None));
-        let c = Filter {
-            types: None,
-            camera_id: Some(2),
-        };
-        assert!(c.matches("x", Some(2)));
-        assert!(!c.matches("x", Some(3)));
-        assert!(!c.matches("x", None));
-    }
-
-    #[test]
     fn resume_prefers_the_header_and_flags_garbage() {
-        let c = Cursor { stream: 1, seq: 5 };
+        let c = Cursor { log_id: 1, seq: 5 };
         assert_eq!(
             resume_from(Some("00000001-5"), Some("00000001-9")),
             Resume::After(c)
@@ -360,7 +227,7 @@ mod tests {
 
     #[test]
     fn reset_frames_carry_the_head_as_id() {
-        let f = reset_frame(Cursor { stream: 2, seq: 10 }, "stale cursor");
+        let f = reset_frame(Cursor { log_id: 2, seq: 10 }, "stale cursor");
         let text = String::from_utf8_lossy(&f);
         assert!(
             text.starts_with("id: 00000002-10\nevent: reset\ndata: {"),
@@ -452,7 +319,7 @@ mod props {
         ) {
             let data: Map<String, Value> = data.into_iter().collect();
             let event = Event {
-                cursor: Cursor { stream, seq },
+                cursor: Cursor { log_id: stream, seq },
                 id: EventId(seq),
                 event_type: t.clone(),
                 data: data.clone(),
@@ -478,17 +345,9 @@ mod props {
         }
 
         #[test]
-        fn query_and_cursor_parsers_never_panic(target in ".*", header in proptest::option::of(".*")) {
-            let (_, pairs) = split_target(&target);
-            let _ = filter_from_query(&pairs);
-            let _ = resume_from(header.as_deref(), query_value(&pairs, "last_event_id"));
+        fn cursor_parsers_never_panic(target in ".*", header in proptest::option::of(".*")) {
+            let _ = resume_from(header.as_deref(), Some(&target));
             let _ = target.parse::<Cursor>();
-        }
-
-        #[test]
-        fn percent_encoding_round_trips(s in ".*") {
-            let encoded: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
-            prop_assert_eq!(percent_decode(&encoded), s);
         }
 
         #[test]

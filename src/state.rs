@@ -232,14 +232,14 @@ pub(crate) struct StateCache {
 
 impl StateCache {
     /// Encodes `state` once; every reader then shares the bytes.
-    pub fn publish(&self, state: &State, stream: u32, version: u64) {
+    pub fn publish(&self, state: &State, log_id: u32, version: u64) {
         let cursor = Cursor {
-            stream,
+            log_id,
             seq: state.seq,
         };
         let snap = Snapshot {
             body: state.to_json(cursor).to_string(),
-            etag: format!("\"{stream:08x}-{version}-{}\"", state.seq),
+            etag: format!("\"{log_id:08x}-{version}-{}\"", state.seq),
             cursor,
         };
         // The lock guards one Option swap; a poisoned one still holds a whole value.
@@ -254,49 +254,15 @@ impl StateCache {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (what SQLite's strftime writes) to Unix milliseconds.
+/// An RFC 3339 UTC timestamp, `YYYY-MM-DDTHH:MM:SS[.fff]Z` as SQLite's strftime writes it,
+/// to Unix milliseconds. The `T` is required (jiff also takes a space there).
 pub(crate) fn parse_utc_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if s.as_bytes().get(10) != Some(&b'T') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let ms = if b.get(19) == Some(&b'.') {
-        let frac: String = s[20..].chars().take_while(char::is_ascii_digit).collect();
-        let mut v: i64 = frac.parse().ok()?;
-        for _ in frac.len()..3 {
-            v *= 10;
-        }
-        for _ in 3..frac.len() {
-            v /= 10;
-        }
-        v
-    } else {
-        0
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(jiff::Timestamp::as_millisecond)
 }
 
 /// Now as Unix milliseconds.
@@ -316,7 +282,7 @@ mod tests {
             panic!("object")
         };
         Event {
-            cursor: Cursor { stream: 1, seq },
+            cursor: Cursor { log_id: 1, seq },
             id: EventId(seq),
             event_type: t.into(),
             data,

@@ -8,10 +8,8 @@
 
 use std::sync::OnceLock;
 
-use tiny_http::Request;
-
 use super::reply::Reply;
-use super::routes::header_value;
+use super::request::Request;
 
 const PAGE: &str = include_str!("dashboard.html");
 const WORKER: &str = include_str!("dashboard-worker.js");
@@ -26,8 +24,11 @@ fn tag_of(body: &str) -> String {
 
 /// Serves a compiled-in file with an `ETag`; `no-cache` so a browser revalidates (a cheap
 /// 304) and never runs a page from an older binary against a newer hub.
-fn asset(rq: &Request, tag: &str, content_type: &'static str, body: &'static str) -> Reply {
-    if header_value(rq, "If-None-Match").is_some_and(|v| v.split(',').any(|t| t.trim() == tag)) {
+fn asset(rq: &Request<'_>, tag: &str, content_type: &'static str, body: &'static str) -> Reply {
+    if rq
+        .header("If-None-Match")
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+    {
         return Reply::empty(304)
             .with_header("ETag", tag)
             .with_header("Cache-Control", "no-cache");
@@ -38,13 +39,13 @@ fn asset(rq: &Request, tag: &str, content_type: &'static str, body: &'static str
         .with_header("X-Content-Type-Options", "nosniff")
 }
 
-pub(super) fn page(rq: &Request) -> Reply {
+pub(super) fn page(rq: &Request<'_>) -> Reply {
     static TAG: OnceLock<String> = OnceLock::new();
     let tag = TAG.get_or_init(|| tag_of(PAGE));
     asset(rq, tag, "text/html; charset=utf-8", PAGE)
 }
 
-pub(super) fn worker(rq: &Request) -> Reply {
+pub(super) fn worker(rq: &Request<'_>) -> Reply {
     static TAG: OnceLock<String> = OnceLock::new();
     let tag = TAG.get_or_init(|| tag_of(WORKER));
     asset(rq, tag, "text/javascript; charset=utf-8", WORKER)

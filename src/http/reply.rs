@@ -1,7 +1,7 @@
-//! Responses as values, and the one place where errors become HTTP statuses.
+//! Responses as values, and the one place where errors become HTTP statuses. No I/O:
+//! `server` writes them.
 
 use serde_json::{Value, json};
-use tiny_http::{Header, Response};
 
 use crate::error::Error;
 
@@ -39,19 +39,6 @@ impl Reply {
     pub(crate) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
-    }
-
-    pub(crate) fn into_response(self) -> Response<std::io::Cursor<Vec<u8>>> {
-        let mut r = Response::from_data(self.body).with_status_code(self.status);
-        let headers =
-            std::iter::once(("Content-Type", self.content_type.to_owned())).chain(self.headers);
-        for (name, value) in headers {
-            // Values we build are ASCII without CR/LF; one that is not is dropped, not sent.
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                r.add_header(h);
-            }
-        }
-        r
     }
 }
 

@@ -1,30 +1,19 @@
-//! Routing and the small handlers. Runs on the HTTP workers; anything that may wait on a
-//! client (a slow body, a stream) is handed to a thread of its own.
-
-use std::io::Read;
+//! Routing and the small handlers: a [`Request`] in, an [`Answer`] out, no socket in sight
+//! (so every route is tested in memory below). Runs on the HTTP workers, or on a body
+//! thread for a slow upload; an event stream is handed to a thread of its own.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tiny_http::{Method, Request};
 
-use super::Ctx;
+use super::ctx::Ctx;
+use super::dashboard;
 use super::reply::{HttpError, Reply};
+use super::request::Request;
+use super::server::Answer;
 use super::stream;
+use crate::config::Config;
 use crate::event::{NewEvent, Priority};
-use crate::hub::spawn_named;
-use crate::sse;
-use crate::store::events;
-
-/// Largest request body accepted (`POST /api/events`).
-pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
-/// A declared body up to this size is drained, on a thread of its own, after the 413; a
-/// larger one cannot be: tiny_http 0.12 would allocate its declared size at once.
-const DRAIN_LIMIT_BYTES: usize = 256 * 1024 * 1024;
-/// tiny_http reads bodies up to 1 KiB before we see the request; larger ones are read from
-/// the socket, which a client can stall, so they are read off the workers.
-const PREBUFFERED_BYTES: usize = 1024;
-/// Abandoned connections tolerated before the hub asks to be restarted.
-const MAX_ABANDONED: usize = 256;
+use crate::store::{self, events};
 
 const PATHS: [&str; 5] = [
     "/",
@@ -36,39 +25,26 @@ const PATHS: [&str; 5] = [
 
 type Handled = Result<Reply, HttpError>;
 
-pub(super) fn handle(rq: Request, ctx: &Ctx) {
-    let Some(rq) = guard_body(rq, ctx) else {
-        return;
-    };
-    let target = rq.url().to_owned();
-    let (path, query) = sse::split_target(&target);
-    let cors = cors_headers(&rq, ctx);
-    let method = rq.method().clone();
-    log::debug!("{method} {target} from {:?}", rq.remote_addr());
-    let result = match (&method, path.as_ref()) {
-        (Method::Get, "/api/events") => match stream::open(rq, ctx, &query, cors.clone()) {
-            None => return,
-            Some((rq, result)) => return respond(rq, result, &cors),
+/// Routes one request.
+pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
+    let cors = cors_headers(rq, ctx);
+    log::debug!("{} {} from {}", rq.method, rq.target, rq.peer_text());
+    let path = rq.path.clone();
+    let result = match (rq.method.as_str(), path.as_str()) {
+        ("GET", "/api/events") => match stream::open(rq, ctx, cors.clone()) {
+            Ok(takeover) => return Answer::Takeover(takeover),
+            Err(e) => Err(e),
         },
-        (Method::Post, "/api/events") => {
-            if needs_body_thread(&rq) {
-                return post_on_thread(rq, ctx, cors);
-            }
-            let mut rq = rq;
-            let r = post_event(&mut rq, ctx);
-            return respond(rq, r, &cors);
-        }
-        (Method::Options, p) if PATHS.contains(&p) => Ok(preflight(&rq, ctx)),
-        (Method::Get | Method::Head, "/health") => health(ctx),
-        (Method::Get | Method::Head, "/api/state") => Ok(state(&rq, ctx)),
-        (Method::Get | Method::Head, "/api/events/stats") => stats(ctx),
-        (Method::Get | Method::Head, "/metrics") => metrics(ctx),
-        (Method::Get | Method::Head, "/") => Ok(crate::http::dashboard::page(&rq)),
-        (Method::Get | Method::Head, "/dashboard-worker.js") => {
-            Ok(crate::http::dashboard::worker(&rq))
-        }
-        (Method::Get | Method::Head, "/favicon.ico") => Ok(Reply::empty(204)),
-        (_, p) if PATHS.contains(&p) => Err(HttpError::new(
+        ("POST", "/api/events") => post_event(rq, ctx),
+        ("OPTIONS", p) if PATHS.contains(&p) => Ok(preflight(rq, ctx)),
+        ("GET" | "HEAD", "/health") => health(ctx),
+        ("GET" | "HEAD", "/api/state") => Ok(state(rq, ctx)),
+        ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
+        ("GET" | "HEAD", "/metrics") => metrics(ctx),
+        ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
+        ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
+        ("GET" | "HEAD", "/favicon.ico") => Ok(Reply::empty(204)),
+        (method, p) if PATHS.contains(&p) => Err(HttpError::new(
             405,
             format!("method {method} not allowed on {p}"),
         )
@@ -81,7 +57,16 @@ pub(super) fn handle(rq: Request, ctx: &Ctx) {
             ),
         )),
     };
-    respond(rq, result, &cors);
+    let mut reply = result.unwrap_or_else(|e| {
+        if e.status >= 500 {
+            log::warn!("{} {} -> {}: {}", rq.method, rq.target, e.status, e.message);
+        } else {
+            log::debug!("{} {} -> {}: {}", rq.method, rq.target, e.status, e.message);
+        }
+        e.into_reply()
+    });
+    reply.headers.extend(cors);
+    Answer::Reply(reply)
 }
 
 fn allowed(path: &str) -> &'static str {
@@ -89,144 +74,6 @@ fn allowed(path: &str) -> &'static str {
         "/api/events" => "GET, POST, OPTIONS",
         _ => "GET, HEAD, OPTIONS",
     }
-}
-
-fn respond(rq: Request, result: Handled, cors: &[(&'static str, String)]) {
-    let mut reply = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status >= 500 {
-                log::warn!(
-                    "{} {} -> {}: {}",
-                    rq.method(),
-                    rq.url(),
-                    e.status,
-                    e.message
-                );
-            } else {
-                log::debug!(
-                    "{} {} -> {}: {}",
-                    rq.method(),
-                    rq.url(),
-                    e.status,
-                    e.message
-                );
-            }
-            e.into_reply()
-        }
-    };
-    reply.headers.extend(cors.iter().cloned());
-    if let Err(e) = rq.respond(reply.into_response()) {
-        log::debug!("response not delivered: {e}");
-    }
-}
-
-/// Looks up a request header (case-insensitive name).
-pub(crate) fn header_value<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
-    rq.headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-/// Refuses a request whose declared body is over [`MAX_BODY_BYTES`] without ever letting
-/// tiny_http drain it on a worker (it would pin the worker while the client trickles, and
-/// abort the process for an absurd length). Returns the request when it is fine.
-pub(super) fn guard_body(rq: Request, ctx: &Ctx) -> Option<Request> {
-    let declared = match rq.body_length() {
-        Some(n) if n > MAX_BODY_BYTES => n,
-        _ => return Some(rq),
-    };
-    log::warn!(
-        "refusing a {declared}-byte body from {:?} ({} {})",
-        rq.remote_addr(),
-        rq.method(),
-        rq.url()
-    );
-    let too_large = || {
-        HttpError::new(413, format!("body over {MAX_BODY_BYTES} bytes"))
-            .with_header("Connection", "close")
-            .into_reply()
-            .into_response()
-    };
-    if declared <= DRAIN_LIMIT_BYTES
-        && let Some(slot) = ctx.body_threads.try_take()
-    {
-        // Answer, then let the drop drain (or meet EOF) off the workers. Its tiny_http
-        // pool thread waits as long: have the pump replace it.
-        let _ = ctx.pump.try_send(());
-        let spawned = spawn_named("reject", Some(64 * 1024), move || {
-            let _slot = slot;
-            let _ = rq.respond(too_large());
-            Ok(())
-        });
-        if let Err(e) = spawned {
-            log::error!("{}", e.chain());
-        }
-        return None;
-    }
-    abandon(rq, too_large(), ctx);
-    None
-}
-
-/// Answers a request whose body is still unread without ever dropping it. tiny_http drains
-/// an unread body when its request is dropped (allocating the declared length at once, and
-/// waiting as long as the client trickles), so the only way to answer without that is to
-/// take the connection out of its hands and keep it. This costs one tiny_http thread and
-/// two sockets until the process ends; it is reached only for absurd declared lengths or
-/// when every body thread is busy. See the README's security section.
-fn abandon(rq: Request, response: tiny_http::Response<std::io::Cursor<Vec<u8>>>, ctx: &Ctx) {
-    let n = ctx
-        .abandoned
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    log::warn!(
-        "abandoning the connection of {:?} ({n} so far): its unread body cannot be drained safely",
-        rq.remote_addr()
-    );
-    let stream = rq.upgrade("close", response);
-    std::mem::forget(stream);
-    let _ = ctx.pump.try_send(()); // its pool thread is gone for good: replace it
-    if n == MAX_ABANDONED {
-        // Measured: each costs one thread and two file descriptors, forever. Past this many
-        // a client is attacking us; a restart (systemd: Restart=always) frees them all.
-        ctx.fatal.report(format!(
-            "{n} connections abandoned for absurd or stalled request bodies; restarting to free their threads and sockets"
-        ));
-    }
-}
-
-fn needs_body_thread(rq: &Request) -> bool {
-    let streamed = match rq.body_length() {
-        Some(n) => n > PREBUFFERED_BYTES,
-        None => header_value(rq, "Transfer-Encoding").is_some(),
-    };
-    streamed || header_value(rq, "Expect").is_some()
-}
-
-fn post_on_thread(rq: Request, ctx: &Ctx, cors: Vec<(&'static str, String)>) {
-    let Some(slot) = ctx.body_threads.try_take() else {
-        let e = HttpError::new(503, "too many uploads in progress")
-            .with_header("Retry-After", "1")
-            .with_header("Connection", "close");
-        return abandon(rq, e.into_reply().into_response(), ctx);
-    };
-    let (config, emitter) = (ctx.config.clone(), ctx.emitter.clone());
-    let _ = ctx.pump.try_send(()); // a slow body holds its pool thread too
-    let spawned = spawn_named("body", Some(128 * 1024), move || {
-        let _slot = slot;
-        let mut rq = rq;
-        let r = post_with(&mut rq, &config, &emitter);
-        respond(rq, r, &cors);
-        Ok(())
-    });
-    if let Err(e) = spawned {
-        log::error!("{}", e.chain());
-    }
-}
-
-fn post_event(rq: &mut Request, ctx: &Ctx) -> Handled {
-    post_with(rq, &ctx.config, &ctx.emitter)
 }
 
 /// `POST /api/events` body. `event_type`/`event_data` are accepted as the table's names.
@@ -241,45 +88,32 @@ struct PostBody {
     source: Option<String>,
 }
 
-fn post_with(rq: &mut Request, config: &crate::Config, emitter: &crate::Emitter) -> Handled {
-    authorize(rq, config)?;
-    let content_type = header_value(rq, "Content-Type").unwrap_or("");
+fn post_event(rq: &mut Request<'_>, ctx: &Ctx) -> Handled {
+    authorize(rq, &ctx.config)?;
+    let content_type = rq.header("Content-Type").unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(HttpError::new(415, "Content-Type must be application/json"));
     }
-    let mut body = Vec::new();
-    rq.as_reader()
-        .take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| HttpError::new(400, format!("cannot read body: {e}")))?;
-    if body.len() > MAX_BODY_BYTES {
-        return Err(
-            HttpError::new(413, format!("body over {MAX_BODY_BYTES} bytes"))
-                .with_header("Connection", "close"),
-        );
-    }
+    let body = rq.read_body()?;
     let parsed: PostBody = serde_json::from_slice(&body)
         .map_err(|e| HttpError::new(400, format!("invalid JSON body: {e}")))?;
     let mut event = NewEvent::new(parsed.event_type, parsed.data);
     if let Some(p) = parsed.priority {
         event.priority = p.parse::<Priority>()?;
     }
-    if let Some(s) = parsed.source {
-        event.source = s;
-    } else {
-        event.source = "http".to_owned();
-    }
+    event.source = parsed.source.unwrap_or_else(|| "http".to_owned());
     let event_type = event.event_type.clone();
-    let id = emitter.emit(event)?;
+    let id = ctx.emitter.emit(event)?;
     log::debug!("stored event {id} ({event_type}) from HTTP");
     Ok(Reply::json(201, &json!({"id": id.0, "type": event_type})))
 }
 
-fn authorize(rq: &Request, config: &crate::Config) -> Result<(), HttpError> {
+fn authorize(rq: &Request<'_>, config: &Config) -> Result<(), HttpError> {
     match &config.token {
         Some(token) => {
-            let given = header_value(rq, "Authorization")
+            let given = rq
+                .header("Authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .unwrap_or("");
@@ -307,8 +141,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn cors_headers(rq: &Request, ctx: &Ctx) -> Vec<(&'static str, String)> {
-    match header_value(rq, "Origin") {
+fn cors_headers(rq: &Request<'_>, ctx: &Ctx) -> Vec<(&'static str, String)> {
+    match rq.header("Origin") {
         Some(origin) if ctx.config.cors_origins.iter().any(|o| o == origin) => vec![
             ("Access-Control-Allow-Origin", origin.to_owned()),
             ("Vary", "Origin".to_owned()),
@@ -317,7 +151,7 @@ fn cors_headers(rq: &Request, ctx: &Ctx) -> Vec<(&'static str, String)> {
     }
 }
 
-fn preflight(rq: &Request, ctx: &Ctx) -> Reply {
+fn preflight(rq: &Request<'_>, ctx: &Ctx) -> Reply {
     let mut r = Reply::empty(204);
     if !cors_headers(rq, ctx).is_empty() {
         r = r
@@ -333,8 +167,8 @@ fn preflight(rq: &Request, ctx: &Ctx) -> Reply {
 
 fn health(ctx: &Ctx) -> Handled {
     let counts = ctx.store.conn().and_then(|c| events::counts(&c));
-    let poller = ctx.poller.failing();
-    let writes = ctx.poller.writes_failing();
+    let poller = ctx.status.failing();
+    let writes = ctx.status.writes_failing();
     let healthy = counts.is_ok() && poller.is_none() && writes.is_none();
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -350,13 +184,14 @@ fn health(ctx: &Ctx) -> Handled {
 }
 
 /// `GET /api/state`: the cached encoded state; `304` when the client's ETag is current.
-fn state(rq: &Request, ctx: &Ctx) -> Reply {
+fn state(rq: &Request<'_>, ctx: &Ctx) -> Reply {
     let Some(snap) = ctx.cache.get() else {
         return HttpError::new(503, "state not loaded yet")
             .with_header("Retry-After", "1")
             .into_reply();
     };
-    let fresh = header_value(rq, "If-None-Match")
+    let fresh = rq
+        .header("If-None-Match")
         .is_some_and(|v| v.split(',').any(|t| t.trim() == snap.etag));
     let reply = if fresh {
         Reply::empty(304)
@@ -371,7 +206,7 @@ fn state(rq: &Request, ctx: &Ctx) -> Reply {
 /// `GET /api/events/stats`: computed on every request from indexes and kept counters.
 fn stats(ctx: &Ctx) -> Handled {
     let conn = ctx.store.conn()?;
-    let mut body = crate::store::maintenance::stats(&conn, ctx.store.path())?;
+    let mut body = store::maintenance::stats(&conn, ctx.store.path())?;
     drop(conn);
     let head = ctx.broadcast.published_seq();
     let subscribers: Vec<Value> = ctx
@@ -393,7 +228,7 @@ fn stats(ctx: &Ctx) -> Handled {
     body.insert("cut_off_slow".into(), ctx.broadcast.cut_off_total().into());
     body.insert(
         "rejected_rows".into(),
-        ctx.poller
+        ctx.status
             .rejected
             .load(std::sync::atomic::Ordering::Relaxed)
             .into(),
@@ -405,7 +240,7 @@ fn stats(ctx: &Ctx) -> Handled {
 fn metrics(ctx: &Ctx) -> Handled {
     use std::sync::atomic::Ordering::Relaxed;
     let conn = ctx.store.conn()?;
-    let used = crate::store::maintenance::used_bytes(&conn)?;
+    let used = store::maintenance::used_bytes(&conn)?;
     let counts = events::counts(&conn)?;
     drop(conn);
     let file_bytes = std::fs::metadata(ctx.store.path()).map_or(0, |m| m.len());
@@ -419,12 +254,12 @@ fn metrics(ctx: &Ctx) -> Handled {
             (
                 "tle_poller_errors_total",
                 "Poller rounds that failed (retried with backoff).",
-                ctx.poller.errors.load(Relaxed),
+                ctx.status.errors.load(Relaxed),
             ),
             (
                 "tle_rows_rejected_total",
                 "Rows the poller could not read as events and skipped.",
-                ctx.poller.rejected.load(Relaxed),
+                ctx.status.rejected.load(Relaxed),
             ),
         ],
         &[

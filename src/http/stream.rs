@@ -9,20 +9,20 @@
 //! skipped.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use tiny_http::{HTTPVersion, Request};
 
-use super::Ctx;
-use super::reply::{HttpError, Reply};
-use crate::broadcast::Subscription;
-use crate::error::Result;
+use super::ctx::Ctx;
+use super::reply::HttpError;
+use super::request::Request;
+use super::server::Takeover;
+use crate::broadcast::{Broadcast, Subscription};
+use crate::error::{Result, io};
 use crate::event::Cursor;
-use crate::hub::spawn_named;
 use crate::sse::{self, Filter, Frame, Resume};
+use crate::state::StateCache;
 use crate::store::{Store, events};
 
 /// Stream threads mostly wait on a channel; SQLite's back-fill needs the most stack.
@@ -31,116 +31,6 @@ const STREAM_STACK_BYTES: usize = 256 * 1024;
 const REPLAY_PAGE_ROWS: usize = 500;
 /// Most frames gathered into one write.
 const MAX_FRAMES_PER_WRITE: usize = 256;
-
-/// A counting gate: at most `max` holders at once.
-pub(crate) struct Slots {
-    max: usize,
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// One place in a [`Slots`]; given back on drop.
-pub(crate) struct Slot(Arc<Slots>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        *self.0.lock() -= 1;
-        self.0.freed.notify_all();
-    }
-}
-
-impl Slots {
-    pub(crate) fn new(max: usize) -> Arc<Slots> {
-        Arc::new(Slots {
-            max,
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        // A counter: poisoning cannot leave it half-written.
-        self.used.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        let mut used = self.lock();
-        if *used >= self.max {
-            return None;
-        }
-        *used += 1;
-        Some(Slot(self.clone()))
-    }
-
-    pub(crate) fn in_use(&self) -> usize {
-        *self.lock()
-    }
-
-    /// Waits until every slot is free or `deadline` passes; true if all are free.
-    pub(crate) fn wait_idle(&self, deadline: Instant) -> bool {
-        let mut used = self.lock();
-        while *used > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            used = self
-                .freed
-                .wait_timeout(used, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
-    }
-}
-
-/// The stream threads: their slots (`--max-clients`) and join handles.
-pub(crate) struct Streams {
-    pub(crate) slots: Arc<Slots>,
-    handles: Mutex<Vec<JoinHandle<Result<()>>>>,
-}
-
-impl Streams {
-    pub(crate) fn new(max: usize) -> Arc<Streams> {
-        Arc::new(Streams {
-            slots: Slots::new(max),
-            handles: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn keep(&self, handle: JoinHandle<Result<()>>) {
-        // A Vec of handles: poisoning cannot leave it half-written.
-        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
-        handles.retain(|h| !h.is_finished());
-        handles.push(handle);
-    }
-
-    /// Open streams right now.
-    pub(crate) fn active(&self) -> usize {
-        self.slots.in_use()
-    }
-
-    /// Waits (until `deadline`) for every stream to end, joins them, and returns how many
-    /// were still running (they are left to end on their own when their write times out).
-    pub(crate) fn wait(&self, deadline: Instant) -> usize {
-        let all_done = self.slots.wait_idle(deadline);
-        let handles =
-            std::mem::take(&mut *self.handles.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut running = 0;
-        for h in handles {
-            // A stream gives its slot back as its last act, so once every slot is free the
-            // threads are returning: join them, even if one is not marked finished yet.
-            if all_done || h.is_finished() {
-                if let Err(e) = crate::hub::join_thread("stream", h) {
-                    log::warn!("{}", e.chain());
-                }
-            } else {
-                running += 1;
-            }
-        }
-        running
-    }
-}
 
 /// What the stream thread needs from the request.
 struct Plan {
@@ -153,70 +43,88 @@ struct Plan {
     cors: Vec<(&'static str, String)>,
 }
 
-/// Answers `GET /api/events`: an error reply, or `None` when a stream thread took the request.
+/// Answers `GET /api/events`: a refusal, or the takeover that starts the stream's thread
+/// (`tle-stream`) once the server hands over the connection.
 pub(super) fn open(
-    rq: Request,
+    rq: &Request<'_>,
     ctx: &Ctx,
-    query: &[(String, String)],
     cors: Vec<(&'static str, String)>,
-) -> Option<(Request, std::result::Result<Reply, HttpError>)> {
-    let filter = match sse::filter_from_query(query) {
-        Ok(f) => f,
-        Err(msg) => return Some((rq, Err(HttpError::new(400, msg)))),
-    };
-    let header = super::routes::header_value(&rq, "Last-Event-ID");
-    let resume = sse::resume_from(header, sse::query_value(query, "last_event_id"));
-    let Some(slot) = ctx.streams.slots.try_take() else {
+) -> std::result::Result<Takeover, HttpError> {
+    let filter = filter_from_query(&rq.query).map_err(|msg| HttpError::new(400, msg))?;
+    let resume = sse::resume_from(rq.header("Last-Event-ID"), rq.query_value("last_event_id"));
+    let Some(place) = ctx.streams.try_reserve() else {
         log::warn!(
             "refusing a stream: {} streams open (--max-clients)",
             ctx.config.max_clients
         );
-        let e = HttpError::new(503, "too many event streams open; retry later")
-            .with_header("Retry-After", "5");
-        return Some((rq, Err(e)));
+        return Err(
+            HttpError::new(503, "too many event streams open; retry later")
+                .with_header("Retry-After", "5"),
+        );
     };
     let plan = Plan {
         filter,
-        named: sse::query_flag(query, "named"),
-        snapshot: sse::query_flag(query, "snapshot"),
+        named: rq.query_flag("named"),
+        snapshot: rq.query_flag("snapshot"),
         resume,
-        http10: *rq.http_version() == HTTPVersion(1, 0),
-        peer: rq
-            .remote_addr()
-            .map_or_else(|| "?".into(), ToString::to_string),
+        http10: rq.http10,
+        peer: rq.peer_text(),
         cors,
     };
-    let writer = rq.into_writer();
-    let (store, broadcast, heartbeat) = (
-        ctx.store.clone(),
-        ctx.broadcast.clone(),
-        ctx.config.heartbeat_interval,
-    );
-    let cache = ctx.cache.clone();
-    let send_timeout = ctx.config.send_timeout;
-    let spawned = spawn_named("stream", Some(STREAM_STACK_BYTES), move || {
-        let _slot = slot;
-        let peer = plan.peer.clone();
-        let mut out = Out::new(writer, plan.http10, send_timeout);
-        match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
-            Ok(End::Closed) => {
-                log::debug!("stream to {peer} ended: hub shutting down");
-                out.finish();
+    let (store, broadcast, cache) = (ctx.store.clone(), ctx.broadcast.clone(), ctx.cache.clone());
+    let (heartbeat, send_timeout) = (ctx.config.heartbeat_interval, ctx.config.send_timeout);
+    Ok(Box::new(move |writer| {
+        let spawned = place.spawn("stream", STREAM_STACK_BYTES, move || {
+            let peer = plan.peer.clone();
+            let mut out = Out::new(writer, plan.http10, send_timeout);
+            match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
+                Ok(End::Closed) => {
+                    log::debug!("stream to {peer} ended: hub shutting down");
+                    out.finish();
+                }
+                Ok(End::CutOff) => log::info!("stream to {peer} ended: too slow, cut off"),
+                Err(e) => log::debug!("stream to {peer} ended: {}", e.chain()),
             }
-            Ok(End::CutOff) => log::info!("stream to {peer} ended: too slow, cut off"),
-            Err(e) => log::debug!("stream to {peer} ended: {e}"),
-        }
-        Ok(())
-    });
-    // The stream holds a tiny_http pool thread for its life: have the pump replace it.
-    let _ = ctx.pump.try_send(()); // full: enough probes are already on their way
-    match spawned {
-        Ok(handle) => ctx.streams.keep(handle),
+            Ok(())
+        });
         // The writer went into the closure and was dropped with it; the client sees a
         // closed connection and retries.
-        Err(e) => log::error!("{}", e.chain()),
+        if let Err(e) = spawned {
+            log::error!("{}", e.chain());
+        }
+    }))
+}
+
+/// Builds a filter from query pairs: `?types=a,b` (or `type`) and `?camera_id=N`.
+///
+/// # Errors
+/// A message for a 400: an event type that cannot exist, or a camera id that is no number.
+pub(super) fn filter_from_query(pairs: &[(String, String)]) -> std::result::Result<Filter, String> {
+    let mut filter = Filter::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "types" | "type" => {
+                let mut types: Vec<String> = filter.types.take().unwrap_or_default();
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    crate::event::validate_type(t).map_err(|e| format!("types: {e}"))?;
+                    types.push(t.to_owned());
+                }
+                if types.len() > 64 {
+                    return Err("types: at most 64 types".into());
+                }
+                filter.types = Some(types);
+            }
+            "camera_id" => {
+                let id = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("camera_id: `{}` is not an integer", v.escape_debug()))?;
+                filter.camera_id = Some(id);
+            }
+            _ => {}
+        }
     }
-    None
+    Ok(filter)
 }
 
 enum Start {
@@ -250,7 +158,7 @@ impl Out {
         }
     }
 
-    fn head(&mut self, plan: &Plan) -> std::io::Result<()> {
+    fn head(&mut self, plan: &Plan) -> Result<()> {
         let mut head = String::from(if plan.http10 {
             "HTTP/1.0 200 OK\r\n"
         } else {
@@ -270,11 +178,18 @@ impl Out {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        self.w.write_all(head.as_bytes())?;
+        self.w
+            .write_all(head.as_bytes())
+            .map_err(io("write the stream head"))?;
         self.send(&sse::prelude())
     }
 
-    fn send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+    fn send(&mut self, payload: &[u8]) -> Result<()> {
+        self.write_frames(payload)
+            .map_err(io("write to the client"))
+    }
+
+    fn write_frames(&mut self, payload: &[u8]) -> std::io::Result<()> {
         self.buf.clear();
         if self.chunked {
             sse::push_chunk(&mut self.buf, payload);
@@ -284,7 +199,7 @@ impl Out {
         // SO_SNDTIMEO (inherited from the listener) bounds each write() call, but a peer
         // that takes a few bytes now and then would keep write_all going for ever
         // (measured: 12 s past a 5 s timeout). So the whole write has a deadline too.
-        let deadline = std::time::Instant::now() + self.send_timeout;
+        let deadline = Instant::now() + self.send_timeout;
         let mut rest = &self.buf[..];
         while !rest.is_empty() {
             match self.w.write(rest) {
@@ -293,7 +208,7 @@ impl Out {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            if !rest.is_empty() && std::time::Instant::now() >= deadline {
+            if !rest.is_empty() && Instant::now() >= deadline {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "client took no data for the send timeout",
@@ -318,11 +233,11 @@ fn run(
     out: &mut Out,
     plan: &Plan,
     store: &Store,
-    broadcast: &Arc<crate::broadcast::Broadcast>,
+    broadcast: &Arc<Broadcast>,
     heartbeat: Duration,
-    cache: &crate::state::StateCache,
-) -> Result<End, Box<dyn std::error::Error>> {
-    let stream = store.stream();
+    cache: &StateCache,
+) -> Result<End> {
+    let log_id = store.log_id();
     let head = |store: &Store| -> Result<i64> { events::head_seq(&*store.conn()?) };
     let start = match &plan.resume {
         // `?snapshot=1` without a cursor: the state, then everything after the cursor it
@@ -336,7 +251,7 @@ fn run(
             log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
             Start::Reset("malformed cursor")
         }
-        Resume::After(c) if c.stream != stream => Start::Reset("cursor is from another database"),
+        Resume::After(c) if c.log_id != log_id => Start::Reset("cursor is from another database"),
         Resume::After(c) => {
             let (h, pruned) = {
                 let conn = store.conn()?;
@@ -364,7 +279,7 @@ fn run(
             let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
             let h = head(store)?;
             out.head(plan)?;
-            out.send(&sse::reset_frame(Cursor { stream, seq: h }, reason))?;
+            out.send(&sse::reset_frame(Cursor { log_id, seq: h }, reason))?;
             (sub, h)
         }
         Start::Snapshot(snap) => {
@@ -390,9 +305,9 @@ fn resume_after(
     out: &mut Out,
     plan: &Plan,
     store: &Store,
-    broadcast: &Arc<crate::broadcast::Broadcast>,
+    broadcast: &Arc<Broadcast>,
     seq: i64,
-) -> Result<(Subscription, i64), Box<dyn std::error::Error>> {
+) -> Result<(Subscription, i64)> {
     let seq = catch_up(out, plan, store, seq)?;
     let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
     let last = catch_up(out, plan, store, seq)?;
@@ -401,16 +316,11 @@ fn resume_after(
 
 /// Writes every stored event after `after` that matches, page by page; returns the last seq
 /// covered (the head at the final read, even if the filter matched nothing there).
-fn catch_up(
-    out: &mut Out,
-    plan: &Plan,
-    store: &Store,
-    mut after: i64,
-) -> Result<i64, Box<dyn std::error::Error>> {
+fn catch_up(out: &mut Out, plan: &Plan, store: &Store, mut after: i64) -> Result<i64> {
     loop {
         let conn = store.conn()?;
         let upto = events::head_seq(&conn)?;
-        let page = events::replay(&conn, store.stream(), after, upto, REPLAY_PAGE_ROWS)?;
+        let page = events::replay(&conn, store.log_id(), after, upto, REPLAY_PAGE_ROWS)?;
         drop(conn);
         let full = page.len() == REPLAY_PAGE_ROWS;
         let mut buf = Vec::new();
@@ -437,10 +347,10 @@ fn follow(
     out: &mut Out,
     plan: &Plan,
     sub: &Subscription,
-    broadcast: &crate::broadcast::Broadcast,
+    broadcast: &Broadcast,
     heartbeat: Duration,
     last_seq: &mut i64,
-) -> Result<End, Box<dyn std::error::Error>> {
+) -> Result<End> {
     let mut batch: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let first = match sub.rx.recv_timeout(heartbeat) {
@@ -474,5 +384,46 @@ fn follow(
                 .delivered
                 .store(*last_seq, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::split_target;
+
+    #[test]
+    fn filters_come_from_the_decoded_query() {
+        let (_, q) = split_target(
+            "/api/events?types=image_captured%2Ccamera_status_changed&camera_id=%203&x",
+        );
+        let f = filter_from_query(&q).unwrap_or_default();
+        assert_eq!(
+            f.types.as_deref(),
+            Some(
+                &[
+                    "image_captured".to_owned(),
+                    "camera_status_changed".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(f.camera_id, Some(3));
+    }
+
+    #[test]
+    fn filters_reject_impossible_values() {
+        let q = |s: &str| split_target(s).1;
+        assert!(filter_from_query(&q("/?camera_id=abc")).is_err());
+        assert!(filter_from_query(&q("/?types=a%0Ab")).is_err());
+        let f = filter_from_query(&q("/?types=a")).unwrap_or_default();
+        assert!(f.matches("a", None));
+        assert!(!f.matches("b", None));
+        let c = Filter {
+            types: None,
+            camera_id: Some(2),
+        };
+        assert!(c.matches("x", Some(2)));
+        assert!(!c.matches("x", Some(3)));
+        assert!(!c.matches("x", None));
     }
 }

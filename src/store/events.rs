@@ -108,7 +108,7 @@ pub(crate) struct Dispatched {
 pub(crate) fn store_and_dispatch(
     conn: &mut Connection,
     groups: &[Vec<Insert<'_>>],
-    stream: u32,
+    log_id: u32,
     head: &mut i64,
     limit: usize,
     state: &mut State,
@@ -141,7 +141,7 @@ pub(crate) fn store_and_dispatch(
         for raw in rows {
             let id = raw.id;
             match raw.into_event(Cursor {
-                stream,
+                log_id,
                 seq: seq + 1,
             }) {
                 Ok(event) => {
@@ -200,7 +200,7 @@ const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, prior
 /// Dispatched events with `after < seq <= upto`, in stream order, at most `limit`.
 pub(crate) fn replay(
     conn: &Connection,
-    stream: u32,
+    log_id: u32,
     after: i64,
     upto: i64,
     limit: usize,
@@ -218,7 +218,7 @@ pub(crate) fn replay(
         let (raw, seq) = row.map_err(db("replay events"))?;
         // Dispatched rows were validated when dispatched; one that no longer reads is skipped
         // rather than stopping every replay behind it.
-        match raw.into_event(Cursor { stream, seq }) {
+        match raw.into_event(Cursor { log_id, seq }) {
             Ok(e) => out.push(e),
             Err(reason) => log::warn!("replay skips row at seq {seq}: {reason}"),
         }
@@ -273,7 +273,7 @@ pub(crate) fn pruned_seq(conn: &Connection) -> Result<i64> {
 }
 
 /// The database's stream id.
-pub(crate) fn stream_id(conn: &Connection) -> Result<u32> {
+pub(crate) fn log_id(conn: &Connection) -> Result<u32> {
     let hex: String = conn
         .query_row(
             "SELECT value FROM hub_meta WHERE key = 'stream_id'",

@@ -165,7 +165,7 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
     let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
-    let stream = events::stream_id(conn)?;
+    let log_id = events::log_id(conn)?;
     let v = json!({
         "total": counts.dispatched + counts.pending,
         "pending": counts.pending,
@@ -175,7 +175,7 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
         "last_hour": last_hour + counts.pending,
         "distinct_types": by_type.len(),
         "by_type": by_type,
-        "head": format!("{stream:08x}-{head}"),
+        "head": format!("{log_id:08x}-{head}"),
         "pruned_through_seq": pruned,
         "oldest_event_at": oldest,
         "db_bytes": file_len(path),

@@ -37,7 +37,7 @@ pub(crate) struct Store {
     path: PathBuf,
     synchronous: Synchronous,
     busy_timeout: Duration,
-    stream: u32,
+    log_id: u32,
 }
 
 /// A pooled connection.
@@ -53,7 +53,7 @@ impl Store {
     ) -> Result<Store> {
         let mut first = open_connection(path, synchronous, busy_timeout)?;
         schema::migrate(&mut first)?;
-        let stream = events::stream_id(&first)?;
+        let log_id = events::log_id(&first)?;
         drop(first);
         let init_sync = synchronous;
         let manager = SqliteConnectionManager::file(path)
@@ -68,7 +68,7 @@ impl Store {
             path: path.to_owned(),
             synchronous,
             busy_timeout,
-            stream,
+            log_id,
         })
     }
 
@@ -82,9 +82,9 @@ impl Store {
         open_connection(&self.path, self.synchronous, self.busy_timeout)
     }
 
-    /// The database's random stream id (the first half of every cursor).
-    pub(crate) fn stream(&self) -> u32 {
-        self.stream
+    /// The database's random id (the first half of every cursor).
+    pub(crate) fn log_id(&self) -> u32 {
+        self.log_id
     }
 
     /// The database file's path.
@@ -199,25 +199,4 @@ impl Error {
             supported: SCHEMA_VERSION,
         }
     }
-}
-
-/// Stats of a database file, for `timelapse-events stats` (no hub needed).
-pub(crate) fn stats_of(
-    path: &Path,
-    synchronous: Synchronous,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let store = Store::open(path, synchronous, Duration::from_secs(5))?;
-    let conn = store.conn()?;
-    maintenance::stats(&conn, path)
-}
-
-/// One retention pass over a database file, for `timelapse-events cleanup`.
-pub(crate) fn cleanup(
-    path: &Path,
-    synchronous: Synchronous,
-    policy: maintenance::Policy,
-) -> Result<u64> {
-    let store = Store::open(path, synchronous, Duration::from_secs(5))?;
-    let mut conn = store.dedicated()?;
-    maintenance::prune(&mut conn, policy)
 }

@@ -14,6 +14,8 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use crate::state::State;
+
 use super::user_version;
 use crate::error::{Error, Result, db};
 
@@ -31,6 +33,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         if version > SCHEMA_VERSION {
             return Err(Error::schema_too_new(version));
         }
+        if version < 0 {
+            return Err(Error::SchemaUnknown {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
         if version == SCHEMA_VERSION {
             return Ok(());
         }
@@ -44,7 +52,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             1 => migrate_v1_to_v2(&tx)?,
             2 => migrate_v2_to_v3(&tx)?,
             v if v >= SCHEMA_VERSION => {}
-            v => unreachable!("no migration step from schema version {v}"),
+            // Negative: nothing this binary (or the design it replaces) ever wrote.
+            v => {
+                return Err(Error::SchemaUnknown {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
         }
         tx.commit().map_err(db("commit the schema migration"))?;
         log::info!(
@@ -105,8 +119,8 @@ fn migrate_v0_to_v1(tx: &Connection) -> Result<()> {
 fn migrate_v1_to_v2(tx: &Connection) -> Result<()> {
     tx.execute_batch(SCHEMA_SQL)
         .map_err(db("create the schema"))?;
-    let stream = super::events::stream_id(tx)?;
-    super::state_rows::rebuild(tx, stream)?;
+    let log_id = super::events::log_id(tx)?;
+    rebuild_state(tx, log_id)?;
     tx.pragma_update(None, "user_version", 2)
         .map_err(db("set the schema version"))
 }
@@ -121,4 +135,27 @@ fn migrate_v2_to_v3(tx: &Connection) -> Result<()> {
         .map_err(db("create the schema"))?;
     tx.pragma_update(None, "user_version", 3)
         .map_err(db("set the schema version"))
+}
+
+const REBUILD_COUNTERS: &str = "DELETE FROM camera_state; DELETE FROM timelapse_state; \
+     DELETE FROM event_type_counts; \
+     INSERT INTO event_type_counts (event_type, dispatched) \
+     SELECT event_type, count(*) FROM sse_events WHERE seq IS NOT NULL GROUP BY event_type;";
+
+/// Recomputes the projection and counters from the events still stored (v1 → v2).
+fn rebuild_state(conn: &Connection, log_id: u32) -> Result<()> {
+    conn.execute_batch(REBUILD_COUNTERS)
+        .map_err(db("rebuild counters"))?;
+    let mut state = State::default();
+    let mut changed = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = super::events::replay(conn, log_id, after, i64::MAX, 1000)?;
+        let Some(last) = page.last() else { break };
+        after = last.cursor.seq;
+        for e in &page {
+            changed.push(state.apply(e));
+        }
+    }
+    super::state_rows::save(conn, &state, &changed)
 }

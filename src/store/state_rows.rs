@@ -96,25 +96,3 @@ pub(crate) fn bump_type(conn: &Connection, event_type: &str, n: i64) -> Result<(
         .map_err(db("count event types"))?;
     Ok(())
 }
-
-/// Recomputes everything kept from the events still stored (used by the v1 → v2 migration).
-pub(crate) fn rebuild(conn: &Connection, stream: u32) -> Result<()> {
-    conn.execute_batch(
-        "DELETE FROM camera_state; DELETE FROM timelapse_state; DELETE FROM event_type_counts;
-         INSERT INTO event_type_counts (event_type, dispatched)
-             SELECT event_type, count(*) FROM sse_events WHERE seq IS NOT NULL GROUP BY event_type;",
-    )
-    .map_err(db("rebuild counters"))?;
-    let mut state = State::default();
-    let mut changed = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = super::events::replay(conn, stream, after, i64::MAX, 1000)?;
-        let Some(last) = page.last() else { break };
-        after = last.cursor.seq;
-        for e in &page {
-            changed.push(state.apply(e));
-        }
-    }
-    save(conn, &state, &changed)
-}

@@ -1,0 +1,241 @@
+//! The bottom floor for threads: named spawning, the `Fatal` channel through which a thread
+//! the hub cannot run without reports its death, joining, and [`Group`], a bounded set of
+//! short-lived threads (event streams, slow request bodies) that shutdown waits for.
+//! Imports nothing of ours but `error`, so every floor above may use it.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, Result};
+
+/// Spawns a named thread `tle-<name>` (visible in `top -H` and panics).
+pub(crate) fn spawn_named<F>(
+    name: &str,
+    stack_bytes: Option<usize>,
+    f: F,
+) -> Result<JoinHandle<Result<()>>>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let full = format!("tle-{name}");
+    let mut b = std::thread::Builder::new().name(full.clone());
+    if let Some(bytes) = stack_bytes {
+        b = b.stack_size(bytes);
+    }
+    b.spawn(f)
+        .map_err(|source| Error::Spawn { name: full, source })
+}
+
+/// Where long-lived threads report that they died, so `serve` can exit non-zero (and systemd
+/// restart it) instead of running on without them.
+#[derive(Clone)]
+pub(crate) struct Fatal(Sender<String>);
+
+impl Fatal {
+    /// A reporter, and the channel `Hub::failures` hands out.
+    pub(crate) fn channel() -> (Fatal, crossbeam_channel::Receiver<String>) {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        (Fatal(tx), rx)
+    }
+
+    pub(crate) fn report(&self, what: String) {
+        log::error!("fatal: {what}");
+        // Full means earlier reports are waiting; one is enough to stop the hub.
+        let _ = self.0.try_send(what);
+    }
+}
+
+/// [`spawn_named`] for a thread the hub cannot run without: an error it returns or a panic
+/// is reported to `fatal` as well as to its joiner.
+pub(crate) fn spawn_critical<F>(
+    name: &str,
+    fatal: Option<Fatal>,
+    f: F,
+) -> Result<JoinHandle<Result<()>>>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let label = format!("tle-{name}");
+    spawn_named(name, None, move || {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if let Some(f) = &fatal {
+                    f.report(format!("{label} ended: {}", e.chain()));
+                }
+                Err(e)
+            }
+            Err(panic) => {
+                if let Some(f) = &fatal {
+                    f.report(format!("{label} panicked: {}", panic_text(&*panic)));
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    })
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".to_owned())
+}
+
+/// Joins a thread; a panic or an error it returned becomes an `Err`.
+pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<()> {
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => Err(Error::Thread {
+            name: name.to_owned(),
+            reason: panic_text(&*panic),
+        }),
+    }
+}
+
+/// At most `max` threads of one kind at once, each kept until it is joined: stream
+/// threads (`--max-clients`) and body threads. A place is reserved before the thread is
+/// spawned (so a refusal can be answered first) and given back as the thread's last act.
+pub(crate) struct Group {
+    name: &'static str,
+    max: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+    handles: Mutex<Vec<JoinHandle<Result<()>>>>,
+}
+
+/// A reserved place in a [`Group`]; given back on drop (or when its thread ends).
+pub(crate) struct Reserved(Arc<Group>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        *self.0.count() -= 1;
+        self.0.freed.notify_all();
+    }
+}
+
+impl Reserved {
+    /// Spawns `tle-<name>` holding this place until `f` returns.
+    ///
+    /// # Errors
+    /// The thread cannot start (the place is given back).
+    pub(crate) fn spawn<F>(self, name: &str, stack_bytes: usize, f: F) -> Result<()>
+    where
+        F: FnOnce() -> Result<()> + Send + 'static,
+    {
+        let group = self.0.clone();
+        let handle = spawn_named(name, Some(stack_bytes), move || {
+            let _place = self;
+            f()
+        })?;
+        group.keep(handle);
+        Ok(())
+    }
+}
+
+impl Group {
+    pub(crate) fn new(name: &'static str, max: usize) -> Arc<Group> {
+        Arc::new(Group {
+            name,
+            max,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            handles: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn count(&self) -> MutexGuard<'_, usize> {
+        // A counter: poisoning cannot leave it half-written.
+        self.used.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place, unless `max` threads hold one.
+    pub(crate) fn try_reserve(self: &Arc<Self>) -> Option<Reserved> {
+        let mut used = self.count();
+        if *used >= self.max {
+            return None;
+        }
+        *used += 1;
+        Some(Reserved(self.clone()))
+    }
+
+    /// Places held right now.
+    pub(crate) fn active(&self) -> usize {
+        *self.count()
+    }
+
+    fn keep(&self, handle: JoinHandle<Result<()>>) {
+        // A Vec of handles: poisoning cannot leave it half-written.
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+
+    /// Waits (until `deadline`) for every place to be free, joins the threads that ended,
+    /// and returns how many were still running (left to end on their own).
+    pub(crate) fn wait(&self, deadline: Instant) -> usize {
+        let mut used = self.count();
+        while *used > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            used = self
+                .freed
+                .wait_timeout(used, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let all_done = *used == 0;
+        drop(used);
+        let handles =
+            std::mem::take(&mut *self.handles.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut running = 0;
+        for h in handles {
+            // A thread gives its place back as its last act, so once every place is free
+            // the threads are returning: join them, even if one is not marked finished yet.
+            if all_done || h.is_finished() {
+                if let Err(e) = join_thread(self.name, h) {
+                    log::warn!("{}", e.chain());
+                }
+            } else {
+                running += 1;
+            }
+        }
+        running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_group_refuses_past_its_max_and_waits_for_its_threads() {
+        let group = Group::new("test-group", 2);
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+        for _ in 0..2 {
+            let go = go_rx.clone();
+            let place = group.try_reserve().expect("a free place");
+            place
+                .spawn("test", 64 * 1024, move || {
+                    let _ = go.recv();
+                    Ok(())
+                })
+                .expect("spawn");
+        }
+        assert!(group.try_reserve().is_none(), "a third place past max 2");
+        assert_eq!(group.active(), 2);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(group.wait(soon), 2, "both still running");
+        drop(go_tx);
+        assert_eq!(group.wait(Instant::now() + Duration::from_secs(10)), 0);
+        assert_eq!(group.active(), 0);
+    }
+}
