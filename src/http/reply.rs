@@ -96,3 +96,63 @@ impl From<Error> for HttpError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn db_error(code: i32) -> Error {
+        Error::Db {
+            op: "insert event",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_statuses_without_internals() {
+        use rusqlite::ffi::{SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR};
+        let invalid = Error::Invalid {
+            field: "type",
+            reason: "empty".into(),
+        };
+        for (e, status, retry, message) in [
+            (invalid, 400, None, "invalid event `type`: empty"),
+            (
+                db_error(SQLITE_BUSY),
+                503,
+                Some("1"),
+                "database is busy; retry shortly",
+            ),
+            (
+                db_error(SQLITE_FULL),
+                507,
+                None,
+                "disk full: event not stored",
+            ),
+            (
+                Error::Shared(Arc::new(db_error(SQLITE_FULL))),
+                507,
+                None,
+                "disk full: event not stored",
+            ),
+            (Error::Closed, 503, Some("2"), "hub is shutting down"),
+            (
+                db_error(SQLITE_IOERR),
+                500,
+                None,
+                "internal error (see the hub's log)",
+            ),
+        ] {
+            let h = HttpError::from(e);
+            let retry_after = h
+                .headers
+                .iter()
+                .find(|(k, _)| *k == "Retry-After")
+                .map(|(_, v)| v.as_str());
+            assert_eq!((h.status, retry_after), (status, retry), "{message}");
+            let body: Value = serde_json::from_slice(&h.into_reply().body).unwrap_or_default();
+            assert_eq!(body["error"], message);
+        }
+    }
+}

@@ -296,3 +296,334 @@ fn metrics(ctx: &Ctx) -> Handled {
         text.into_bytes(),
     ))
 }
+
+/// Every route answered in memory: a real database in a temp dir, no socket.
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::emitter::Emitter;
+    use crate::state::State;
+    use crate::store::Store;
+
+    struct Fixture {
+        ctx: Ctx,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            db_path: dir.path().join("events.db"),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)
+            .expect("open the store");
+        let emitter = Emitter::open(&config.db_path).expect("an emitter of its own");
+        let ctx = Ctx {
+            streams: crate::http::streams(&config),
+            config,
+            store,
+            emitter,
+            broadcast: Arc::default(),
+            status: Arc::default(),
+            cache: Arc::default(),
+            metrics: Arc::default(),
+        };
+        ctx.cache.publish(&State::default(), ctx.store.log_id(), 1);
+        Fixture { ctx, _dir: dir }
+    }
+
+    fn reply(ctx: &Ctx, rq: Request<'_>) -> Reply {
+        let mut rq = rq;
+        match handle(&mut rq, ctx) {
+            Answer::Reply(r) => r,
+            Answer::Takeover(_) => panic!("{} {} took the connection", rq.method, rq.target),
+        }
+    }
+
+    fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json_of(r: &Reply) -> Value {
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&r.body)))
+    }
+
+    #[test]
+    fn each_route_answers_with_its_status_type_and_headers() {
+        let f = fixture(|_| {});
+        let json = "application/json";
+        for (method, target, status, content_type, must_have) in [
+            ("GET", "/", 200, "text/html; charset=utf-8", "ETag"),
+            ("HEAD", "/", 200, "text/html; charset=utf-8", "ETag"),
+            (
+                "GET",
+                "/dashboard-worker.js",
+                200,
+                "text/javascript; charset=utf-8",
+                "ETag",
+            ),
+            ("GET", "/favicon.ico", 204, "text/plain; charset=utf-8", ""),
+            ("GET", "/health", 200, json, ""),
+            ("HEAD", "/health", 200, json, ""),
+            ("GET", "/api/state", 200, json, "ETag"),
+            ("GET", "/api/events/stats", 200, json, ""),
+            (
+                "GET",
+                "/metrics",
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                "",
+            ),
+            (
+                "OPTIONS",
+                "/api/events",
+                204,
+                "text/plain; charset=utf-8",
+                "",
+            ),
+            ("PUT", "/health", 405, json, "Allow"),
+            ("DELETE", "/api/events", 405, json, "Allow"),
+            ("HEAD", "/api/events", 405, json, "Allow"),
+            ("GET", "/nope", 404, json, ""),
+            ("POST", "/api/state", 404, json, ""),
+        ] {
+            let r = reply(&f.ctx, Request::new(method, target));
+            let what = format!("{method} {target}");
+            assert_eq!(r.status, status, "{what}");
+            assert_eq!(r.content_type, content_type, "{what}");
+            if !must_have.is_empty() {
+                assert!(header(&r, must_have).is_some(), "{what} has no {must_have}");
+            }
+            if status >= 400 {
+                assert!(json_of(&r)["error"].is_string(), "{what}: JSON error body");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let f = fixture(|_| {});
+        let r = reply(&f.ctx, Request::new("PUT", "/health"));
+        assert_eq!(json_of(&r)["error"], "method PUT not allowed on /health");
+        assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS"));
+        let r = reply(&f.ctx, Request::new("DELETE", "/api/events"));
+        assert_eq!(header(&r, "Allow"), Some("GET, POST, OPTIONS"));
+        let r = reply(&f.ctx, Request::new("GET", "/a%20b+c"));
+        assert_eq!(json_of(&r)["error"], "no such path: /a b+c");
+        let long = format!("/{}", "x".repeat(1000));
+        let r = reply(&f.ctx, Request::new("GET", &long));
+        let text = json_of(&r)["error"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            text.len(),
+            "no such path: ".len() + 200,
+            "quoted at most 200 chars"
+        );
+    }
+
+    #[test]
+    fn health_stats_and_state_report_the_hub() {
+        let f = fixture(|_| {});
+        let r = reply(&f.ctx, Request::new("GET", "/health"));
+        let v = json_of(&r);
+        assert_eq!(v["status"], "ok");
+        assert_eq!(
+            (v["dispatched"].as_i64(), v["pending"].as_i64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(v["streams"], 0);
+        f.ctx.status.set_error(Some("poller: disk on fire".into()));
+        let r = reply(&f.ctx, Request::new("GET", "/health"));
+        assert_eq!(r.status, 503);
+        assert_eq!(json_of(&r)["poller"], "poller: disk on fire");
+        let stats = json_of(&reply(&f.ctx, Request::new("GET", "/api/events/stats")));
+        assert_eq!(stats["subscribers"], json!([]));
+        assert_eq!(stats["rejected_rows"], 0);
+        let state = reply(&f.ctx, Request::new("GET", "/api/state"));
+        let cursor = format!("{:08x}-0", f.ctx.store.log_id());
+        assert_eq!(json_of(&state)["cursor"], cursor);
+        let tag = header(&state, "ETag").unwrap_or_default().to_owned();
+        let again = Request::new("GET", "/api/state").with_header("If-None-Match", &tag);
+        let r = reply(&f.ctx, again);
+        assert_eq!((r.status, r.body.len()), (304, 0));
+        let metrics = reply(&f.ctx, Request::new("GET", "/metrics"));
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(text.contains("tle_subscribers 0"), "{text}");
+    }
+
+    #[test]
+    fn posts_are_stored_or_refused_with_a_reason() {
+        let f = fixture(|_| {});
+        let post = |body: &'static str, ct: &str| {
+            Request::new("POST", "/api/events")
+                .with_header("Content-Type", ct)
+                .with_body(body.as_bytes())
+        };
+        let json = "application/json";
+        let r = reply(
+            &f.ctx,
+            post(r#"{"type":"image_captured","data":{"camera_id":1}}"#, json),
+        );
+        assert_eq!(r.status, 201);
+        let v = json_of(&r);
+        assert_eq!(v["type"], "image_captured");
+        assert!(v["id"].as_i64().is_some_and(|id| id > 0), "{v}");
+        for (body, ct, status, says) in [
+            (
+                r#"{"type":"a","data":{}}"#,
+                "text/plain",
+                415,
+                "Content-Type",
+            ),
+            (r#"{"type":"a","data":{}}"#, "", 415, "Content-Type"),
+            ("{not json", json, 400, "invalid JSON body"),
+            (
+                r#"{"type":"a","data":{},"x":1}"#,
+                json,
+                400,
+                "unknown field",
+            ),
+            (r#"{"type":"a b","data":{}}"#, json, 400, "type"),
+            (
+                r#"{"type":"a","data":{},"priority":"urgent"}"#,
+                json,
+                400,
+                "priority",
+            ),
+        ] {
+            let r = reply(&f.ctx, post(body, ct));
+            assert_eq!(r.status, status, "{body} as {ct:?}");
+            let text = json_of(&r)["error"].as_str().unwrap_or_default().to_owned();
+            assert!(text.contains(says), "{body}: {text}");
+        }
+        let big = vec![b' '; crate::http::request::MAX_BODY_BYTES + 1];
+        let rq = Request::new("POST", "/api/events")
+            .with_header("Content-Type", json)
+            .with_body(&big[..]);
+        let r = reply(&f.ctx, rq);
+        assert_eq!((r.status, header(&r, "Connection")), (413, Some("close")));
+    }
+
+    #[test]
+    fn posting_needs_the_token_and_off_loopback_a_token_at_all() {
+        let f = fixture(|c| c.token = Some("s3cret".into()));
+        let post = |auth: Option<&str>| {
+            let rq = Request::new("POST", "/api/events")
+                .with_header("Content-Type", "application/json")
+                .with_body(&br#"{"type":"a","data":{}}"#[..]);
+            match auth {
+                Some(a) => rq.with_header("Authorization", a),
+                None => rq,
+            }
+        };
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+        ] {
+            let r = reply(&f.ctx, post(auth));
+            assert_eq!(r.status, 401, "{auth:?}");
+            assert_eq!(header(&r, "WWW-Authenticate"), Some("Bearer"));
+        }
+        assert_eq!(reply(&f.ctx, post(Some("Bearer s3cret"))).status, 201);
+        let open_lan = fixture(|c| c.bind = ([0, 0, 0, 0], 8080).into());
+        let r = reply(&open_lan.ctx, post(None));
+        assert_eq!(r.status, 403);
+        assert!(
+            json_of(&r)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("--token")
+        );
+    }
+
+    #[test]
+    fn cors_headers_go_only_to_listed_origins() {
+        let f = fixture(|c| c.cors_origins = vec!["http://pi.local:3000".into()]);
+        let ask = |origin: &str| {
+            reply(
+                &f.ctx,
+                Request::new("OPTIONS", "/api/events").with_header("Origin", origin),
+            )
+        };
+        let r = ask("http://pi.local:3000");
+        assert_eq!(
+            header(&r, "Access-Control-Allow-Origin"),
+            Some("http://pi.local:3000")
+        );
+        assert_eq!(header(&r, "Vary"), Some("Origin"));
+        assert!(header(&r, "Access-Control-Allow-Methods").is_some());
+        let r = ask("http://evil.example");
+        assert_eq!(header(&r, "Access-Control-Allow-Origin"), None);
+        assert_eq!(header(&r, "Access-Control-Allow-Methods"), None);
+        let refused = Request::new("GET", "/nope").with_header("Origin", "http://pi.local:3000");
+        let r = reply(&f.ctx, refused);
+        assert_eq!((r.status, header(&r, "Vary")), (404, Some("Origin")));
+    }
+
+    /// A writer the test reads back: what a stream thread sent.
+    #[derive(Clone, Default)]
+    struct Wire(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut w = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            w.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Wire {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_owned()
+        }
+    }
+
+    #[test]
+    fn a_stream_takes_the_connection_writes_its_head_and_ends_with_the_hub() {
+        let f = fixture(|c| c.max_clients = 1);
+        let mut rq = Request::new("GET", "/api/events?types=a");
+        let Answer::Takeover(start) = handle(&mut rq, &f.ctx) else {
+            panic!("a stream takes the connection");
+        };
+        let wire = Wire::default();
+        start(Box::new(wire.clone()));
+        let until = Instant::now() + Duration::from_secs(10);
+        while !wire.text().contains(": connected") && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Its one place is taken: the next stream is refused.
+        let r = reply(&f.ctx, Request::new("GET", "/api/events"));
+        assert_eq!((r.status, header(&r, "Retry-After")), (503, Some("5")));
+        let r = reply(&f.ctx, Request::new("GET", "/api/events?camera_id=x"));
+        assert_eq!(r.status, 400);
+        f.ctx.broadcast.close();
+        assert_eq!(
+            f.ctx.streams.wait(Instant::now() + Duration::from_secs(10)),
+            0
+        );
+        let text = wire.text();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Content-Type: text/event-stream; charset=utf-8\r\n"));
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("retry: 2000\n: connected\n"), "{text}");
+        assert!(
+            text.ends_with("0\r\n\r\n"),
+            "ends with the last chunk: {text:?}"
+        );
+    }
+}

@@ -231,6 +231,10 @@ pub(crate) fn check(path: &Path) -> Result<CheckReport> {
         problems.push(format!(
             "schema version {version} is newer than this binary supports (version {supported})"
         ));
+    } else if version < 0 {
+        problems.push(format!(
+            "schema version {version} is not one timelapse-events writes (0 to {supported})"
+        ));
     }
     let mut report = Map::new();
     report.insert(

@@ -107,6 +107,58 @@ fn a_slow_body_finishes_on_its_own_thread_and_is_stored() {
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
+/// Shutdown waits (up to its grace) for an upload in progress: the client gets its 201 and
+/// the event is stored, instead of a 503 from a poller that stopped under it.
+#[test]
+fn an_upload_in_progress_at_shutdown_is_answered_and_stored() {
+    let mut hub = TestHub::start_with(|c| c.shutdown_grace = Duration::from_secs(5));
+    let body = format!(
+        r#"{{"type":"upload_at_shutdown","data":{{"pad":"{}"}}}}"#,
+        "y".repeat(4000)
+    );
+    let head = format!(
+        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = send(&hub, head.as_bytes());
+    // tiny_http sends "100 Continue" when the handler starts reading the body: from then
+    // on the upload is in the hub's hands.
+    let mut continued = Vec::new();
+    while !continued.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).expect("100 Continue");
+        continued.push(byte[0]);
+    }
+    let continued = String::from_utf8_lossy(&continued);
+    assert!(
+        continued.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{continued}"
+    );
+    s.write_all(&body.as_bytes()[..2000]).expect("first half");
+    let db = hub.db_path();
+    let stopping = std::thread::spawn(move || {
+        let stopped = hub.stop();
+        (hub, stopped)
+    });
+    // Not a timing check: the upload is answered however early or late this half comes.
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(&body.as_bytes()[2000..]).expect("second half");
+    let r = crate::support::read_response(&mut s);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (_hub, stopped) = stopping.join().expect("shutdown thread");
+    stopped.expect("clean shutdown");
+    let stored: i64 = rusqlite::Connection::open(&db)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM sse_events WHERE event_type = 'upload_at_shutdown'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .expect("count");
+    assert_eq!(stored, 1);
+}
+
 #[test]
 fn huge_header_lines_and_header_floods_do_not_stop_the_hub() {
     let hub = TestHub::start();

@@ -222,3 +222,31 @@ fn backup_of_a_running_hub_is_a_consistent_standalone_copy() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("refusing to overwrite"), "{err}");
 }
+
+/// A file whose `user_version` no timelapse-events ever wrote: a clear error and exit 1
+/// from every subcommand, never a panic (exit 101); `check` names the problem as a failed
+/// check.
+#[test]
+fn an_unknown_schema_version_is_refused_with_a_message_not_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("odd.db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.pragma_update(None, "user_version", -1))
+        .expect("write user_version -1");
+    let db_s = db.to_str().expect("utf-8");
+    for cmd in ["stats", "cleanup"] {
+        let (status, out, err) = run_bin(&[cmd, "--db", db_s]);
+        assert_eq!(status.code(), Some(1), "{cmd}: {out}{err}");
+        assert!(err.contains("schema version -1 is not one"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+    }
+    let (status, out, err) = run_bin(&["check", "--db", db_s]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.starts_with("error: check failed: schema version -1"),
+        "{err}"
+    );
+    assert!(!err.contains("thread"), "{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["ok"], false);
+}
