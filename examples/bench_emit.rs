@@ -14,6 +14,10 @@
 //! Prints a table, then one `BENCH_JSON {...}` line per case for scripts. Targets
 //! (issue #2): 4 threads NORMAL ≥ 50,000 events/s, FULL ≥ 20,000 events/s.
 
+#[allow(dead_code)] // cpu_s and threads_cpu_s, not ProcStats
+#[path = "common/procfs.rs"]
+mod procfs;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Barrier;
@@ -50,6 +54,9 @@ struct Args {
 const CASE_LIMIT: Duration = Duration::from_secs(15);
 /// Emits before the clock starts: opens the statement cache, grows the WAL.
 const WARM_UP: u64 = 500;
+/// The threads that commit: `tle-writer` for a standalone emitter, the hub's `tle-poller`
+/// (which stores and dispatches) otherwise.
+const WRITERS: &[&str] = &["tle-writer", "tle-poller"];
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -164,8 +171,8 @@ fn case(
     }
     let per_thread = count / threads as u64;
     let barrier = Barrier::new(threads + 1);
-    let cpu_before = proc_cpu_s("/proc/self/stat")?;
-    let writer_before = writer_cpu_s()?;
+    let cpu_before = procfs::cpu_s("/proc/self/stat")?;
+    let writer_before = procfs::threads_cpu_s(WRITERS)?;
     let (secs, mut lat) = thread::scope(|s| -> Result<(f64, Vec<u32>), BoxError> {
         let mut handles = Vec::new();
         for t in 0..threads {
@@ -206,8 +213,8 @@ fn case(
         }
         Ok((started.elapsed().as_secs_f64(), all))
     })?;
-    let cpu_s = proc_cpu_s("/proc/self/stat")? - cpu_before;
-    let writer_cpu_s = writer_cpu_s()? - writer_before;
+    let cpu_s = procfs::cpu_s("/proc/self/stat")? - cpu_before;
+    let writer_cpu_s = procfs::threads_cpu_s(WRITERS)? - writer_before;
     drop(emitter); // stops a standalone writer
     if let Some(h) = hub {
         h.shutdown()?;
@@ -247,35 +254,4 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// User + system CPU seconds from a `/proc/.../stat` file (fields 14 and 15, in clock ticks
-/// of 1/100 s, the Linux USER_HZ).
-fn proc_cpu_s(stat_path: &str) -> Result<f64, BoxError> {
-    let text = std::fs::read_to_string(stat_path)?;
-    // The command name may contain spaces; the fields start after its closing parenthesis.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("unexpected /proc stat format")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64, BoxError> {
-        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
-    };
-    // After ")": field 3 (state) is index 0, so utime (14) is index 11, stime (15) index 12.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-/// CPU seconds of the thread(s) that commit: `tle-writer` for a standalone emitter, the
-/// hub's `tle-poller` (which stores and dispatches) otherwise.
-fn writer_cpu_s() -> Result<f64, BoxError> {
-    let mut total = 0.0;
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let dir = entry?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if matches!(comm.trim(), "tle-writer" | "tle-poller") {
-            total += proc_cpu_s(&dir.join("stat").to_string_lossy())?;
-        }
-    }
-    Ok(total)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 
 use crate::BoxError;
+use crate::procfs::ProcStats;
 
 /// What the hub is started with.
 #[derive(Debug, Clone)]
@@ -148,7 +149,7 @@ impl HubChild {
 
     /// CPU, memory and threads of the hub process now.
     pub fn stats(&self) -> Result<ProcStats, BoxError> {
-        ProcStats::read(self.pid)
+        Ok(ProcStats::read(self.pid)?)
     }
 
     /// Asks the hub to shut down in order and waits for it (killing it after `wait`).
@@ -253,52 +254,4 @@ impl Drop for ProducerChild {
         }
         let _ = self.child.wait(); // reaps it; an error means it was reaped already
     }
-}
-
-/// One reading of `/proc/<pid>`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcStats {
-    /// User + system CPU seconds so far (10 ms resolution).
-    pub cpu_s: f64,
-    pub rss_kib: u64,
-    /// Peak RSS so far.
-    pub hwm_kib: u64,
-    pub threads: u64,
-}
-
-impl ProcStats {
-    pub fn read(pid: u32) -> Result<ProcStats, BoxError> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(ProcStats {
-            cpu_s: cpu_s(&format!("/proc/{pid}/stat"))?,
-            rss_kib: field("VmRSS:"),
-            hwm_kib: field("VmHWM:"),
-            threads: field("Threads:"),
-        })
-    }
-}
-
-/// User + system CPU seconds from a `/proc/.../stat` file (fields 14 and 15, in clock ticks
-/// of 1/100 s, Linux's USER_HZ).
-pub fn cpu_s(stat_path: &str) -> Result<f64, BoxError> {
-    let text = std::fs::read_to_string(stat_path)?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("unexpected /proc stat format")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) 12.
-    let ticks = |i: usize| -> Result<f64, BoxError> {
-        Ok(fields.get(i).ok_or("short /proc stat")?.parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }

@@ -28,6 +28,9 @@
 
 mod child;
 mod client;
+#[allow(dead_code)] // ProcStats and cpu_s, not threads_cpu_s
+#[path = "../common/procfs.rs"]
+mod procfs;
 mod report;
 mod roles;
 

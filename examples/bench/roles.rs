@@ -16,8 +16,9 @@ use serde_json::json;
 use timelapse_events::{Config, Hub, NewEvent};
 
 use crate::BoxError;
-use crate::child::{HubParams, cpu_s};
+use crate::child::HubParams;
 use crate::client::unix_nanos;
+use crate::procfs::cpu_s;
 
 /// A hub child that lost its parent still ends.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
