@@ -1,6 +1,7 @@
 //! `tail -f` for a timelapse-events hub: follows `GET /api/events` and prints one line per
-//! event, `<cursor> <type> <data>`. Plain std: a `TcpStream`, a chunked-body decoder and
-//! an SSE parser that follows the WHATWG rules, in one file you can copy.
+//! event, `<cursor> <type> <data>`. A `TcpStream` carries the request, and the chunked-body
+//! decoder and WHATWG-rules SSE parser of examples/common/sse.rs (std only) read the answer:
+//! copy that file along with this one.
 //!
 //! It behaves like a browser's `EventSource`, which is what makes it a useful model for
 //! any client: when the connection drops or the hub restarts it reconnects after the
@@ -18,6 +19,9 @@
 
 #[path = "common/http_url.rs"]
 mod http_url;
+#[allow(dead_code)] // the incremental Parser and Dechunker only
+#[path = "common/sse.rs"]
+mod sse;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -232,50 +236,47 @@ fn follow(target: &Target, session: &mut Session, stop: &Stop) -> Result<(), Dro
     eprintln!("tail: connected to {}{resume}", target.url);
 
     // HTTP/1.1 answers are chunked; an HTTP/1.0 (identity) body runs until the close.
-    let mut body: Box<dyn BufRead + '_> = if head.chunked() {
-        Box::new(BufReader::new(Chunked::new(reader)))
-    } else {
-        Box::new(reader)
-    };
-    let mut parser = SseParser::default();
-    let mut line = Vec::new();
+    let mut chunks = head.chunked().then(sse::Dechunker::default);
+    let mut parser = sse::Parser::default();
+    let mut buf = vec![0; 16 * 1024];
     loop {
-        line.clear();
-        let n = (&mut body)
-            .take(MAX_EVENT_LINE_BYTES as u64)
-            .read_until(b'\n', &mut line)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
-            return Ok(()); // the hub closed the stream (e.g. it is shutting down)
+            return match chunks {
+                Some(_) => Err(Dropped::Io("connection closed mid-stream".into())),
+                None => Ok(()), // an identity body ends with the connection
+            };
         }
-        if line.last() != Some(&b'\n') {
-            if n == MAX_EVENT_LINE_BYTES {
-                return Err(Dropped::Io("an SSE line over 1 MiB".into()));
-            }
-            return Ok(()); // cut off mid-line: the stream ended
-        }
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let text = String::from_utf8_lossy(&line);
-        match parser.line(&text) {
-            Parsed::Nothing => {}
-            Parsed::Retry(ms) => session.retry = Duration::from_millis(ms),
-            Parsed::Message(m) => {
-                session.last_id.clone_from(&parser.last_id);
-                session.delivered = true;
-                if print(&m).is_err() {
-                    // stdout is gone (e.g. piped into `head`): nobody is reading.
-                    stop.trigger();
-                    return Ok(());
+        let body = match &mut chunks {
+            Some(chunks) => chunks.feed(&buf[..n]).map_err(Dropped::Io)?,
+            None => buf[..n].to_vec(),
+        };
+        for item in parser.feed(&body) {
+            match item {
+                sse::Item::Comment => {}
+                sse::Item::Retry(ms) => session.retry = Duration::from_millis(ms),
+                sse::Item::Message(m) => {
+                    session.last_id.clone_from(&m.id);
+                    session.delivered = true;
+                    if print(&m).is_err() {
+                        // stdout is gone (e.g. piped into `head`): nobody is reading.
+                        stop.trigger();
+                        return Ok(());
+                    }
                 }
             }
+        }
+        if chunks.as_ref().is_some_and(sse::Dechunker::ended) {
+            return Ok(()); // the last chunk: the hub ended the stream cleanly
+        }
+        if parser.partial_bytes() > MAX_EVENT_LINE_BYTES {
+            return Err(Dropped::Io("an SSE line over 1 MiB".into()));
         }
     }
 }
 
 /// Prints one dispatched message as one line.
-fn print(m: &Message) -> io::Result<()> {
+fn print(m: &sse::Message) -> io::Result<()> {
     let cursor = if m.id.is_empty() { "-" } else { &m.id };
     let parsed: Option<Value> = serde_json::from_str(&m.data).ok();
     let line = if m.event == "reset" {
@@ -384,136 +385,6 @@ fn read_line(r: &mut impl BufRead) -> io::Result<String> {
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
-}
-
-/// Decodes an HTTP/1.1 chunked body. Returns what a chunk holds as soon as it arrives: the
-/// CRLF after a chunk is consumed before the next one, never waited for after it.
-struct Chunked<R> {
-    inner: R,
-    /// Bytes left in the current chunk.
-    left: usize,
-    /// A chunk's closing CRLF is still to be read.
-    crlf: bool,
-    done: bool,
-}
-
-impl<R: BufRead> Chunked<R> {
-    fn new(inner: R) -> Chunked<R> {
-        Chunked {
-            inner,
-            left: 0,
-            crlf: false,
-            done: false,
-        }
-    }
-}
-
-impl<R: BufRead> Read for Chunked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            if self.crlf {
-                if !read_line(&mut self.inner)?.is_empty() {
-                    return Err(invalid("chunk not followed by CRLF"));
-                }
-                self.crlf = false;
-            }
-            let size_line = read_line(&mut self.inner)?;
-            // A size may carry `;extensions`, which mean nothing here.
-            let size = size_line.split(';').next().unwrap_or("").trim();
-            self.left = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
-            if self.left == 0 {
-                self.done = true; // the last chunk: the hub ended the stream cleanly
-                return Ok(0);
-            }
-        }
-        let want = buf.len().min(self.left);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed mid-chunk",
-            ));
-        }
-        self.left -= n;
-        self.crlf = self.left == 0;
-        Ok(n)
-    }
-}
-
-/// A dispatched SSE message.
-struct Message {
-    /// The `event:` name, `message` when there was none.
-    event: String,
-    data: String,
-    /// The last event ID string after this message.
-    id: String,
-}
-
-enum Parsed {
-    Nothing,
-    Retry(u64),
-    Message(Message),
-}
-
-/// The SSE parsing rules of the WHATWG HTML standard, "Interpreting an event stream".
-#[derive(Default)]
-struct SseParser {
-    data: String,
-    event: String,
-    /// The last event ID buffer; it outlives each message.
-    id_buffer: String,
-    /// The last event ID string, set from the buffer at each dispatch.
-    last_id: String,
-}
-
-impl SseParser {
-    fn line(&mut self, line: &str) -> Parsed {
-        if line.is_empty() {
-            return self.dispatch();
-        }
-        if line.starts_with(':') {
-            return Parsed::Nothing; // a comment: heartbeats are bare `:` lines
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
-            }
-            "event" => value.clone_into(&mut self.event),
-            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
-            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                return value.parse().map_or(Parsed::Nothing, Parsed::Retry);
-            }
-            _ => {} // unknown fields are ignored
-        }
-        Parsed::Nothing
-    }
-
-    fn dispatch(&mut self) -> Parsed {
-        self.last_id.clone_from(&self.id_buffer);
-        let event = std::mem::take(&mut self.event);
-        if self.data.is_empty() {
-            return Parsed::Nothing;
-        }
-        let mut data = std::mem::take(&mut self.data);
-        data.pop(); // the final LF
-        Parsed::Message(Message {
-            event: if event.is_empty() {
-                "message".to_owned()
-            } else {
-                event
-            },
-            data,
-            id: self.last_id.clone(),
-        })
-    }
 }
 
 /// Where to connect and what to ask for.
@@ -674,42 +545,6 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn feed(p: &mut SseParser, text: &str) -> Vec<(String, String, String)> {
-        text.split('\n')
-            .filter_map(|l| match p.line(l) {
-                Parsed::Message(m) => Some((m.id, m.event, m.data)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn parser_follows_the_whatwg_rules() {
-        let mut p = SseParser::default();
-        let got = feed(
-            &mut p,
-            "retry: 2000\n: connected\n\nid: a-1\ndata: {}\n\n:\n\
-             id: a-2\nevent: reset\ndata: x\ndata:y\n\nid\n\ndata: z\n\n",
-        );
-        assert_eq!(
-            got,
-            vec![
-                ("a-1".into(), "message".into(), "{}".into()),
-                ("a-2".into(), "reset".into(), "x\ny".into()),
-                // `id` alone empties the id, which then sticks to later messages.
-                ("".into(), "message".into(), "z".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn chunked_bodies_decode_across_chunks() {
-        let raw = b"5\r\nid: a\r\n3;ext=1\r\n\n\nd\r\n0\r\n\r\n";
-        let mut out = String::new();
-        Chunked::new(&raw[..]).read_to_string(&mut out).ok();
-        assert_eq!(out, "id: a\n\nd");
-    }
 
     #[test]
     fn backoff_is_jittered_doubled_and_capped() {

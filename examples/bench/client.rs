@@ -1,6 +1,6 @@
-//! One benchmark SSE client: a raw `TcpStream`, an HTTP/1.1 response-head reader, a
-//! chunked-transfer decoder and an SSE line parser (adapted from tests/it/support.rs), run
-//! on a thread of its own. It records, for every event, which producer sequence number `n`
+//! One benchmark SSE client: a raw `TcpStream`, an HTTP/1.1 response-head reader, and the
+//! chunked-transfer decoder and SSE parser of examples/common/sse.rs, run on a thread of
+//! its own. It records, for every event, which producer sequence number `n`
 //! it carried and how long after its emit timestamp `t` (unix nanoseconds, taken by the
 //! producer just before it stored the event) the bytes arrived.
 
@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+
+use crate::sse;
 
 /// How often a blocked read wakes to look at the stop flag and the deadline.
 const READ_SLICE: Duration = Duration::from_millis(100);
@@ -160,10 +162,9 @@ pub fn unix_nanos() -> i64 {
 struct Parser {
     raw: Vec<u8>,
     head_done: bool,
-    chunked: bool,
-    body: Vec<u8>,
-    data: String,
-    has_data: bool,
+    /// The chunked-body decoder, once the head said `Transfer-Encoding: chunked`.
+    chunks: Option<sse::Dechunker>,
+    sse: sse::Parser,
     prelude_seen: bool,
     ended: bool,
     complete_reported: bool,
@@ -176,10 +177,8 @@ impl Parser {
         Parser {
             raw: Vec::with_capacity(16 * 1024),
             head_done: false,
-            chunked: false,
-            body: Vec::with_capacity(16 * 1024),
-            data: String::new(),
-            has_data: false,
+            chunks: None,
+            sse: sse::Parser::default(),
             prelude_seen: false,
             ended: false,
             complete_reported: false,
@@ -203,95 +202,36 @@ impl Parser {
             if status.split(' ').nth(1) != Some("200") {
                 return Err(format!("status line: {status}"));
             }
-            self.chunked = head.lines().any(|l| {
+            let chunked = head.lines().any(|l| {
                 l.split_once(':').is_some_and(|(k, v)| {
                     k.trim().eq_ignore_ascii_case("transfer-encoding")
                         && v.trim().eq_ignore_ascii_case("chunked")
                 })
             });
+            self.chunks = chunked.then(sse::Dechunker::default);
             self.head_done = true;
         }
-        self.dechunk()?;
-        self.lines(now_ns, seen);
-        Ok(())
-    }
-
-    /// Moves complete chunks from `raw` to `body`.
-    fn dechunk(&mut self) -> Result<(), String> {
-        if !self.chunked {
-            self.body.append(&mut self.raw);
-            return Ok(());
-        }
-        let mut at = 0;
-        while !self.ended {
-            let Some(eol) = find(&self.raw[at..], b"\r\n") else {
-                break;
-            };
-            let size_text = std::str::from_utf8(&self.raw[at..at + eol])
-                .map_err(|_| "chunk size is not text")?;
-            // A chunk extension (`;name=value`) may follow the size.
-            let size_hex = size_text.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_hex, 16)
-                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-            let data_at = at + eol + 2;
-            if size == 0 {
-                self.ended = true;
-                at = self.raw.len();
-                break;
+        let raw = std::mem::take(&mut self.raw);
+        let body = match &mut self.chunks {
+            Some(chunks) => {
+                let body = chunks.feed(&raw)?;
+                self.ended = chunks.ended();
+                body
             }
-            if self.raw.len() < data_at + size + 2 {
-                break;
-            }
-            if &self.raw[data_at + size..data_at + size + 2] != b"\r\n" {
-                return Err("chunk does not end in CRLF".into());
-            }
-            self.body
-                .extend_from_slice(&self.raw[data_at..data_at + size]);
-            at = data_at + size + 2;
-        }
-        self.raw.drain(..at);
-        Ok(())
-    }
-
-    /// Parses complete lines of `body` (LF or CRLF endings), per the SSE spec's field rules.
-    fn lines(&mut self, now_ns: i64, seen: &mut Seen) {
-        let mut at = 0;
-        while let Some(nl) = self.body[at..].iter().position(|&b| b == b'\n') {
-            let mut line = &self.body[at..at + nl];
-            at += nl + 1;
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            if line.is_empty() {
-                if self.has_data {
-                    let data = std::mem::take(&mut self.data);
-                    self.event(data.strip_suffix('\n').unwrap_or(&data), now_ns, seen);
+            None => raw,
+        };
+        for item in self.sse.feed(&body) {
+            match item {
+                sse::Item::Message(m) => self.event(&m.data, now_ns, seen),
+                sse::Item::Comment => {
+                    seen.comments += 1;
+                    self.prelude_seen = true;
                 }
-                self.has_data = false;
-                continue;
-            }
-            if line[0] == b':' {
-                seen.comments += 1;
-                self.prelude_seen = true;
-                continue;
-            }
-            let text = String::from_utf8_lossy(line);
-            let (field, value) = match text.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (text.as_ref(), ""),
-            };
-            match field {
-                "data" => {
-                    self.data.push_str(value);
-                    self.data.push('\n');
-                    self.has_data = true;
-                }
-                // `retry:` opens the prelude; `id:` and `event:` need no checks here.
-                "retry" => self.prelude_seen = true,
-                _ => {}
+                // `retry:` opens the prelude.
+                sse::Item::Retry(_) => self.prelude_seen = true,
             }
         }
-        self.body.drain(..at);
+        Ok(())
     }
 
     fn event(&mut self, data: &str, now_ns: i64, seen: &mut Seen) {

@@ -33,6 +33,9 @@ mod client;
 mod procfs;
 mod report;
 mod roles;
+#[allow(dead_code)] // the incremental Parser and Dechunker only
+#[path = "../common/sse.rs"]
+mod sse;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

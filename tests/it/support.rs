@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use timelapse_events::{Config, Emitter, Hub};
 
+#[path = "../../examples/common/sse.rs"]
+mod sse;
+
 /// Hang guard for anything that should happen "soon".
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -140,14 +143,12 @@ impl SseEvent {
 pub struct SseClient {
     stream: TcpStream,
     raw: Vec<u8>,
-    body: Vec<u8>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    chunked: bool,
+    /// The chunked-body decoder, once the head said `Transfer-Encoding: chunked`.
+    chunks: Option<sse::Dechunker>,
+    parser: sse::Parser,
     events: VecDeque<SseEvent>,
-    cur: SseEvent,
-    has_data: bool,
-    pub last_id: Option<String>,
     pub comments: usize,
     pub ended: bool,
 }
@@ -186,14 +187,11 @@ impl SseClient {
         SseClient {
             stream,
             raw: Vec::new(),
-            body: Vec::new(),
             status: 0,
             headers: Vec::new(),
-            chunked: false,
+            chunks: None,
+            parser: sse::Parser::default(),
             events: VecDeque::new(),
-            cur: SseEvent::default(),
-            has_data: false,
-            last_id: None,
             comments: 0,
             ended: false,
         }
@@ -254,9 +252,10 @@ impl SseClient {
                             .push((k.trim().to_owned(), v.trim().to_owned()));
                     }
                 }
-                self.chunked = self
-                    .header("Transfer-Encoding")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                let chunked = self.header("Transfer-Encoding");
+                if chunked.is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                    self.chunks = Some(sse::Dechunker::default());
+                }
                 return;
             }
             assert!(self.read_more(deadline), "no response head within {WAIT:?}");
@@ -287,73 +286,25 @@ impl SseClient {
     }
 
     fn decode(&mut self) {
-        if self.chunked {
-            while let Some(eol) = find(&self.raw, b"\r\n") {
-                let size_text = String::from_utf8_lossy(&self.raw[..eol]).into_owned();
-                let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size is hex");
-                if size == 0 {
-                    self.ended = true;
-                    self.raw.clear();
-                    break;
-                }
-                if self.raw.len() < eol + 2 + size + 2 {
-                    break;
-                }
-                let data = self.raw[eol + 2..eol + 2 + size].to_vec();
-                assert_eq!(
-                    &self.raw[eol + 2 + size..eol + 4 + size],
-                    b"\r\n",
-                    "chunk ends in CRLF"
-                );
-                self.raw.drain(..eol + 4 + size);
-                self.body.extend_from_slice(&data);
+        let raw = std::mem::take(&mut self.raw);
+        let body = match &mut self.chunks {
+            Some(chunks) => {
+                let body = chunks.feed(&raw).expect("a valid chunked body");
+                self.ended |= chunks.ended();
+                body
             }
-        } else {
-            self.body.append(&mut self.raw);
-        }
-        // Parse complete lines.
-        while let Some(nl) = self.body.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.body.drain(..=nl).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8(line).expect("stream is UTF-8");
-            self.line(&line);
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if line.is_empty() {
-            if self.has_data {
-                let mut ev = std::mem::take(&mut self.cur);
-                if ev.data.ends_with('\n') {
-                    ev.data.pop();
-                }
-                ev.id = self.last_id.clone();
-                self.events.push_back(ev);
-            }
-            self.cur = SseEvent::default();
-            self.has_data = false;
-            return;
-        }
-        if line.starts_with(':') {
-            self.comments += 1;
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
+            None => raw,
         };
-        match field {
-            "data" => {
-                self.cur.data.push_str(value);
-                self.cur.data.push('\n');
-                self.has_data = true;
+        for item in self.parser.feed(&body) {
+            match item {
+                sse::Item::Message(m) => self.events.push_back(SseEvent {
+                    id: Some(m.id).filter(|id| !id.is_empty()),
+                    event: Some(m.event).filter(|e| e != "message"),
+                    data: m.data,
+                }),
+                sse::Item::Comment => self.comments += 1,
+                sse::Item::Retry(_) => {}
             }
-            "event" => self.cur.event = Some(value.to_owned()),
-            "id" => self.last_id = Some(value.to_owned()),
-            _ => {}
         }
     }
 
