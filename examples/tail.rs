@@ -28,7 +28,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -96,7 +96,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
         http10: args.http10,
         delivered: false,
     };
-    let mut rng = Rng::from_clock();
+    let mut rng = fastrand::Rng::new(); // seeded from the OS
     let mut failures: u32 = 0;
     loop {
         session.delivered = false;
@@ -137,11 +137,11 @@ fn run(args: &Args) -> Result<(), BoxError> {
 /// The `retry:` delay, doubled per failed attempt in a row, capped, with "equal jitter"
 /// (half fixed, half random) so that many clients of a restarted hub do not all come back
 /// in the same millisecond.
-fn backoff(retry: Duration, failures: u32, rng: &mut Rng) -> Duration {
+fn backoff(retry: Duration, failures: u32, rng: &mut fastrand::Rng) -> Duration {
     let full = retry
         .saturating_mul(1 << failures.saturating_sub(1).min(10))
         .min(MAX_BACKOFF);
-    full / 2 + full.mul_f64(0.5 * rng.unit())
+    full / 2 + full.mul_f64(0.5 * rng.f64())
 }
 
 /// What survives from one connection to the next, as in `EventSource`.
@@ -521,34 +521,13 @@ impl Stop {
     }
 }
 
-/// xorshift64* (Vigna 2016): plenty for jitter.
-struct Rng(u64);
-
-impl Rng {
-    fn from_clock() -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        // Never zero: xorshift would stay at zero forever.
-        Rng((nanos ^ u64::from(std::process::id()) << 32) | 1)
-    }
-
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_is_jittered_doubled_and_capped() {
-        let mut rng = Rng(42);
+        let mut rng = fastrand::Rng::with_seed(42);
         let retry = Duration::from_secs(2);
         for (failures, full) in [(0, 2), (1, 2), (2, 4), (3, 8), (9, 30)] {
             let d = backoff(retry, failures, &mut rng);
