@@ -10,7 +10,7 @@
 //! By default it writes into the hub's database file through [`Emitter::open`]: exactly how a
 //! capture program on the camera host produces events (the hub need not even be running;
 //! it dispatches what is pending when it starts). With `--url` it POSTs to
-//! `/api/events` instead, as a camera on another board would.
+//! `/api/events` instead (through ureq), as a camera on another board would.
 //!
 //! ```text
 //! cargo run --release --example simulate_cameras                       # ./timelapse-events.db
@@ -24,8 +24,7 @@
 #[path = "common/http_url.rs"]
 mod http_url;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -451,41 +450,28 @@ fn clock_seed() -> u64 {
     nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// A minimal HTTP/1.1 client for `POST /api/events`: one connection per event, closed after
-/// the answer. Enough for a camera posting once a second; no TLS (use it on a LAN, or put a
-/// TLS-terminating proxy in front of the hub).
+/// `POST /api/events` through ureq. No TLS (use it on a LAN, or put a TLS-terminating proxy
+/// in front of the hub).
 struct Poster {
-    host: String,
-    port: u16,
-    path: String,
+    agent: ureq::Agent,
+    url: ureq::http::Uri,
     token: Option<String>,
 }
 
+/// Hang guard for one POST, connect to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from the hub (its answers are a few dozen bytes).
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
 impl Poster {
     fn new(url: &str, token: Option<String>) -> Result<Poster, BoxError> {
-        let http_url::HttpUrl { host, port, path } = http_url::parse(url)?;
-        Ok(Poster {
-            host,
-            port,
-            path,
-            token,
-        })
-    }
-
-    fn connect(&self) -> std::io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
-        let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, HTTP_TIMEOUT) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("host has no address")))
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(HTTP_TIMEOUT))
+            .http_status_as_error(false) // a 4xx or 5xx carries the hub's reason
+            .build()
+            .into();
+        let url = http_url::parse(url)?;
+        Ok(Poster { agent, url, token })
     }
 
     fn post(&self, event: &NewEvent) -> Result<i64, Failure> {
@@ -494,35 +480,21 @@ impl Poster {
             "data": event.data,
             "priority": event.priority.as_str(),
             "source": event.source,
-        })
-        .to_string();
-        let transient = |e: std::io::Error| Failure::Transient(e.to_string());
-        let mut stream = self.connect().map_err(transient)?;
-        stream
-            .set_read_timeout(Some(HTTP_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(HTTP_TIMEOUT)))
-            .map_err(transient)?;
-        let host = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n",
-            self.path,
-            body.len()
-        );
+        });
+        // One connection per event, as a camera posting now and then would: an idle
+        // keep-alive connection would hold one of the hub's HTTP workers.
+        let mut request = self.agent.post(&self.url).header("Connection", "close");
         if let Some(token) = &self.token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            request = request.header("Authorization", format!("Bearer {token}"));
         }
-        request.push_str("\r\n");
-        request.push_str(&body);
-        stream
-            .write_all(request.as_bytes())
-            .and_then(|()| stream.flush())
+        let transient = |e: ureq::Error| Failure::Transient(e.to_string());
+        let mut response = request
+            .content_type("application/json")
+            .send(body.to_string())
             .map_err(transient)?;
-        let (status, answer) = read_answer(stream).map_err(transient)?;
+        let status = response.status().as_u16();
+        let answer = response.body_mut().with_config().limit(MAX_ANSWER_BYTES);
+        let answer = answer.read_to_vec().map_err(transient)?;
         let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
         match status {
             201 => answer["id"]
@@ -535,59 +507,6 @@ impl Poster {
             _ => Err(Failure::Fatal(format!("hub answered {status}: {answer}"))),
         }
     }
-}
-
-/// Reads one HTTP response: the status code and the body (by Content-Length, chunked, or
-/// until the server closes).
-fn read_answer(stream: TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut r = BufReader::new(stream.take(MAX_ANSWER_BYTES));
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("not an HTTP response"))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("response head cut short"));
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
-            let mut chunk = vec![0; size + 2];
-            r.read_exact(&mut chunk)?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(n) = length {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        r.read_to_end(&mut body)?;
-    }
-    Ok((status, body))
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -398,11 +398,15 @@ struct Target {
 
 impl Target {
     fn parse(url: &str, types: Option<&str>, camera_id: Option<i64>) -> Result<Target, BoxError> {
-        let http_url::HttpUrl {
-            host,
-            port,
-            mut path,
-        } = http_url::parse(url)?;
+        let uri = http_url::parse(url)?;
+        // An IPv6 host comes in brackets; connect() wants the bare address.
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let mut path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let mut add = |key: &str, value: &str| {
             path.push(if path.contains('?') { '&' } else { '?' });
             path.push_str(key);

@@ -1,51 +1,28 @@
-//! `http://host[:port][/path]` parsing shared by the examples that talk to the hub over
-//! plain HTTP (`tail`, `simulate_cameras --url`). Included with `#[path]`; no HTTP crate.
+//! `--url` for the examples that talk to the hub over plain HTTP (`tail`, `simulate_cameras
+//! --url`), parsed by the `http` crate that ureq re-exports. Included with `#[path]`.
 
-/// A parsed `http://` URL. An empty path (or `/`) means the hub's `/api/events`.
-pub struct HttpUrl {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
+use ureq::http::Uri;
+use ureq::http::uri::PathAndQuery;
 
-/// Parses `url`; errors name the flag (`--url`) so they can be printed as they are.
-pub fn parse(url: &str) -> Result<HttpUrl, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--url must start with http:// (got {url:?})"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, port) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("unclosed [ in --url {url:?}"))?;
-            (host, port.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .map_err(|_| format!("bad port in --url {url:?}"))?,
-        None => 80,
-    };
+/// Parses `url`: `http://` only (no TLS here), and no path (or `/`) means the hub's
+/// `/api/events`. Errors name the flag (`--url`) so they can be printed as they are.
+pub fn parse(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad --url {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("--url must start with http:// (got {url:?})"));
+    }
+    let host = uri.host().unwrap_or_default();
     if host.is_empty() {
         return Err(format!("no host in --url {url:?}"));
     }
-    let path = if path.is_empty() || path == "/" {
-        "/api/events"
-    } else {
-        path
-    };
-    Ok(HttpUrl {
-        host: host.to_owned(),
-        port,
-        path: path.to_owned(),
-    })
+    // `http` reads an out-of-range port as none: anything after the host is a bad port.
+    if uri.port_u16().is_none() && uri.authority().is_some_and(|a| a.as_str() != host) {
+        return Err(format!("bad port in --url {url:?}"));
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        return Ok(uri);
+    }
+    let mut parts = uri.into_parts();
+    parts.path_and_query = Some(PathAndQuery::from_static("/api/events"));
+    Uri::from_parts(parts).map_err(|e| format!("bad --url {url:?}: {e}"))
 }
