@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::support::{SseClient, SseEvent, TestHub, WAIT, bin, run_bin};
+use crate::support::{ChildHub, SseClient, SseEvent, TestHub, WAIT, bin, reserve_port, run_bin};
 
 /// Hang guard for a child process that should end by itself, and for `tail` to come back
 /// after a hub restart (its reconnect delay is the hub's `retry:` of 2 s, jittered).
@@ -252,8 +251,8 @@ fn check_fields(env: &Value, cameras: i64) {
 fn tail_prints_every_event_once_across_hub_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("events.db");
-    let addr = free_loopback_addr();
-    let mut hub = HubProcess::start(&db, addr);
+    let addr = reserve_port().to_string();
+    let mut hub = ChildHub::start_on(&db, &addr, &[]);
     let emitter = Emitter::open(&db).expect("emitter on the hub's database");
     let url = format!("http://{addr}/api/events");
     let mut tail = Proc::spawn(Command::new(example("tail")).args(["--url", &url]));
@@ -269,16 +268,18 @@ fn tail_prints_every_event_once_across_hub_restarts() {
     tail.wait_tick(5, &mut printed);
 
     // A clean restart, with events stored while the hub is down.
-    hub.terminate();
+    let status = hub.terminate();
+    assert!(status.success(), "hub exited {status}");
     (6..=10).for_each(tick);
-    hub = HubProcess::start(&db, addr);
+    hub = ChildHub::start_on(&db, &addr, &[]);
     (11..=15).for_each(tick);
     tail.wait_tick(15, &mut printed);
 
     // A crash: the stream just stops, without its last chunk.
-    hub.kill();
+    hub.child.kill().expect("kill the hub");
+    hub.child.wait().expect("reap the hub");
     (16..=18).for_each(tick);
-    hub = HubProcess::start(&db, addr);
+    hub = ChildHub::start_on(&db, &addr, &[]);
     (19..=20).for_each(tick);
     tail.wait_tick(20, &mut printed);
 
@@ -484,13 +485,6 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
-/// A loopback address nobody listens on right now (the hub sets SO_REUSEADDR, so it can
-/// bind it again after a restart).
-fn free_loopback_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
-}
-
 /// An example binary, built for this test run's profile.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -693,80 +687,4 @@ fn signal(child: &Child, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {}", child.id());
-}
-
-/// The hub binary serving on a fixed address, so that it can be restarted where clients
-/// expect it (`support::ChildHub` always binds port 0).
-struct HubProcess {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl HubProcess {
-    fn start(db: &Path, addr: SocketAddr) -> HubProcess {
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .arg("--db")
-            .arg(db)
-            .arg("--bind")
-            .arg(addr.to_string())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hub");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, ready) = channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on http://") {
-                    let _ = tx.send(()); // the test may have given up waiting
-                }
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let hub = HubProcess { child, log };
-        if ready.recv_timeout(WAIT).is_err() {
-            panic!("hub did not start on {addr}:\n{}", hub.log());
-        }
-        hub
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// SIGTERM: the hub ends every stream cleanly and exits 0.
-    fn terminate(&mut self) {
-        signal(&self.child, "TERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("hub status") {
-                assert!(status.success(), "hub exited {status}:\n{}", self.log());
-                return;
-            }
-            assert!(Instant::now() < deadline, "hub ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL: a crash.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill the hub");
-        self.child.wait().expect("reap the hub");
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        // Best effort: it may have exited already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
