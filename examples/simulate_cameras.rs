@@ -30,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -86,7 +86,7 @@ fn run(args: Args) -> Result<(), BoxError> {
                 format!("cannot open database {}: {}", args.db.display(), e.chain())
             })?),
         };
-    let seed = args.seed.unwrap_or_else(clock_seed);
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     eprintln!(
         "simulating {} camera(s) into {}, one step every {} ms, seed {seed} (Ctrl-C stops)",
         args.cameras,
@@ -112,7 +112,9 @@ fn run(args: Args) -> Result<(), BoxError> {
     let mut threads = Vec::new();
     for camera_id in 1..=args.cameras {
         let camera_shared = shared.clone();
-        let rng = Rng::new(seed ^ u64::from(camera_id).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let rng = fastrand::Rng::with_seed(
+            seed ^ u64::from(camera_id).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let spawned = thread::Builder::new()
             .name(format!("camera-{camera_id}"))
             .spawn(move || Camera::new(i64::from(camera_id), rng).run(&camera_shared));
@@ -237,7 +239,7 @@ impl Sink {
 /// One camera's state; its thread runs [`Camera::run`].
 struct Camera {
     id: i64,
-    rng: Rng,
+    rng: fastrand::Rng,
     /// Increases with every timelapse this camera starts.
     timelapse_seq: i64,
     timelapse_id: i64,
@@ -261,7 +263,7 @@ enum Phase {
 }
 
 impl Camera {
-    fn new(id: i64, rng: Rng) -> Camera {
+    fn new(id: i64, rng: fastrand::Rng) -> Camera {
         Camera {
             id,
             rng,
@@ -276,7 +278,7 @@ impl Camera {
 
     fn run(mut self, shared: &Shared) {
         // Cameras do not all boot in the same millisecond.
-        let boot = self.rng.below(shared.interval.as_millis().max(1) as u64);
+        let boot = self.rng.u64(..shared.interval.as_millis().max(1) as u64);
         if shared.stop.sleep(Duration::from_millis(boot)) {
             return;
         }
@@ -292,7 +294,7 @@ impl Camera {
         let mut phase = Phase::Capturing;
         loop {
             // ±20 % jitter, as real capture loops drift.
-            let jitter = shared.interval.mul_f64(0.8 + 0.4 * self.rng.unit());
+            let jitter = shared.interval.mul_f64(0.8 + 0.4 * self.rng.f64());
             if shared.stop.sleep(jitter) {
                 return;
             }
@@ -310,7 +312,7 @@ impl Camera {
     fn step(&mut self, phase: Phase) -> (Phase, Option<NewEvent>) {
         match phase {
             Phase::Offline(0) => {
-                let health = if self.rng.unit() < 0.3 {
+                let health = if self.rng.f64() < 0.3 {
                     "degraded"
                 } else {
                     "healthy"
@@ -326,17 +328,17 @@ impl Camera {
             Phase::Capturing if self.image_count >= self.target_images => {
                 let done = self.timelapse("completed");
                 self.timelapse_id = 0; // none running: the end of this pause starts the next
-                let steps = 2 + self.rng.below(4) as u32;
+                let steps = 2 + self.rng.u64(..4) as u32;
                 (Phase::Paused(steps), Some(done))
             }
             Phase::Capturing => {
-                let roll = self.rng.unit();
+                let roll = self.rng.f64();
                 if roll < 0.02 {
-                    let steps = 2 + self.rng.below(6) as u32;
+                    let steps = 2 + self.rng.u64(..6) as u32;
                     let event = NewEvent::camera_status_changed(self.id, "offline", "unreachable");
                     (Phase::Offline(steps), Some(event))
                 } else if roll < 0.035 {
-                    let steps = 3 + self.rng.below(8) as u32;
+                    let steps = 3 + self.rng.u64(..8) as u32;
                     (Phase::Paused(steps), Some(self.timelapse("paused")))
                 } else {
                     (Phase::Capturing, Some(self.capture()))
@@ -351,8 +353,8 @@ impl Camera {
         self.timelapse_id = self.id * 1000 + self.timelapse_seq;
         self.image_count = 0;
         // Between one image every 15 min (96 a day) and one every hour (24 a day).
-        self.images_per_day = [24, 48, 96][self.rng.below(3) as usize];
-        self.target_images = 100 + self.rng.below(300) as i64;
+        self.images_per_day = [24, 48, 96][self.rng.usize(..3)];
+        self.target_images = 100 + self.rng.u64(..300) as i64;
         self.timelapse("running")
     }
 
@@ -414,40 +416,6 @@ impl Stop {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
         }
     }
-}
-
-/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to drive a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [0, n) (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
-fn clock_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// `POST /api/events` through ureq. No TLS (use it on a LAN, or put a TLS-terminating proxy
