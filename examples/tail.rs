@@ -1,7 +1,8 @@
 //! `tail -f` for a timelapse-events hub: follows `GET /api/events` and prints one line per
-//! event, `<cursor> <type> <data>`. A `TcpStream` carries the request, and the chunked-body
-//! decoder and WHATWG-rules SSE parser of examples/common/sse.rs (std only) read the answer:
-//! copy that file along with this one.
+//! event, `<cursor> <type> <data>`. It speaks HTTP over a plain `TcpStream`, so that Ctrl-C
+//! can shut the socket down and end a blocked read at once (a ureq body reader offers no
+//! such handle); examples/common/sse.rs (std only) decodes the chunked body and parses the
+//! events by the WHATWG rules, and examples/common/http_url.rs reads `--url`.
 //!
 //! It behaves like a browser's `EventSource`, which is what makes it a useful model for
 //! any client: when the connection drops or the hub restarts it reconnects after the
@@ -41,7 +42,7 @@ const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 /// Longest wait between two reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest response-head or chunk-size line accepted.
+/// Longest response-head line accepted.
 const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Longest SSE line accepted (the hub's events are at most ~33 KiB).
 const MAX_EVENT_LINE_BYTES: usize = 1024 * 1024;
