@@ -266,20 +266,11 @@ impl Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Cursor, Event, EventId, Priority};
+    use crate::event::Event;
 
     fn frame(seq: i64, t: &str, camera: i64) -> Arc<Frame> {
-        let mut data = serde_json::Map::new();
-        data.insert("camera_id".into(), camera.into());
-        Frame::new(&Event {
-            cursor: Cursor { log_id: 1, seq },
-            id: EventId(seq),
-            event_type: t.into(),
-            data,
-            priority: Priority::Normal,
-            source: "t".into(),
-            created_at: String::new(),
-        })
+        let data = serde_json::json!({ "camera_id": camera });
+        Frame::new(&Event::for_test(seq, t, "", data))
     }
 
     #[test]

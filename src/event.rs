@@ -296,6 +296,26 @@ impl Event {
     }
 }
 
+#[cfg(test)]
+impl Event {
+    /// A dispatched event for unit tests: row id = `seq`, log id 1, normal priority, source
+    /// `t`, created at `at`. `data` must be a JSON object.
+    pub(crate) fn for_test(seq: i64, event_type: &str, at: &str, data: Value) -> Event {
+        let Value::Object(data) = data else {
+            panic!("test event data must be an object: {data}")
+        };
+        Event {
+            cursor: Cursor { log_id: 1, seq },
+            id: EventId(seq),
+            event_type: event_type.into(),
+            data,
+            priority: Priority::Normal,
+            source: "t".into(),
+            created_at: at.into(),
+        }
+    }
+}
+
 /// A position in one database's event log: `<log id>-<seq>`, e.g. `9f2c01ab-42`.
 ///
 /// `seq` increases along the log; `log_id` is random per database file (`hub_meta`'s

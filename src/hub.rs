@@ -249,28 +249,18 @@ impl Drop for Hub {
     }
 }
 
+/// The one /proc reader of the tests, benchmarks and examples.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../examples/common/procfs.rs"]
+mod procfs;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// CPU seconds of this process's threads named `name` (Linux /proc).
     fn thread_cpu_s(name: &str) -> f64 {
-        let mut total = 0.0;
-        for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-            let dir = entry.expect("task").path();
-            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            if comm.trim() != name {
-                continue;
-            }
-            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-            // After the ")" that ends the name: utime and stime are fields 12 and 13.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-            total += (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0;
-        }
-        total
+        super::procfs::threads_cpu_s(&[name]).expect("/proc/self/task")
     }
 
     /// Without the WAL watcher (inotify unavailable, or turned off) the poller only

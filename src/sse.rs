@@ -152,23 +152,17 @@ pub(crate) fn resume_from(header: Option<&str>, query: Option<&str>) -> Resume {
 mod tests {
     use super::*;
     use crate::event::{EventId, Priority};
-    use serde_json::Map;
 
     fn event(t: &str, data: serde_json::Value) -> Event {
-        let serde_json::Value::Object(data) = data else {
-            panic!("object")
-        };
         Event {
             cursor: Cursor {
                 log_id: 0xabcdef01,
                 seq: 7,
             },
             id: EventId(3),
-            event_type: t.into(),
-            data: data as Map<_, _>,
             priority: Priority::High,
             source: "camera-1".into(),
-            created_at: "2026-11-26T10:00:00.123Z".into(),
+            ..Event::for_test(7, t, "2026-11-26T10:00:00.123Z", data)
         }
     }
 
@@ -237,58 +231,21 @@ mod tests {
     }
 }
 
-/// Property tests: any event survives the trip through our encoder and a parser written
-/// from the SSE specification; the query, cursor and validation parsers never panic and
+/// Property tests: any event survives the trip through our encoder and the parser written
+/// from the SSE specification that the tests and examples share; the query, cursor and validation parsers never panic and
 /// agree with the SQL CHECKs.
+/// The WHATWG event-stream parser the integration tests and examples use too.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../examples/common/sse.rs"]
+mod spec;
+
 #[cfg(test)]
 mod props {
     use super::*;
     use crate::event::{EventId, Priority, validate_type};
     use proptest::prelude::*;
     use serde_json::{Map, Value};
-
-    /// The WHATWG "interpret an event stream" algorithm, for complete input.
-    fn parse_spec(stream: &str) -> Vec<(String, String, String)> {
-        let mut out = Vec::new();
-        let (mut data, mut event, mut last_id) = (String::new(), String::new(), String::new());
-        let normalised = stream.replace("\r\n", "\n").replace('\r', "\n");
-        for line in normalised.split('\n') {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    data.pop();
-                    out.push((
-                        last_id.clone(),
-                        if event.is_empty() {
-                            "message".into()
-                        } else {
-                            event.clone()
-                        },
-                        data.clone(),
-                    ));
-                }
-                data.clear();
-                event.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line, ""),
-            };
-            match field {
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
-                }
-                "event" => event = value.to_owned(),
-                "id" if !value.contains('\0') => last_id = value.to_owned(),
-                _ => {}
-            }
-        }
-        out
-    }
 
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -333,7 +290,7 @@ mod props {
                 wire.push_str(std::str::from_utf8(HEARTBEAT).unwrap_or_default());
             }
             wire.push_str(std::str::from_utf8(frame.bytes(named)).unwrap_or_default());
-            let parsed = parse_spec(&wire);
+            let parsed = spec::parse(&wire);
             prop_assert_eq!(parsed.len(), 1, "exactly one event from {:?}", wire);
             let (id, kind, payload) = &parsed[0];
             prop_assert_eq!(id, &event.cursor.to_string());

@@ -275,21 +275,9 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventId, Priority};
 
     fn ev(seq: i64, t: &str, at: &str, data: Value) -> Event {
-        let Value::Object(data) = data else {
-            panic!("object")
-        };
-        Event {
-            cursor: Cursor { log_id: 1, seq },
-            id: EventId(seq),
-            event_type: t.into(),
-            data,
-            priority: Priority::Normal,
-            source: "t".into(),
-            created_at: at.into(),
-        }
+        Event::for_test(seq, t, at, data)
     }
 
     #[test]
