@@ -300,8 +300,8 @@ fn metrics(ctx: &Ctx) -> Handled {
 /// Every route answered in memory: a real database in a temp dir, no socket.
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::io::Read;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -571,28 +571,6 @@ mod tests {
         assert_eq!((r.status, header(&r, "Vary")), (404, Some("Origin")));
     }
 
-    /// A writer the test reads back: what a stream thread sent.
-    #[derive(Clone, Default)]
-    struct Wire(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Wire {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let mut w = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            w.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Wire {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
-                .into_owned()
-        }
-    }
-
     #[test]
     fn a_stream_takes_the_connection_writes_its_head_and_ends_with_the_hub() {
         let f = fixture(|c| c.max_clients = 1);
@@ -600,11 +578,14 @@ mod tests {
         let Answer::Takeover(start) = handle(&mut rq, &f.ctx) else {
             panic!("a stream takes the connection");
         };
-        let wire = Wire::default();
-        start(Box::new(wire.clone()));
-        let until = Instant::now() + Duration::from_secs(10);
-        while !wire.text().contains(": connected") && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
+        let (mut wire, writer) = std::io::pipe().expect("a pipe");
+        start(Box::new(writer));
+        let mut text = String::new();
+        let mut buf = [0u8; 256];
+        while !text.contains(": connected") {
+            let n = wire.read(&mut buf).expect("the head and prelude");
+            assert!(n > 0, "the stream ended early: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         // Its one place is taken: the next stream is refused.
         let r = reply(&f.ctx, Request::new("GET", "/api/events"));
@@ -612,11 +593,11 @@ mod tests {
         let r = reply(&f.ctx, Request::new("GET", "/api/events?camera_id=x"));
         assert_eq!(r.status, 400);
         f.ctx.broadcast.close();
+        wire.read_to_string(&mut text).expect("the stream ends");
         assert_eq!(
             f.ctx.streams.wait(Instant::now() + Duration::from_secs(10)),
             0
         );
-        let text = wire.text();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Content-Type: text/event-stream; charset=utf-8\r\n"));
         assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");

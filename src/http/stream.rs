@@ -1,6 +1,6 @@
-//! `GET /api/events`: one thread per stream (`tle-stream`), writing the response itself
-//! through `Request::into_writer()`, because tiny_http's `respond()` buffers about 8 KiB
-//! before sending anything. Every write is one `write_all` + `flush` of whole frames.
+//! `GET /api/events`: one thread per stream (`tle-stream`), writing the whole response
+//! itself to the connection the server hands over (an `Answer::Takeover`). Every write is
+//! one `write_all` + `flush` of whole frames.
 //!
 //! A stream starts by catching up from SQLite (when the client has a cursor), then follows
 //! its broadcast subscription. The handover is gap- and duplicate-free: the subscription is
