@@ -12,38 +12,17 @@ const UPSERT_TIMELAPSE: &str = "INSERT INTO timelapse_state (timelapse_id, state
 const BUMP_TYPE: &str = "INSERT INTO event_type_counts (event_type, dispatched) VALUES (?1, ?2) \
      ON CONFLICT (event_type) DO UPDATE SET dispatched = dispatched + excluded.dispatched";
 
+const SELECT_CAMERAS: &str = "SELECT state FROM camera_state ORDER BY camera_id";
+const SELECT_TIMELAPSES: &str = "SELECT state FROM timelapse_state ORDER BY timelapse_id";
+
 /// Loads the persisted projection.
 pub(crate) fn load(conn: &Connection) -> Result<State> {
     let mut state = State::default();
-    let mut stmt = conn
-        .prepare("SELECT state FROM camera_state ORDER BY camera_id")
-        .map_err(db("load camera state"))?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(db("load camera state"))?;
-    for row in rows {
-        let text = row.map_err(db("load camera state"))?;
-        match serde_json::from_str::<CameraState>(&text) {
-            Ok(c) => {
-                state.cameras.insert(c.camera_id, c);
-            }
-            Err(e) => log::warn!("ignoring unreadable camera_state row: {e}"),
-        }
+    for c in records::<CameraState>(conn, SELECT_CAMERAS, "load camera state")? {
+        state.cameras.insert(c.camera_id, c);
     }
-    let mut stmt = conn
-        .prepare("SELECT state FROM timelapse_state ORDER BY timelapse_id")
-        .map_err(db("load timelapse state"))?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(db("load timelapse state"))?;
-    for row in rows {
-        let text = row.map_err(db("load timelapse state"))?;
-        match serde_json::from_str::<TimelapseState>(&text) {
-            Ok(t) => {
-                state.timelapses.insert(t.timelapse_id, t);
-            }
-            Err(e) => log::warn!("ignoring unreadable timelapse_state row: {e}"),
-        }
+    for t in records::<TimelapseState>(conn, SELECT_TIMELAPSES, "load timelapse state")? {
+        state.timelapses.insert(t.timelapse_id, t);
     }
     state.seq = conn
         .query_row(
@@ -95,4 +74,24 @@ pub(crate) fn bump_type(conn: &Connection, event_type: &str, n: i64) -> Result<(
         .and_then(|mut s| s.execute(params![event_type, n]))
         .map_err(db("count event types"))?;
     Ok(())
+}
+
+/// The JSON records `sql` selects; an unreadable one is logged and skipped.
+fn records<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    op: &'static str,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql).map_err(db(op))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(db(op))?;
+    let mut out = Vec::new();
+    for row in rows {
+        match serde_json::from_str(&row.map_err(db(op))?) {
+            Ok(record) => out.push(record),
+            Err(e) => log::warn!("{op}: ignoring an unreadable row: {e}"),
+        }
+    }
+    Ok(out)
 }
