@@ -13,7 +13,7 @@
 //! only stores; the hub picks the rows up like any external producer's.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -168,8 +168,8 @@ pub(crate) struct Intake {
 
 /// The writer thread of an [`Emitter::open`] and the means to stop it.
 pub(crate) struct Writer {
-    stop: Mutex<Option<Sender<()>>>,
-    handle: Mutex<Option<JoinHandle<Result<()>>>>,
+    stop: Option<Sender<()>>,
+    handle: Option<JoinHandle<Result<()>>>,
 }
 
 impl Writer {
@@ -188,34 +188,21 @@ impl Writer {
         })?;
         Ok((
             Writer {
-                stop: Mutex::new(Some(stop_tx)),
-                handle: Mutex::new(Some(handle)),
+                stop: Some(stop_tx),
+                handle: Some(handle),
             },
             emitter,
         ))
     }
-
-    /// Commits what is queued, answers it, and ends the thread. Idempotent.
-    fn stop(&self) -> Result<()> {
-        // Poisoning cannot leave these Options half-written: take() is the only mutation.
-        drop(
-            self.stop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        handle.map_or(Ok(()), |h| join_thread("writer", h))
-    }
 }
 
 impl Drop for Writer {
+    /// Commits what is queued, answers it, and ends the thread (the last clone is gone).
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take()
+            && let Err(e) = join_thread("writer", h)
+        {
             log::error!("{}", e.chain());
         }
     }
