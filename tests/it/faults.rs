@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, post_json, wait_until};
+use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, hub_stats, post_json, wait_until};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -936,7 +936,7 @@ fn stuck_and_vanished_clients_are_released_and_healthy_ones_get_everything() {
         streams(addr) == Some(50)
     });
     let release_time = started.elapsed();
-    let stats = http(addr, "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(addr);
     eprintln!(
         "slow/dead clients: emitted in {emitted:?}, healthy read all by {all_read:?}, \
          others released by {release_time:?} (streams {:?}, cut off {}); \
@@ -952,7 +952,7 @@ fn stuck_and_vanished_clients_are_released_and_healthy_ones_get_everything() {
              subscribers {}",
             streams(addr),
             started.elapsed(),
-            http(addr, "GET", "/api/events/stats", &[], b"").json()["subscribers"]
+            hub_stats(addr)["subscribers"]
         );
     }
 

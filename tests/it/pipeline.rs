@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::json;
 use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, open_streams, run_bin, wait_until};
+use crate::support::{
+    ChildHub, SseClient, TestHub, WAIT, http, hub_stats, open_streams, run_bin, wait_until,
+};
 
 /// The stream id of a hub's database, read from /api/state's cursor.
 fn stream_id(addr: std::net::SocketAddr) -> String {
@@ -322,7 +324,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
         seen += 1;
     }
     producer.join().expect("producer");
-    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(hub.addr());
     assert_eq!(stats["cut_off_slow"], 1, "{stats}");
     // Its thread is still blocked in a write; closing the socket releases it.
     drop(stuck);

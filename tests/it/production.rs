@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, run_bin, wait_until};
+use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
 
 /// The table of the design we replace: same columns, no CHECKs, no seq.
 const LEGACY_SCHEMA: &str = "CREATE TABLE sse_events (
@@ -76,7 +76,7 @@ fn hostile_rows_in_an_adopted_legacy_table_are_skipped_counted_and_never_block()
         true,
         "a multi-line payload goes out as one data line"
     );
-    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(hub.addr());
     assert_eq!(stats["rejected_rows"], 4, "{stats}");
     assert_eq!(stats["pending"], 0, "nothing blocks the queue");
     // New events flow behind them, and a restart does not retry the bad rows.
@@ -85,7 +85,7 @@ fn hostile_rows_in_an_adopted_legacy_table_are_skipped_counted_and_never_block()
         .expect("emit");
     assert_eq!(c.next_event(WAIT).expect("live").json()["type"], "after");
     hub.restart();
-    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(hub.addr());
     assert_eq!(
         (stats["pending"].as_i64(), stats["rejected_rows"].as_i64()),
         (Some(0), Some(0)),
@@ -108,15 +108,7 @@ fn check_reports_a_healthy_database_and_fails_on_a_damaged_one() {
             .emit(NewEvent::image_captured(1, 1, i, 1))
             .expect("emit");
     }
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/api/events/stats",
-        &[],
-        b""
-    )
-    .json()["dispatched"]
-        == 5));
+    assert!(wait_until(WAIT, || hub_stats(hub.addr())["dispatched"] == 5));
     let db = hub.db_path();
     let db_s = db.to_str().expect("utf-8").to_owned();
     // While the hub runs.

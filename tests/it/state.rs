@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, run_bin, wait_until};
+use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
 
 fn state(hub: &TestHub) -> Value {
     http(hub.addr(), "GET", "/api/state", &[], b"").json()
@@ -120,7 +120,7 @@ fn a_camera_day_survives_restart_and_cleanup_of_every_event() {
     );
     hub.restart();
     assert_day_state(&state(&hub));
-    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(hub.addr());
     assert_eq!(stats["dispatched"], 0, "{stats}");
 }
 
@@ -301,22 +301,14 @@ fn retention_keeps_the_newest_rows_and_never_touches_pending_ones() {
             .expect("emit");
     }
     c.take(30);
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/api/events/stats",
-        &[],
-        b""
-    )
-    .json()["dispatched"]
-        == 10));
+    assert!(wait_until(WAIT, || hub_stats(hub.addr())["dispatched"] == 10));
     let conn = rusqlite::Connection::open(hub.db_path()).expect("open");
     let kept: Vec<i64> = conn
         .prepare("SELECT json_extract(event_data, '$.i') FROM sse_events ORDER BY seq")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .expect("read");
     assert_eq!(kept, (20..30).collect::<Vec<_>>(), "the newest ten");
-    let stats = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let stats = hub_stats(hub.addr());
     assert_eq!(
         stats["by_type"]["n"], 10,
         "kept counters follow deletions: {stats}"
@@ -377,7 +369,7 @@ fn retention_by_age_and_by_size_and_pending_rows_are_safe() {
     })
     .expect("start");
     assert!(wait_until(WAIT, || {
-        let s = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+        let s = hub_stats(hub.addr());
         s["pending"] == 0 && s["db_used_bytes"].as_u64().is_some_and(|b| b <= 256 * 1024)
     }));
     let left = count("big");
@@ -429,7 +421,7 @@ fn stats_report_counts_subscribers_and_sizes() {
             .expect("emit");
     }
     a.take(3);
-    let s = http(hub.addr(), "GET", "/api/events/stats", &[], b"").json();
+    let s = hub_stats(hub.addr());
     assert_eq!(s["total"], 4, "{s}");
     assert_eq!(
         (

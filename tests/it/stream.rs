@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, post_json, wait_until};
+use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, post_json, wait_until};
 
 fn streams(hub: &TestHub) -> i64 {
     crate::support::open_streams(hub.addr())
@@ -152,15 +152,10 @@ fn bad_foreign_future_and_pruned_cursors_get_reset_then_live_events() {
     let old_cursor = all[2].id.clone().expect("id");
     let stream = old_cursor.split('-').next().expect("stream").to_owned();
     // Retention keeps 5, so seq 3 is gone.
-    assert!(wait_until(WAIT, || http(
-        hub.addr(),
-        "GET",
-        "/api/events/stats",
-        &[],
-        b""
-    )
-    .json()["pruned_through_seq"]
-        == 15));
+    assert!(wait_until(
+        WAIT,
+        || hub_stats(hub.addr())["pruned_through_seq"] == 15
+    ));
     let cases = [
         ("DROP TABLE sse_events;--", "malformed cursor"),
         ("0badf00d-3", "cursor is from another database"),

@@ -489,6 +489,11 @@ pub fn open_streams(addr: SocketAddr) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The hub's counters, from `GET /api/events/stats`.
+pub fn hub_stats(addr: SocketAddr) -> serde_json::Value {
+    http(addr, "GET", "/api/events/stats", &[], b"").json()
+}
+
 pub fn post_json(addr: SocketAddr, body: &str, extra: &[(&str, &str)]) -> HttpResponse {
     let mut headers = vec![("Content-Type", "application/json")];
     headers.extend_from_slice(extra);
