@@ -16,13 +16,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, init_logging};
+use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, init_logging, open_streams};
 
 /// Hang guard for a page to react (Chromium on 2 busy cores is slower than the hub).
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -50,11 +50,13 @@ struct Browser {
     stdin: ChildStdin,
     replies: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// One Chromium at a time, held until the browser has quit.
+    _one: MutexGuard<'static, ()>,
 }
 
 impl Browser {
     /// A running browser, or why there cannot be one here.
-    fn launch() -> Result<Browser, String> {
+    fn launch(one: MutexGuard<'static, ()>) -> Result<Browser, String> {
         let chromium = std::env::var("TLE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         if !Path::new(&chromium).exists() {
             return Err(format!(
@@ -103,6 +105,7 @@ impl Browser {
             stdin,
             replies,
             stderr,
+            _one: one,
         };
         match b.reply(LAUNCH_WAIT) {
             Ok(_) => Ok(b),
@@ -183,6 +186,11 @@ impl Browser {
     fn page_errors(&mut self) -> Vec<String> {
         serde_json::from_value(self.must(json!({"cmd": "errors"}))).unwrap_or_default()
     }
+
+    /// Asserts that no page logged an error; `what` is the assertion's message.
+    fn assert_no_page_errors(&mut self, what: &str) {
+        assert_eq!(self.page_errors(), Vec::<String>::new(), "{what}");
+    }
 }
 
 impl Drop for Browser {
@@ -204,7 +212,9 @@ impl Drop for Browser {
 /// The browser, or `None` after printing why the test is skipped (a failure when required).
 fn browser_or_skip(test: &str) -> Option<Browser> {
     init_logging();
-    match Browser::launch() {
+    // A test that panicked while holding it leaves nothing behind to protect.
+    let one = ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
+    match Browser::launch(one) {
         Ok(b) => Some(b),
         Err(why) if required() => {
             panic!("browser test {test} cannot run (TLE_REQUIRE_BROWSER=1): {why}")
@@ -218,11 +228,6 @@ fn browser_or_skip(test: &str) -> Option<Browser> {
             None
         }
     }
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // A test that panicked while holding it leaves nothing behind to protect.
-    ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---- what the tests read from the page ----
@@ -242,12 +247,31 @@ fn wait_rows(b: &mut Browser, tab: u64, n: usize) {
     );
 }
 
+/// Waits until the log shows the event `id`.
+fn wait_event(b: &mut Browser, tab: u64, id: EventId, what: &str) {
+    b.wait(
+        tab,
+        &format!(
+            "document.querySelector('#log li[data-id=\"{}\"]') !== null",
+            id.0
+        ),
+        what,
+    );
+}
+
 fn wait_live(b: &mut Browser, tab: u64) {
     b.wait(
         tab,
         "document.getElementById('conn').dataset.state === 'live'",
         "connection shown as live",
     );
+}
+
+/// Opens the dashboard of the hub at `addr` in one tab and waits until it is live.
+fn open_live(b: &mut Browser, addr: SocketAddr) -> u64 {
+    let tab = b.open(&format!("http://{addr}/"), 1)[0];
+    wait_live(b, tab);
+    tab
 }
 
 fn card(b: &mut Browser, tab: u64, camera_id: i64) -> Value {
@@ -265,12 +289,6 @@ fn card(b: &mut Browser, tab: u64, camera_id: i64) -> Value {
                 stale: !f('stale').hidden, stale_text: f('stale').textContent }}; }})()"
         ),
     )
-}
-
-fn streams(addr: SocketAddr) -> i64 {
-    http(addr, "GET", "/health", &[], b"").json()["streams"]
-        .as_i64()
-        .expect("/health has streams")
 }
 
 fn state_cursor(addr: SocketAddr) -> String {
@@ -319,7 +337,6 @@ fn dashboard_files_are_served_with_type_etag_and_304() {
 
 #[test]
 fn cards_and_log_follow_the_stream_in_order() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("cards_and_log_follow_the_stream_in_order") else {
         return;
     };
@@ -345,9 +362,7 @@ fn cards_and_log_follow_the_stream_in_order() {
         &[],
         "HTTP/1.0",
     );
-    let url = format!("http://{}/", hub.addr());
-    let tab = b.open(&url, 1)[0];
-    wait_live(&mut b, tab);
+    let tab = open_live(&mut b, hub.addr());
     b.wait(
         tab,
         "document.querySelector('.card[data-camera-id=\"1\"] [data-field=\"image_count\"]')?.textContent === '120'",
@@ -524,11 +539,7 @@ fn cards_and_log_follow_the_stream_in_order() {
     want.reverse();
     assert_eq!(top, want, "held events on top after resume");
 
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the page"
-    );
+    b.assert_no_page_errors("no errors in the page");
 }
 
 /// The hub binary on a fixed address, with 1 s heartbeats.
@@ -538,7 +549,6 @@ fn child_hub(db: &Path, addr: SocketAddr) -> ChildHub {
 
 #[test]
 fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("hub_restart_shows_reconnecting_then_live") else {
         return;
     };
@@ -557,8 +567,7 @@ fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
             );
         }
     };
-    let tab = b.open(&format!("http://{addr}/"), 1)[0];
-    wait_live(&mut b, tab);
+    let tab = open_live(&mut b, addr);
     emit_batch(&em, 1);
     wait_rows(&mut b, tab, 5);
 
@@ -598,17 +607,12 @@ fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
         want,
         "every event, in order"
     );
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the page"
-    );
+    b.assert_no_page_errors("no errors in the page");
     assert!(hub.terminate().success(), "hub exits cleanly");
 }
 
 #[test]
 fn a_hub_with_another_database_resets_the_page_to_its_state() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("a_hub_with_another_database_resets_the_page") else {
         return;
     };
@@ -621,8 +625,7 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
             .expect("emit");
     }
     let hub = child_hub(&old_db, addr);
-    let tab = b.open(&format!("http://{addr}/"), 1)[0];
-    wait_live(&mut b, tab);
+    let tab = open_live(&mut b, addr);
     wait_rows(&mut b, tab, 2);
     assert!(hub.terminate().success(), "hub exits cleanly");
     // The board was re-imaged: same address, a fresh database with other cameras. The
@@ -647,25 +650,18 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
     let id = new
         .emit(NewEvent::image_captured(7, 3, 1, 1))
         .expect("emit");
-    b.wait(
+    wait_event(
+        &mut b,
         tab,
-        &format!(
-            "document.querySelector('#log li[data-id=\"{}\"]') !== null",
-            id.0
-        ),
+        id,
         "events of the new database are shown (seqs restarted)",
     );
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the page"
-    );
+    b.assert_no_page_errors("no errors in the page");
     assert!(hub.terminate().success(), "hub exits cleanly");
 }
 
 #[test]
 fn a_refused_stream_is_retried_with_backoff_until_it_is_let_in() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("a_refused_stream_is_retried_with_backoff") else {
         return;
     };
@@ -708,33 +704,25 @@ fn eight_tabs_follow_one_stream(b: &mut Browser, hub: &TestHub, query: &str) -> 
         wait_live(b, t);
     }
     assert!(
-        crate::support::wait_until(WAIT, || streams(hub.addr()) == 1),
+        crate::support::wait_until(WAIT, || open_streams(hub.addr()) == 1),
         "the hub should see one stream for 8 tabs{query}, sees {}",
-        streams(hub.addr())
+        open_streams(hub.addr())
     );
     let id = hub
         .emitter()
         .emit(NewEvent::image_captured(8, 2, 42, 3))
         .expect("emit");
     for &t in &tabs {
-        b.wait(
-            t,
-            &format!(
-                "document.querySelector('#log li[data-id=\"{}\"]') !== null",
-                id.0
-            ),
-            "the event reaches every tab",
-        );
+        wait_event(b, t, id, "the event reaches every tab");
         let c = card(b, t, 8);
         assert_eq!(c["images"], "42", "tab {t}: {c}");
     }
-    assert_eq!(streams(hub.addr()), 1, "still one stream");
+    assert_eq!(open_streams(hub.addr()), 1, "still one stream");
     tabs
 }
 
 #[test]
 fn eight_tabs_share_one_stream_through_the_shared_worker() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("eight_tabs_share_one_stream_through_the_shared_worker")
     else {
         return;
@@ -743,16 +731,11 @@ fn eight_tabs_share_one_stream_through_the_shared_worker() {
     let tabs = eight_tabs_follow_one_stream(&mut b, &hub, "");
     let mode = b.eval(tabs[0], "document.documentElement.dataset.mode");
     assert_eq!(mode, "shared-worker");
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the pages"
-    );
+    b.assert_no_page_errors("no errors in the pages");
 }
 
 #[test]
 fn eight_tabs_share_one_stream_through_a_leader_tab() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("eight_tabs_share_one_stream_through_a_leader_tab") else {
         return;
     };
@@ -783,30 +766,18 @@ fn eight_tabs_share_one_stream_through_a_leader_tab() {
         .emit(NewEvent::image_captured(8, 2, 43, 3))
         .expect("emit");
     for &t in &rest {
-        b.wait(
-            t,
-            &format!(
-                "document.querySelector('#log li[data-id=\"{}\"]') !== null",
-                id.0
-            ),
-            "a new leader took over the stream",
-        );
+        wait_event(&mut b, t, id, "a new leader took over the stream");
     }
     assert!(
-        crate::support::wait_until(WAIT, || streams(hub.addr()) == 1),
+        crate::support::wait_until(WAIT, || open_streams(hub.addr()) == 1),
         "one stream after the hand-over, sees {}",
-        streams(hub.addr())
+        open_streams(hub.addr())
     );
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the pages"
-    );
+    b.assert_no_page_errors("no errors in the pages");
 }
 
 #[test]
 fn screenshot_of_four_simulated_cameras() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("screenshot_of_four_simulated_cameras") else {
         return;
     };
@@ -842,8 +813,7 @@ fn screenshot_of_four_simulated_cameras() {
         json!({"camera_id": 3, "silent_secs": 900, "expected_interval_secs": 60}),
     ))
     .expect("emit");
-    let tab = b.open(&format!("http://{}/", hub.addr()), 1)[0];
-    wait_live(&mut b, tab);
+    let tab = open_live(&mut b, hub.addr());
     b.wait(
         tab,
         "document.querySelectorAll('.card').length === 4",
@@ -881,16 +851,11 @@ fn screenshot_of_four_simulated_cameras() {
         "dashboard screenshots in {}",
         dir.display()
     );
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the page"
-    );
+    b.assert_no_page_errors("no errors in the page");
 }
 
 #[test]
 fn fifty_cameras_at_a_hundred_events_per_second() {
-    let _one = serial();
     let Some(mut b) = browser_or_skip("fifty_cameras_at_a_hundred_events_per_second") else {
         return;
     };
@@ -900,8 +865,7 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
         em.emit(NewEvent::camera_status_changed(cam, "online", "healthy"))
             .expect("emit");
     }
-    let tab = b.open(&format!("http://{}/", hub.addr()), 1)[0];
-    wait_live(&mut b, tab);
+    let tab = open_live(&mut b, hub.addr());
     b.wait(
         tab,
         "document.querySelectorAll('.card').length === 50",
@@ -925,14 +889,7 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     let emitted_in = started.elapsed();
-    b.wait(
-        tab,
-        &format!(
-            "document.querySelector('#log li[data-id=\"{}\"]') !== null",
-            last.0
-        ),
-        "the last event is shown",
-    );
+    wait_event(&mut b, tab, last, "the last event is shown");
     let caught_up = started.elapsed();
     let rows = log_rows(&mut b, tab).len();
     assert_eq!(rows, 200, "the log stays bounded");
@@ -950,9 +907,5 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
          DOM passes (whole page life) {stats}",
         long.len()
     );
-    assert_eq!(
-        b.page_errors(),
-        Vec::<String>::new(),
-        "no errors in the page"
-    );
+    b.assert_no_page_errors("no errors in the page");
 }
