@@ -43,10 +43,16 @@ fn clients_dir() -> PathBuf {
         .join("clients")
 }
 
+/// A client the tests need: what it is, and how to check it is here.
+type Client = (&'static str, fn() -> Result<(), String>);
+const CURL: Client = ("curl", curl_probe);
+const EVENTSOURCE: Client = ("node + npm eventsource", eventsource_probe);
+const HTTPX_SSE: Client = ("python3 + httpx-sse", httpx_sse_probe);
+
 /// True if the client is there. Otherwise prints why the test is skipped (straight to
 /// stderr, so it shows without `--nocapture`), or fails under `TLE_REQUIRE_CLIENTS=1`.
-fn have(test: &str, what: &str, probe: Result<(), String>) -> bool {
-    let Err(why) = probe else { return true };
+fn have(test: &str, (what, probe): Client) -> bool {
+    let Err(why) = probe() else { return true };
     let required = std::env::var("TLE_REQUIRE_CLIENTS").is_ok_and(|v| v == "1");
     assert!(
         !required,
@@ -343,7 +349,7 @@ fn check_frame(block: &[String], id: EventId, n: i64) -> String {
 // curl
 
 fn curl_gets_each_event_as_emitted(test: &str, extra: &[&str]) {
-    if !have(test, "curl", curl_probe()) {
+    if !have(test, CURL) {
         return;
     }
     let hub = TestHub::start();
@@ -377,11 +383,8 @@ fn curl_n_http10_gets_each_event_as_it_is_emitted() {
 
 #[test]
 fn curl_resumes_with_last_event_id_and_gets_exactly_what_it_missed() {
-    if !have(
-        "curl_resumes_with_last_event_id_and_gets_exactly_what_it_missed",
-        "curl",
-        curl_probe(),
-    ) {
+    let test = "curl_resumes_with_last_event_id_and_gets_exactly_what_it_missed";
+    if !have(test, CURL) {
         return;
     }
     let hub = TestHub::start();
@@ -455,11 +458,8 @@ fn curl_resumes_with_last_event_id_and_gets_exactly_what_it_missed() {
 
 #[test]
 fn curl_gets_a_reset_frame_for_a_bad_cursor_then_live_events() {
-    if !have(
-        "curl_gets_a_reset_frame_for_a_bad_cursor_then_live_events",
-        "curl",
-        curl_probe(),
-    ) {
+    let test = "curl_gets_a_reset_frame_for_a_bad_cursor_then_live_events";
+    if !have(test, CURL) {
         return;
     }
     let hub = TestHub::start();
@@ -507,7 +507,7 @@ fn curl_gets_a_reset_frame_for_a_bad_cursor_then_live_events() {
 
 #[test]
 fn curl_filters_and_named_events() {
-    if !have("curl_filters_and_named_events", "curl", curl_probe()) {
+    if !have("curl_filters_and_named_events", CURL) {
         return;
     }
     let hub = TestHub::start();
@@ -621,11 +621,8 @@ fn is_kind(v: &Value, kind: &str) -> bool {
 
 #[test]
 fn eventsource_receives_and_resumes_across_a_hub_restart() {
-    if !have(
-        "eventsource_receives_and_resumes_across_a_hub_restart",
-        "node + npm eventsource",
-        eventsource_probe(),
-    ) {
+    let test = "eventsource_receives_and_resumes_across_a_hub_restart";
+    if !have(test, EVENTSOURCE) {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -679,11 +676,8 @@ fn eventsource_receives_and_resumes_across_a_hub_restart() {
 
 #[test]
 fn eventsource_gets_named_events_and_resets_through_listeners() {
-    if !have(
-        "eventsource_gets_named_events_and_resets_through_listeners",
-        "node + npm eventsource",
-        eventsource_probe(),
-    ) {
+    let test = "eventsource_gets_named_events_and_resets_through_listeners";
+    if !have(test, EVENTSOURCE) {
         return;
     }
     let hub = TestHub::start();
@@ -768,7 +762,7 @@ fn sse_data_event(
 #[test]
 fn httpx_sse_receives_and_resumes_across_a_hub_crash_and_heartbeats_stay_silent() {
     let test = "httpx_sse_receives_and_resumes_across_a_hub_crash_and_heartbeats_stay_silent";
-    if !have(test, "python3 + httpx-sse", httpx_sse_probe()) {
+    if !have(test, HTTPX_SSE) {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -847,11 +841,7 @@ fn httpx_sse_receives_and_resumes_across_a_hub_crash_and_heartbeats_stay_silent(
 /// is parsed, and the comment still makes the first bytes go out at once).
 #[test]
 fn httpx_sse_sees_no_empty_event_when_it_connects() {
-    if !have(
-        "httpx_sse_sees_no_empty_event_when_it_connects",
-        "python3 + httpx-sse",
-        httpx_sse_probe(),
-    ) {
+    if !have("httpx_sse_sees_no_empty_event_when_it_connects", HTTPX_SSE) {
         return;
     }
     let hub = TestHub::start();
