@@ -345,29 +345,8 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
 
 /// Another process: `BEGIN IMMEDIATE`, one row, then holds the write lock for `hold_ms`.
 fn hold_write_lock(db: &Path, hold_ms: u64) -> Child {
-    let script = format!(
-        "import sqlite3,sys,time\n\
-         c=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-         c.execute('BEGIN IMMEDIATE')\n\
-         c.execute(\"INSERT INTO sse_events(event_type,event_data) VALUES ('from_lock_holder','{{}}')\")\n\
-         print('locked',flush=True)\n\
-         time.sleep({})\n\
-         c.execute('COMMIT')\n",
-        hold_ms as f64 / 1000.0
-    );
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "locked");
-    child
+    let row = "INSERT INTO sse_events(event_type,event_data) VALUES ('from_lock_holder','{}')";
+    crate::support::hold_write_lock(db, hold_ms, Some(row)).expect("spawn python3")
 }
 
 #[test]

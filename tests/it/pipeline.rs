@@ -1,7 +1,6 @@
 //! Issue 2: the core pipeline, end to end over real files, threads, processes and TCP.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,7 +9,8 @@ use serde_json::json;
 use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
 use crate::support::{
-    ChildHub, SseClient, TestHub, WAIT, http, hub_stats, open_streams, run_bin, wait_until,
+    ChildHub, SseClient, TestHub, WAIT, hold_write_lock, http, hub_stats, open_streams, run_bin,
+    wait_until,
 };
 
 /// The stream id of a hub's database, read from /api/state's cursor.
@@ -388,34 +388,12 @@ fn sigkill_with_pending_rows_loses_nothing_and_dispatches_each_once() {
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
 }
 
-/// Holds `BEGIN IMMEDIATE` on `db` in a separate python3 process for `hold_ms`.
-fn hold_write_lock(db: &std::path::Path, hold_ms: u64) -> Option<std::process::Child> {
-    let script = format!(
-        "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep({})\nc.execute('COMMIT')\n",
-        hold_ms as f64 / 1000.0
-    );
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(child.stdout.as_mut()?)
-        .read_line(&mut line)
-        .ok()?;
-    assert_eq!(line.trim(), "locked");
-    Some(child)
-}
-
 #[test]
 fn a_long_write_lock_elsewhere_delays_or_fails_emits_cleanly_and_the_poller_recovers() {
     let hub = TestHub::start_with(|c| c.busy_timeout = Duration::from_millis(600));
     let mut client = SseClient::connect(hub.addr(), "/api/events");
     let emitter = hub.emitter();
-    let Some(mut short) = hold_write_lock(&hub.db_path(), 250) else {
+    let Some(mut short) = hold_write_lock(&hub.db_path(), 250, None) else {
         eprintln!("SKIPPED: python3 is not available to hold a lock from another process");
         return;
     };
@@ -429,7 +407,8 @@ fn a_long_write_lock_elsewhere_delays_or_fails_emits_cleanly_and_the_poller_reco
         id.0
     );
     // Longer than the busy timeout: a clear error, no panic.
-    let mut long = hold_write_lock(&hub.db_path(), 2000).expect("python3 worked a moment ago");
+    let mut long =
+        hold_write_lock(&hub.db_path(), 2000, None).expect("python3 worked a moment ago");
     let err = emitter
         .emit(NewEvent::new("during_long_lock", json!({})))
         .expect_err("times out");

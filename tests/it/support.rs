@@ -500,6 +500,35 @@ pub fn post_json(addr: SocketAddr, body: &str, extra: &[(&str, &str)]) -> HttpRe
     http(addr, "POST", "/api/events", &headers, body.as_bytes())
 }
 
+/// Another python3 process: `BEGIN IMMEDIATE`, then `sql` if given, then holds the write
+/// lock on `db` for `hold_ms`. Returns once the lock is held; `None` without python3.
+pub fn hold_write_lock(db: &Path, hold_ms: u64, sql: Option<&str>) -> Option<Child> {
+    let script = format!(
+        "import sqlite3,sys,time\n\
+         c=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+         c.execute('BEGIN IMMEDIATE')\n\
+         {}\
+         print('locked',flush=True)\n\
+         time.sleep({})\n\
+         c.execute('COMMIT')\n",
+        sql.map_or(String::new(), |q| format!("c.execute({q:?})\n")),
+        hold_ms as f64 / 1000.0
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut()?)
+        .read_line(&mut line)
+        .ok()?;
+    assert_eq!(line.trim(), "locked");
+    Some(child)
+}
+
 /// The hub binary built by cargo for this test run.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_timelapse-events")
