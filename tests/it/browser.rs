@@ -11,7 +11,7 @@
 //! Screenshots go to `target/tmp/browser/` on every run; `TLE_UPDATE_SCREENSHOT=1` also
 //! refreshes `docs/dashboard.png`, the one the README shows.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, init_logging, open_streams};
+use crate::support::{
+    ChildHub, SseClient, TestHub, WAIT, collect, http, init_logging, lines_of, open_streams,
+};
 
 /// Hang guard for a page to react (Chromium on 2 busy cores is slower than the hub).
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -83,23 +85,8 @@ impl Browser {
             let _ = child.kill(); // best effort: we are reporting why we give up
             return Err("node started without its pipes".into());
         };
-        let (tx, replies) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let replies = lines_of(stdout);
+        let (stderr, _) = collect(stderr_pipe);
         let mut b = Browser {
             child,
             stdin,

@@ -7,17 +7,18 @@
 //! them), so `cargo test --test it examples::` never runs stale example binaries.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::support::{ChildHub, SseClient, SseEvent, TestHub, WAIT, bin, reserve_port, run_bin};
+use crate::support::{
+    ChildHub, SseClient, SseEvent, TestHub, WAIT, bin, collect, lines_of, reserve_port, run_bin,
+};
 
 /// Hang guard for a child process that should end by itself, and for `tail` to come back
 /// after a hub restart (its reconnect delay is the hub's `retry:` of 2 s, jittered).
@@ -576,24 +577,8 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let collected = Arc::new(Mutex::new(String::new()));
-        let sink = collected.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
+        let lines = lines_of(stdout);
+        let (collected, stderr_reader) = collect(stderr);
         Proc {
             child,
             lines,

@@ -9,17 +9,17 @@
 //! A test whose client is missing is skipped with a message on stderr, unless
 //! `TLE_REQUIRE_CLIENTS=1`, when it fails instead.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, TestHub, WAIT, post_json};
+use crate::support::{ChildHub, TestHub, WAIT, collect, lines_of, post_json};
 
 /// Each client process exits by itself after this long, whatever happens.
 const CLIENT_SECS: u64 = 40;
@@ -160,25 +160,8 @@ impl ClientProc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (pipe, keep) = (child.stderr.take().expect("stderr"), stderr.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Ok(mut s) = keep.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout"));
+        let (stderr, _) = collect(child.stderr.take().expect("stderr"));
         ClientProc {
             name: name.to_owned(),
             child,

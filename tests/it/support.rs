@@ -9,7 +9,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use timelapse_events::{Config, Emitter, Hub};
@@ -527,6 +529,34 @@ pub fn hold_write_lock(db: &Path, hold_ms: u64, sql: Option<&str>) -> Option<Chi
         .ok()?;
     assert_eq!(line.trim(), "locked");
     Some(child)
+}
+
+/// A thread that sends each line of `pipe` (a child's stdout) to the returned channel.
+pub fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// A thread that keeps all of `pipe` (a child's stderr, for failure messages); it ends
+/// with the pipe.
+pub fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (text, reader)
 }
 
 /// The hub binary built by cargo for this test run.
