@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::support::{ChildHub, SseClient, TestHub, WAIT, http, hub_stats, post_json, wait_until};
+use crate::support::{
+    ChildHub, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -276,13 +278,10 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
             .collect()
     };
     let settled = wait_until(Duration::from_secs(15), || {
-        let pending: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .expect("count pending");
+        let pending: i64 = sql_value(
+            &conn,
+            "SELECT count(*) FROM sse_events WHERE processed_at IS NULL",
+        );
         pending == 0 && got.lock().expect("not poisoned").len() == dispatched(&conn).len()
     });
     stop.store(true, Ordering::Relaxed);
@@ -318,14 +317,11 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
         "{} rows unacknowledged",
         stored.len() - acked.len()
     );
-    let partial: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM (SELECT json_extract(event_data, '$.batch') b, count(*) n
+    let partial: i64 = sql_value(
+        &conn,
+        "SELECT count(*) FROM (SELECT json_extract(event_data, '$.batch') b, count(*) n
              FROM sse_events GROUP BY b HAVING n != 3)",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count partial batches");
+    );
     assert_eq!(partial, 0, "a transaction was partly stored");
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -493,12 +489,10 @@ fn fill(path: &Path) -> u64 {
 }
 
 fn pruned_seq(conn: &rusqlite::Connection) -> i64 {
-    conn.query_row(
+    sql_value(
+        &conn,
         "SELECT CAST(value AS INTEGER) FROM hub_meta WHERE key = 'pruned_seq'",
-        [],
-        |r| r.get(0),
     )
-    .expect("pruned_seq")
 }
 
 #[test]
@@ -619,13 +613,10 @@ fn a_full_disk_fails_emits_as_disk_full_while_streams_replay_and_retention_go_on
     // Retention kept running through the streak: back to 50 rows.
     assert!(
         wait_until(WAIT, || {
-            let n: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL",
-                    [],
-                    |r| r.get(0),
-                )
-                .expect("count");
+            let n: i64 = sql_value(
+                &conn,
+                "SELECT count(*) FROM sse_events WHERE seq IS NOT NULL",
+            );
             n <= 50
         }),
         "retention is still running"

@@ -10,7 +10,7 @@ use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
 use crate::support::{
     ChildHub, SseClient, TestHub, WAIT, hold_write_lock, http, hub_stats, open_streams, run_bin,
-    wait_until,
+    sql_value, wait_until,
 };
 
 /// The stream id of a hub's database, read from /api/state's cursor.
@@ -675,12 +675,9 @@ fn an_old_version_2_database_is_upgraded_with_its_events_and_state() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(v, timelapse_events::SCHEMA_VERSION);
-    let sql: String = conn
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE name = 'sse_events_seq'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("index");
+    let sql: String = sql_value(
+        &conn,
+        "SELECT sql FROM sqlite_master WHERE name = 'sse_events_seq'",
+    );
     assert!(sql.contains("WHERE seq IS NOT NULL"), "{sql}");
 }

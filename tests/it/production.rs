@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
+use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, sql_value, wait_until};
 
 /// The table of the design we replace: same columns, no CHECKs, no seq.
 const LEGACY_SCHEMA: &str = "CREATE TABLE sse_events (
@@ -124,13 +124,10 @@ fn check_reports_a_healthy_database_and_fails_on_a_damaged_one() {
     // Damage: scribble over the first page of sse_events' b-tree.
     let (root, page_size): (i64, i64) = {
         let conn = rusqlite::Connection::open(&db).expect("open");
-        let root = conn
-            .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = 'sse_events'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("rootpage");
+        let root = sql_value(
+            &conn,
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sse_events'",
+        );
         (
             root,
             conn.query_row("PRAGMA page_size", [], |r| r.get(0))

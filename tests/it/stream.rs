@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, post_json, wait_until};
+use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until};
 
 fn streams(hub: &TestHub) -> i64 {
     crate::support::open_streams(hub.addr())
@@ -468,13 +468,10 @@ fn graceful_shutdown_ends_fifty_streams_cleanly_and_keeps_acknowledged_events() 
     }
     // Every acknowledged event is in the file.
     let conn = rusqlite::Connection::open(&db).expect("open");
-    let n: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sse_events WHERE event_type = 'before_stop'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let n: i64 = sql_value(
+        &conn,
+        "SELECT count(*) FROM sse_events WHERE event_type = 'before_stop'",
+    );
     assert_eq!(n, 20);
 }
 

@@ -559,6 +559,12 @@ pub fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHan
     (text, reader)
 }
 
+/// The first column of the one row that `sql` returns.
+pub fn sql_value<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> T {
+    conn.query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// The hub binary built by cargo for this test run.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_timelapse-events")
