@@ -40,21 +40,7 @@ fn simulate_cameras_streams_every_event_with_its_fields_in_order() {
     let mut client = SseClient::connect(hub.addr(), "/api/events");
     wait_subscribed(&hub.emitter(), &mut client);
     let db = hub.db_path();
-    let out = run_example(
-        "simulate_cameras",
-        &[
-            "--db",
-            path_str(&db),
-            "--events",
-            "60",
-            "--interval-ms",
-            "5",
-            "--seed",
-            "1",
-            "--cameras",
-            "3",
-        ],
-    );
+    let out = simulate(&["--db", path_str(&db)], "60", "5", "1", "3");
     let printed = parse_simulated(&out, 60);
     let streamed = take_except(&mut client, 60, "test_ready");
     check_simulated(&printed, &streamed, 3);
@@ -67,19 +53,7 @@ fn simulate_cameras_is_reproducible_with_a_seed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = |name: &str| {
         let db = dir.path().join(name);
-        let args = [
-            "--db",
-            path_str(&db),
-            "--events",
-            "40",
-            "--interval-ms",
-            "1",
-            "--seed",
-            "7",
-            "--cameras",
-            "1",
-        ];
-        run_example("simulate_cameras", &args).stdout
+        simulate(&["--db", path_str(&db)], "40", "1", "7", "1").stdout
     };
     let (first, second) = (run("a.db"), run("b.db"));
     assert_eq!(first.lines().count(), 40, "got:\n{first}");
@@ -92,23 +66,7 @@ fn simulate_cameras_posts_over_http_with_a_token() {
     let mut client = SseClient::connect(hub.addr(), "/api/events");
     wait_subscribed(&hub.emitter(), &mut client);
     let url = format!("http://{}", hub.addr());
-    let out = run_example(
-        "simulate_cameras",
-        &[
-            "--url",
-            &url,
-            "--token",
-            "s3cret",
-            "--events",
-            "20",
-            "--interval-ms",
-            "5",
-            "--seed",
-            "2",
-            "--cameras",
-            "2",
-        ],
-    );
+    let out = simulate(&["--url", &url, "--token", "s3cret"], "20", "5", "2", "2");
     let printed = parse_simulated(&out, 20);
     let streamed = take_except(&mut client, 20, "test_ready");
     check_simulated(&printed, &streamed, 2);
@@ -120,6 +78,15 @@ fn simulate_cameras_posts_over_http_with_a_token() {
     let out = run_to_end(&mut wrong);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
     assert!(out.stderr.contains("401"), "stderr: {}", out.stderr);
+}
+
+/// `simulate_cameras` writing to `to` (`--db PATH`, or `--url URL` and more), run to its end.
+fn simulate(to: &[&str], events: &str, interval_ms: &str, seed: &str, cameras: &str) -> Finished {
+    let mut cmd = Command::new(example("simulate_cameras"));
+    cmd.args(to);
+    cmd.args(["--events", events, "--interval-ms", interval_ms]);
+    cmd.args(["--seed", seed, "--cameras", cameras]);
+    run_to_end(&mut cmd)
 }
 
 /// One line the simulator printed: `<id> <source> <type> <data>`.
@@ -536,10 +503,6 @@ struct Finished {
     status: ExitStatus,
     stdout: String,
     stderr: String,
-}
-
-fn run_example(name: &str, args: &[&str]) -> Finished {
-    run_to_end(Command::new(example(name)).args(args))
 }
 
 /// Runs a child to its end (killed after [`CHILD_WAIT`]: a hang guard).
