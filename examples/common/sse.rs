@@ -127,7 +127,11 @@ impl Parser {
 
 /// Every message of a complete stream, as `(last event ID, event type, data)`.
 pub fn parse(stream: &str) -> Vec<(String, String, String)> {
-    let items = Parser::default().feed(stream.as_bytes());
+    messages(Parser::default().feed(stream.as_bytes()))
+}
+
+/// The messages among `items`, as `(last event ID, event type, data)`.
+pub fn messages(items: Vec<Item>) -> Vec<(String, String, String)> {
     items
         .into_iter()
         .filter_map(|item| match item {
@@ -206,14 +210,7 @@ mod tests {
     use super::*;
 
     fn feed(p: &mut Parser, text: &str) -> Vec<(String, String, String)> {
-        let items = p.feed(text.as_bytes());
-        items
-            .into_iter()
-            .filter_map(|item| match item {
-                Item::Message(m) => Some((m.id, m.event, m.data)),
-                _ => None,
-            })
-            .collect()
+        messages(p.feed(text.as_bytes()))
     }
 
     #[test]

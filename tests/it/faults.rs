@@ -490,7 +490,7 @@ fn fill(path: &Path) -> u64 {
 
 fn pruned_seq(conn: &rusqlite::Connection) -> i64 {
     sql_value(
-        &conn,
+        conn,
         "SELECT CAST(value AS INTEGER) FROM hub_meta WHERE key = 'pruned_seq'",
     )
 }
