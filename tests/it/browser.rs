@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
 use crate::support::{
-    ChildHub, SseClient, TestHub, WAIT, collect, http, init_logging, lines_of, open_streams,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, http, init_logging, lines_of, open_streams,
 };
 
 /// Hang guard for a page to react (Chromium on 2 busy cores is slower than the hub).
@@ -331,10 +331,8 @@ fn cards_and_log_follow_the_stream_in_order() {
     let em = hub.emitter();
     // Two events before the page: the cards come from /api/state, the log from back-fill.
     let mut emitted = vec![
-        em.emit(NewEvent::camera_status_changed(1, "online", "healthy"))
-            .expect("emit"),
-        em.emit(NewEvent::image_captured(1, 7, 120, 2))
-            .expect("emit"),
+        em.emit_ok(NewEvent::camera_status_changed(1, "online", "healthy")),
+        em.emit_ok(NewEvent::image_captured(1, 7, 120, 2)),
     ];
     let stream_id = state_cursor(hub.addr())
         .split('-')
@@ -361,7 +359,7 @@ fn cards_and_log_follow_the_stream_in_order() {
     let producer = std::thread::spawn(move || {
         let mut ids = Vec::new();
         let mut emit = |e: NewEvent| {
-            ids.push(em.emit(e).expect("emit"));
+            ids.push(em.emit_ok(e));
             std::thread::sleep(Duration::from_millis(15));
         };
         emit(NewEvent::camera_status_changed(2, "online", "healthy"));
@@ -499,10 +497,7 @@ fn cards_and_log_follow_the_stream_in_order() {
     b.eval(tab, "document.getElementById('pause').click()");
     let em = hub.emitter();
     let held: Vec<EventId> = (1..=3)
-        .map(|n| {
-            em.emit(NewEvent::image_captured(2, 9, 10 + n, 1))
-                .expect("emit")
-        })
+        .map(|n| em.emit_ok(NewEvent::image_captured(2, 9, 10 + n, 1)))
         .collect();
     b.wait(
         tab,
@@ -548,10 +543,7 @@ fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
     let mut emitted = Vec::new();
     let mut emit_batch = |em: &Emitter, from: i64| {
         for n in from..from + 5 {
-            emitted.push(
-                em.emit(NewEvent::image_captured(1 + n % 2, 5, n, 1))
-                    .expect("emit"),
-            );
+            emitted.push(em.emit_ok(NewEvent::image_captured(1 + n % 2, 5, n, 1)));
         }
     };
     let tab = open_live(&mut b, addr);
@@ -608,8 +600,7 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
     let addr = crate::support::reserve_port();
     let old = Emitter::open(&old_db).expect("emitter");
     for cam in [1, 2] {
-        old.emit(NewEvent::image_captured(cam, 1, 5, 1))
-            .expect("emit");
+        old.emit_ok(NewEvent::image_captured(cam, 1, 5, 1));
     }
     let hub = child_hub(&old_db, addr);
     let tab = open_live(&mut b, addr);
@@ -618,8 +609,7 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
     // The board was re-imaged: same address, a fresh database with other cameras. The
     // page's Last-Event-ID means nothing there; the hub answers `reset`.
     let new = Emitter::open(&new_db).expect("emitter");
-    new.emit(NewEvent::camera_status_changed(7, "online", "healthy"))
-        .expect("emit");
+    new.emit_ok(NewEvent::camera_status_changed(7, "online", "healthy"));
     let hub = child_hub(&new_db, addr);
     b.wait(
         tab,
@@ -634,9 +624,7 @@ fn a_hub_with_another_database_resets_the_page_to_its_state() {
         "{note}"
     );
     wait_live(&mut b, tab);
-    let id = new
-        .emit(NewEvent::image_captured(7, 3, 1, 1))
-        .expect("emit");
+    let id = new.emit_ok(NewEvent::image_captured(7, 3, 1, 1));
     wait_event(
         &mut b,
         tab,
@@ -669,10 +657,7 @@ fn a_refused_stream_is_retried_with_backoff_until_it_is_let_in() {
     );
     drop(blocker);
     wait_live(&mut b, tab);
-    let id = hub
-        .emitter()
-        .emit(NewEvent::image_captured(4, 1, 1, 1))
-        .expect("emit");
+    let id = hub.emitter().emit_ok(NewEvent::image_captured(4, 1, 1, 1));
     wait_rows(&mut b, tab, 1);
     assert_eq!(log_rows(&mut b, tab)[0].1, id.0);
     // Chromium reports each refused EventSource on the console: that is the point here.
@@ -695,10 +680,7 @@ fn eight_tabs_follow_one_stream(b: &mut Browser, hub: &TestHub, query: &str) -> 
         "the hub should see one stream for 8 tabs{query}, sees {}",
         open_streams(hub.addr())
     );
-    let id = hub
-        .emitter()
-        .emit(NewEvent::image_captured(8, 2, 42, 3))
-        .expect("emit");
+    let id = hub.emitter().emit_ok(NewEvent::image_captured(8, 2, 42, 3));
     for &t in &tabs {
         wait_event(b, t, id, "the event reaches every tab");
         let c = card(b, t, 8);
@@ -748,10 +730,7 @@ fn eight_tabs_share_one_stream_through_a_leader_tab() {
     assert_eq!(leaders.len(), 1, "one leader among {modes:?}");
     b.must(json!({"cmd": "close_tab", "tab": leaders[0]}));
     let rest: Vec<u64> = tabs.into_iter().filter(|t| *t != leaders[0]).collect();
-    let id = hub
-        .emitter()
-        .emit(NewEvent::image_captured(8, 2, 43, 3))
-        .expect("emit");
+    let id = hub.emitter().emit_ok(NewEvent::image_captured(8, 2, 43, 3));
     for &t in &rest {
         wait_event(&mut b, t, id, "a new leader took over the stream");
     }
@@ -778,28 +757,22 @@ fn screenshot_of_four_simulated_cameras() {
     ];
     for (cam, status, health, tl_status, images, day) in look {
         let tl = 100 + cam;
-        em.emit(NewEvent::camera_status_changed(cam, "online", "healthy"))
-            .expect("emit");
-        em.emit(NewEvent::timelapse_status_changed(cam, tl, "running"))
-            .expect("emit");
+        em.emit_ok(NewEvent::camera_status_changed(cam, "online", "healthy"));
+        em.emit_ok(NewEvent::timelapse_status_changed(cam, tl, "running"));
         for i in (0..3).rev() {
-            em.emit(NewEvent::image_captured(cam, tl, images - i, day))
-                .expect("emit");
+            em.emit_ok(NewEvent::image_captured(cam, tl, images - i, day));
         }
         if status != "online" || health != "healthy" {
-            em.emit(NewEvent::camera_status_changed(cam, status, health))
-                .expect("emit");
+            em.emit_ok(NewEvent::camera_status_changed(cam, status, health));
         }
         if tl_status != "running" {
-            em.emit(NewEvent::timelapse_status_changed(cam, tl, tl_status))
-                .expect("emit");
+            em.emit_ok(NewEvent::timelapse_status_changed(cam, tl, tl_status));
         }
     }
-    em.emit(NewEvent::new(
+    em.emit_ok(NewEvent::new(
         "camera_stale",
         json!({"camera_id": 3, "silent_secs": 900, "expected_interval_secs": 60}),
-    ))
-    .expect("emit");
+    ));
     let tab = open_live(&mut b, hub.addr());
     b.wait(
         tab,
@@ -807,8 +780,7 @@ fn screenshot_of_four_simulated_cameras() {
         "4 cards",
     );
     for n in 1..=2 {
-        em.emit(NewEvent::image_captured(4, 104, 2604 + n, 18))
-            .expect("emit");
+        em.emit_ok(NewEvent::image_captured(4, 104, 2604 + n, 18));
     }
     b.wait(
         tab,
@@ -849,8 +821,7 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
     let hub = TestHub::start();
     let em = hub.emitter();
     for cam in 1..=50 {
-        em.emit(NewEvent::camera_status_changed(cam, "online", "healthy"))
-            .expect("emit");
+        em.emit_ok(NewEvent::camera_status_changed(cam, "online", "healthy"));
     }
     let tab = open_live(&mut b, hub.addr());
     b.wait(
@@ -869,9 +840,7 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
     let mut last = EventId(0);
     for i in 0..500_i64 {
         let cam = 1 + i % 50;
-        last = em
-            .emit(NewEvent::image_captured(cam, cam, 1 + i / 50, 1))
-            .expect("emit");
+        last = em.emit_ok(NewEvent::image_captured(cam, cam, 1 + i / 50, 1));
         let due = started + Duration::from_millis(10 * (i as u64 + 1));
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, SseClient, SseEvent, TestHub, WAIT, bin, collect, lines_of, reserve_port, run_bin,
+    ChildHub, EmitOk, SseClient, SseEvent, TestHub, WAIT, bin, collect, lines_of, reserve_port,
+    run_bin,
 };
 
 /// Hang guard for a child process that should end by itself, and for `tail` to come back
@@ -227,9 +228,7 @@ fn tail_prints_every_event_once_across_hub_restarts() {
     wait_tail_ready(&emitter, &mut tail);
 
     let tick = |n: i64| {
-        emitter
-            .emit(NewEvent::new("test_tick", json!({"n": n})))
-            .expect("emit");
+        emitter.emit_ok(NewEvent::new("test_tick", json!({"n": n})));
     };
     let mut printed = Vec::new();
     (1..=5).for_each(tick);
@@ -292,12 +291,8 @@ fn tail_filters_speaks_http10_and_reports_a_reset() {
     );
     let emitter = hub.emitter();
     for (camera, n) in [(1, 1), (2, 2), (3, 3), (2, 4)] {
-        emitter
-            .emit(NewEvent::image_captured(camera, 9, n, 1))
-            .expect("emit");
-        emitter
-            .emit(NewEvent::camera_status_changed(camera, "online", "healthy"))
-            .expect("emit");
+        emitter.emit_ok(NewEvent::image_captured(camera, 9, n, 1));
+        emitter.emit_ok(NewEvent::camera_status_changed(camera, "online", "healthy"));
     }
     for want in [2, 4] {
         let line = tail.line(WAIT).expect("an event line");

@@ -19,7 +19,7 @@ use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -360,8 +360,7 @@ fn a_write_lock_held_past_the_busy_timeout_fails_emits_clearly_while_streams_go_
     let stored: Vec<i64> = (0..20)
         .map(|i| {
             emitter
-                .emit(NewEvent::new("before_lock", json!({"i": i})))
-                .expect("emit")
+                .emit_ok(NewEvent::new("before_lock", json!({"i": i})))
                 .0
         })
         .collect();
@@ -513,9 +512,7 @@ fn a_full_disk_fails_emits_as_disk_full_while_streams_replay_and_retention_go_on
     let stream = stream_id(addr);
     let mut live = SseClient::connect(addr, "/api/events");
     for i in 0..80 {
-        emitter
-            .emit(NewEvent::new("before_full", json!({"i": i})))
-            .expect("emit");
+        emitter.emit_ok(NewEvent::new("before_full", json!({"i": i})));
     }
     let mut last_seq = live.take(80).last().expect("80 events").seq();
     let conn = open_db(&db);
@@ -885,9 +882,7 @@ fn stuck_and_vanished_clients_are_released_and_healthy_ones_get_everything() {
     let emitter = Emitter::open(&db).expect("emitter");
     let pad = "x".repeat(5000);
     for i in 0..total {
-        emitter
-            .emit(NewEvent::new("load", json!({"i": i, "pad": pad})))
-            .expect("emit");
+        emitter.emit_ok(NewEvent::new("load", json!({"i": i, "pad": pad})));
         if i % 60 == 59 {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -1014,9 +1009,7 @@ fn five_storms_of_500_simultaneous_reconnects_are_all_served() {
             }
         }
         let marker = format!("storm-{round}-");
-        let id = emitter
-            .emit(NewEvent::new("storm", json!({"round": marker})))
-            .expect("emit");
+        let id = emitter.emit_ok(NewEvent::new("storm", json!({"round": marker})));
         let deadline = Instant::now() + Duration::from_secs(10);
         let no_event = (0..CLIENTS)
             .filter(|i| !unserved.contains(i))
@@ -1147,9 +1140,7 @@ fn under_a_256_fd_limit_extra_clients_wait_or_are_refused_and_the_hub_serves_aft
         .collect();
     assert!(fresh.iter().all(|c| c.status == 200));
     let emitter = Emitter::open(&db).expect("emitter");
-    let id = emitter
-        .emit(NewEvent::new("after_limit", json!({})))
-        .expect("emit");
+    let id = emitter.emit_ok(NewEvent::new("after_limit", json!({})));
     for c in &mut fresh {
         let e = c.next_event(WAIT).expect("event after the shortage");
         assert_eq!(e.json()["id"], id.0);

@@ -9,7 +9,7 @@ use serde_json::json;
 use timelapse_events::NewEvent;
 
 use crate::support::{
-    SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, wait_until,
+    EmitOk, SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, wait_until,
 };
 
 /// The hub still answers, streams and stores.
@@ -19,8 +19,7 @@ fn still_serves(hub: &TestHub) {
     let mut c = SseClient::connect(hub.addr(), "/api/events");
     let id = hub
         .emitter()
-        .emit(NewEvent::new("still_alive", json!({})))
-        .expect("emit");
+        .emit_ok(NewEvent::new("still_alive", json!({})));
     let e = c.next_event(WAIT).expect("stream still works");
     assert_eq!(e.json()["id"], id.0);
     let r = post_json(hub.addr(), r#"{"type":"a","data":{}}"#, &[]);
@@ -291,10 +290,7 @@ fn a_burst_of_simultaneous_stream_clients_is_served_in_full() {
         .map(|t| t.join().expect("client thread"))
         .collect();
     assert!(clients.iter().all(|c| c.status == 200));
-    let id = hub
-        .emitter()
-        .emit(NewEvent::new("storm", json!({})))
-        .expect("emit");
+    let id = hub.emitter().emit_ok(NewEvent::new("storm", json!({})));
     let served = clients
         .iter_mut()
         .map(|c| c.next_event(WAIT).is_some_and(|e| e.json()["id"] == id.0))

@@ -9,8 +9,8 @@ use serde_json::json;
 use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
 use crate::support::{
-    ChildHub, SseClient, TestHub, WAIT, hold_write_lock, http, hub_stats, open_streams, run_bin,
-    sql_value, wait_until,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, hold_write_lock, http, hub_stats, open_streams,
+    run_bin, sql_value, wait_until,
 };
 
 /// The stream id of a hub's database, read from /api/state's cursor.
@@ -47,12 +47,10 @@ fn three_subscribers_get_all_events_from_four_threads_in_one_order() {
             let emitter = hub.emitter();
             std::thread::spawn(move || {
                 for i in 0..250 {
-                    emitter
-                        .emit(NewEvent::new(
-                            "image_captured",
-                            json!({"camera_id": t, "image_count": i}),
-                        ))
-                        .expect("emit");
+                    emitter.emit_ok(NewEvent::new(
+                        "image_captured",
+                        json!({"camera_id": t, "image_count": i}),
+                    ));
                 }
             })
         })
@@ -240,9 +238,7 @@ fn replay_to_live_handover_has_no_gap_and_no_duplicate_while_emits_race() {
     let emitter = hub.emitter();
     let first = {
         let mut c = SseClient::connect(hub.addr(), "/api/events");
-        emitter
-            .emit(NewEvent::new("tick", json!({"n": -1})))
-            .expect("emit");
+        emitter.emit_ok(NewEvent::new("tick", json!({"n": -1})));
         c.next_event(WAIT).expect("first").id.expect("id")
     };
     let running = Arc::new(AtomicBool::new(true));
@@ -251,9 +247,7 @@ fn replay_to_live_handover_has_no_gap_and_no_duplicate_while_emits_race() {
         std::thread::spawn(move || {
             let mut n = 0u64;
             while running.load(Ordering::Relaxed) {
-                emitter
-                    .emit(NewEvent::new("tick", json!({"n": n})))
-                    .expect("emit");
+                emitter.emit_ok(NewEvent::new("tick", json!({"n": n})));
                 n += 1;
                 if n.is_multiple_of(8) {
                     std::thread::sleep(Duration::from_micros(300));
@@ -308,9 +302,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
     let total = 2000;
     let producer = std::thread::spawn(move || {
         for i in 0..total {
-            emitter
-                .emit(NewEvent::new("big", json!({"i": i, "pad": payload})))
-                .expect("emit");
+            emitter.emit_ok(NewEvent::new("big", json!({"i": i, "pad": payload})));
         }
     });
     let mut seen = 0;
@@ -507,12 +499,7 @@ fn a_hub_emit_is_dispatched_when_it_returns_and_fails_closed_after_shutdown() {
                 let emitter = hub.emitter();
                 s.spawn(move || {
                     (0..20)
-                        .map(|i| {
-                            emitter
-                                .emit(NewEvent::image_captured(t, 1, i, 1))
-                                .expect("emit")
-                                .0
-                        })
+                        .map(|i| emitter.emit_ok(NewEvent::image_captured(t, 1, i, 1)).0)
                         .collect::<Vec<_>>()
                 })
             })
@@ -664,10 +651,7 @@ fn an_old_version_2_database_is_upgraded_with_its_events_and_state() {
         c.next_event(WAIT).expect("old event replays").json()["data"]["camera_id"],
         9
     );
-    let id = hub
-        .emitter()
-        .emit(NewEvent::image_captured(9, 1, 4, 1))
-        .expect("emit");
+    let id = hub.emitter().emit_ok(NewEvent::image_captured(9, 1, 4, 1));
     let e = c.next_event(WAIT).expect("new event");
     assert_eq!((e.json()["id"].as_i64(), e.seq()), (Some(id.0), 2));
     let conn = rusqlite::Connection::open(&db).expect("open");

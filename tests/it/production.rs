@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, sql_value, wait_until};
+use crate::support::{
+    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, run_bin, sql_value, wait_until,
+};
 
 /// The table of the design we replace: same columns, no CHECKs, no seq.
 const LEGACY_SCHEMA: &str = "CREATE TABLE sse_events (
@@ -80,9 +82,7 @@ fn hostile_rows_in_an_adopted_legacy_table_are_skipped_counted_and_never_block()
     assert_eq!(stats["rejected_rows"], 4, "{stats}");
     assert_eq!(stats["pending"], 0, "nothing blocks the queue");
     // New events flow behind them, and a restart does not retry the bad rows.
-    hub.emitter()
-        .emit(NewEvent::new("after", json!({})))
-        .expect("emit");
+    hub.emitter().emit_ok(NewEvent::new("after", json!({})));
     assert_eq!(c.next_event(WAIT).expect("live").json()["type"], "after");
     hub.restart();
     let stats = hub_stats(hub.addr());
@@ -104,9 +104,7 @@ fn hostile_rows_in_an_adopted_legacy_table_are_skipped_counted_and_never_block()
 fn check_reports_a_healthy_database_and_fails_on_a_damaged_one() {
     let mut hub = TestHub::start();
     for i in 0..5 {
-        hub.emitter()
-            .emit(NewEvent::image_captured(1, 1, i, 1))
-            .expect("emit");
+        hub.emitter().emit_ok(NewEvent::image_captured(1, 1, i, 1));
     }
     assert!(wait_until(WAIT, || hub_stats(hub.addr())["dispatched"] == 5));
     let db = hub.db_path();
@@ -167,7 +165,7 @@ fn backup_of_a_running_hub_is_a_consistent_standalone_copy() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                e.emit(NewEvent::image_captured(1, 1, n, 1)).expect("emit");
+                e.emit_ok(NewEvent::image_captured(1, 1, n, 1));
                 n += 1;
             }
             n

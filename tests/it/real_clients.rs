@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, TestHub, WAIT, collect, lines_of, post_json};
+use crate::support::{ChildHub, EmitOk, TestHub, WAIT, collect, lines_of, post_json};
 
 /// Each client process exits by itself after this long, whatever happens.
 const CLIENT_SECS: u64 = 40;
@@ -285,12 +285,10 @@ fn curl_connected(c: &mut ClientProc) {
 // Events
 
 fn emit(hub: &TestHub, n: i64) -> EventId {
-    hub.emitter()
-        .emit(NewEvent::new(
-            "image_captured",
-            json!({"camera_id": 1, "n": n}),
-        ))
-        .expect("emit")
+    hub.emitter().emit_ok(NewEvent::new(
+        "image_captured",
+        json!({"camera_id": 1, "n": n}),
+    ))
 }
 
 /// Seq of a cursor `xxxxxxxx-N`, checking its form.
@@ -501,15 +499,10 @@ fn curl_filters_and_named_events() {
     );
     curl_connected(&mut c);
     let e = hub.emitter();
-    e.emit(NewEvent::camera_status_changed(1, "offline", "unhealthy"))
-        .expect("emit");
-    e.emit(NewEvent::image_captured(2, 1, 10, 1)).expect("emit");
-    let want = e
-        .emit(NewEvent::camera_status_changed(2, "online", "healthy"))
-        .expect("emit");
-    let also = e
-        .emit(NewEvent::timelapse_status_changed(2, 5, "running"))
-        .expect("emit");
+    e.emit_ok(NewEvent::camera_status_changed(1, "offline", "unhealthy"));
+    e.emit_ok(NewEvent::image_captured(2, 1, 10, 1));
+    let want = e.emit_ok(NewEvent::camera_status_changed(2, "online", "healthy"));
+    let also = e.emit_ok(NewEvent::timelapse_status_changed(2, 5, "running"));
     for (id, ty) in [
         (want, "camera_status_changed"),
         (also, "timelapse_status_changed"),
@@ -553,11 +546,10 @@ fn post(hub: &ChildHub, n: i64) -> EventId {
 fn emit_offline(db: &Path, ns: std::ops::RangeInclusive<i64>) -> Vec<EventId> {
     let e = Emitter::open(db).expect("emitter");
     ns.map(|n| {
-        e.emit(NewEvent::new(
+        e.emit_ok(NewEvent::new(
             "image_captured",
             json!({"camera_id": 1, "n": n}),
         ))
-        .expect("emit")
     })
     .collect()
 }
@@ -685,8 +677,7 @@ fn eventsource_gets_named_events_and_resets_through_listeners() {
     emit(&hub, 2);
     let id = hub
         .emitter()
-        .emit(NewEvent::camera_status_changed(3, "online", "healthy"))
-        .expect("emit");
+        .emit_ok(NewEvent::camera_status_changed(3, "online", "healthy"));
     let v = es.until(WAIT, "named event", |v| is_kind(v, "event"));
     assert_eq!(
         v["type"], "camera_status_changed",

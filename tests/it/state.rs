@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
+use crate::support::{EmitOk, SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
 
 fn state(hub: &TestHub) -> Value {
     http(hub.addr(), "GET", "/api/state", &[], b"").json()
@@ -26,7 +26,7 @@ fn camera(state: &Value, id: i64) -> Value {
 fn camera_day(hub: &TestHub) -> Vec<i64> {
     let e = hub.emitter();
     let mut ids = Vec::new();
-    let mut emit = |ev: NewEvent| ids.push(e.emit(ev).expect("emit").0);
+    let mut emit = |ev: NewEvent| ids.push(e.emit_ok(ev).0);
     emit(NewEvent::camera_status_changed(7, "online", "healthy"));
     emit(NewEvent::timelapse_status_changed(7, 70, "running"));
     for n in 1..=5 {
@@ -129,7 +129,7 @@ fn etag_changes_exactly_when_an_event_changes_the_state() {
     let hub = TestHub::start();
     let e = hub.emitter();
     let mut c = SseClient::connect(hub.addr(), "/api/events");
-    e.emit(NewEvent::image_captured(1, 1, 1, 1)).expect("emit");
+    e.emit_ok(NewEvent::image_captured(1, 1, 1, 1));
     c.take(1);
     let first = http(hub.addr(), "GET", "/api/state", &[], b"");
     let tag = first.header("ETag").expect("etag").to_owned();
@@ -143,8 +143,7 @@ fn etag_changes_exactly_when_an_event_changes_the_state() {
     assert_eq!(again.status, 304);
     assert!(again.body.is_empty());
     // An event the state does not read: same ETag.
-    e.emit(NewEvent::new("custom", json!({"x": 1})))
-        .expect("emit");
+    e.emit_ok(NewEvent::new("custom", json!({"x": 1})));
     c.take(1);
     assert_eq!(
         http(
@@ -158,7 +157,7 @@ fn etag_changes_exactly_when_an_event_changes_the_state() {
         304
     );
     // One that it does: a new ETag and a new body.
-    e.emit(NewEvent::image_captured(1, 1, 2, 1)).expect("emit");
+    e.emit_ok(NewEvent::image_captured(1, 1, 2, 1));
     c.take(1);
     let changed = http(
         hub.addr(),
@@ -181,8 +180,7 @@ fn state_then_stream_from_its_cursor_misses_nothing_under_concurrent_emits() {
         std::thread::spawn(move || {
             let mut n = 0;
             while running.load(Ordering::Relaxed) {
-                e.emit(NewEvent::image_captured(n % 3, 1, n, 1))
-                    .expect("emit");
+                e.emit_ok(NewEvent::image_captured(n % 3, 1, n, 1));
                 n += 1;
                 std::thread::sleep(Duration::from_micros(500));
             }
@@ -231,7 +229,7 @@ fn the_watchdog_flags_a_silent_camera_and_its_recovery() {
     let e = hub.emitter();
     // Camera 2's timelapse is paused: it is not expected to capture, so never stale. Its
     // second capture and the pause are dispatched together, so no silence falls between.
-    e.emit(NewEvent::image_captured(2, 20, 1, 1)).expect("emit");
+    e.emit_ok(NewEvent::image_captured(2, 20, 1, 1));
     std::thread::sleep(Duration::from_millis(30));
     e.emit_batch(vec![
         NewEvent::image_captured(2, 20, 2, 1),
@@ -239,7 +237,7 @@ fn the_watchdog_flags_a_silent_camera_and_its_recovery() {
     ])
     .expect("emit");
     for n in 1..=5 {
-        e.emit(NewEvent::image_captured(1, 10, n, 1)).expect("emit");
+        e.emit_ok(NewEvent::image_captured(1, 10, n, 1));
         std::thread::sleep(Duration::from_millis(40));
     }
     let captures = c.take(5);
@@ -274,7 +272,7 @@ fn the_watchdog_flags_a_silent_camera_and_its_recovery() {
         c.next_event(Duration::from_millis(700)).is_none(),
         "flagged once, not repeatedly"
     );
-    e.emit(NewEvent::image_captured(1, 10, 6, 1)).expect("emit");
+    e.emit_ok(NewEvent::image_captured(1, 10, 6, 1));
     let back = c.take(2);
     assert_eq!(back[0].json()["type"], "image_captured");
     assert_eq!(back[1].json()["type"], "camera_recovered");
@@ -296,9 +294,7 @@ fn retention_keeps_the_newest_rows_and_never_touches_pending_ones() {
     });
     let mut c = SseClient::connect(hub.addr(), "/api/events");
     for i in 0..30 {
-        hub.emitter()
-            .emit(NewEvent::new("n", json!({"i": i})))
-            .expect("emit");
+        hub.emitter().emit_ok(NewEvent::new("n", json!({"i": i})));
     }
     c.take(30);
     assert!(wait_until(WAIT, || hub_stats(hub.addr())["dispatched"] == 10));
@@ -338,9 +334,7 @@ fn retention_by_age_and_by_size_and_pending_rows_are_safe() {
     };
     // Default policy (7 days): the 10-day-old rows go once dispatched.
     let hub = timelapse_events::Hub::start(config(&db)).expect("start");
-    hub.emitter()
-        .emit(NewEvent::new("fresh", json!({})))
-        .expect("emit");
+    hub.emitter().emit_ok(NewEvent::new("fresh", json!({})));
     let count = |t: &str| -> i64 {
         let conn = rusqlite::Connection::open(&db).expect("open");
         conn.query_row(
@@ -356,11 +350,10 @@ fn retention_by_age_and_by_size_and_pending_rows_are_safe() {
     // By size: 200 events of 8 KiB, a 256 KiB budget.
     let e = timelapse_events::Emitter::open(&db).expect("open");
     for i in 0..200 {
-        e.emit(NewEvent::new(
+        e.emit_ok(NewEvent::new(
             "big",
             json!({"i": i, "pad": "z".repeat(8000)}),
-        ))
-        .expect("emit");
+        ));
     }
     drop(e);
     let hub = timelapse_events::Hub::start(timelapse_events::Config {
@@ -381,7 +374,7 @@ fn retention_by_age_and_by_size_and_pending_rows_are_safe() {
     // Pending rows (no hub dispatched them) survive any cleanup.
     let e = timelapse_events::Emitter::open(&db).expect("open");
     for _ in 0..7 {
-        e.emit(NewEvent::new("pending", json!({}))).expect("emit");
+        e.emit_ok(NewEvent::new("pending", json!({})));
     }
     drop(e);
     let (status, out, err) = run_bin(&[
@@ -412,13 +405,9 @@ fn stats_report_counts_subscribers_and_sizes() {
     // "other" goes first: same priority dispatches in id order, so once `a` has seen the
     // three captures, "other" is committed as dispatched too (the poller commits, then
     // broadcasts). Emitted last, it could still be pending when stats is read.
-    hub.emitter()
-        .emit(NewEvent::new("other", json!({})))
-        .expect("emit");
+    hub.emitter().emit_ok(NewEvent::new("other", json!({})));
     for i in 0..3 {
-        hub.emitter()
-            .emit(NewEvent::image_captured(4, 1, i, 1))
-            .expect("emit");
+        hub.emitter().emit_ok(NewEvent::image_captured(4, 1, i, 1));
     }
     a.take(3);
     let s = hub_stats(hub.addr());
@@ -456,9 +445,7 @@ fn metrics_parse_as_prometheus_text() {
     let hub = TestHub::start();
     let mut c = SseClient::connect(hub.addr(), "/api/events");
     for i in 0..3 {
-        hub.emitter()
-            .emit(NewEvent::image_captured(1, 1, i, 1))
-            .expect("emit");
+        hub.emitter().emit_ok(NewEvent::image_captured(1, 1, i, 1));
     }
     c.take(3);
     let r = http(hub.addr(), "GET", "/metrics", &[], b"");

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use timelapse_events::NewEvent;
 
-use crate::support::{SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until};
+use crate::support::{
+    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
+};
 
 fn streams(hub: &TestHub) -> i64 {
     crate::support::open_streams(hub.addr())
@@ -34,8 +36,7 @@ fn each_event_arrives_while_the_stream_stays_open_on_http11_and_http10() {
             // One at a time: each must arrive on its own, before the next exists.
             let id = hub
                 .emitter()
-                .emit(NewEvent::new("ping", json!({"i": i})))
-                .expect("emit");
+                .emit_ok(NewEvent::new("ping", json!({"i": i})));
             let e = c
                 .next_event(WAIT)
                 .unwrap_or_else(|| panic!("{version}: event {i} not delivered"));
@@ -57,12 +58,10 @@ fn filters_and_named_events_select_and_label_frames() {
     let mut by_camera = SseClient::connect(hub.addr(), "/api/events?camera_id=2");
     let mut named = SseClient::connect(hub.addr(), "/api/events?named=1&types=image_captured");
     let e = hub.emitter();
-    e.emit(NewEvent::image_captured(1, 1, 1, 1)).expect("emit");
-    e.emit(NewEvent::camera_status_changed(2, "offline", "unreachable"))
-        .expect("emit");
-    e.emit(NewEvent::image_captured(2, 5, 7, 1)).expect("emit");
-    e.emit(NewEvent::timelapse_status_changed(1, 1, "paused"))
-        .expect("emit");
+    e.emit_ok(NewEvent::image_captured(1, 1, 1, 1));
+    e.emit_ok(NewEvent::camera_status_changed(2, "offline", "unreachable"));
+    e.emit_ok(NewEvent::image_captured(2, 5, 7, 1));
+    e.emit_ok(NewEvent::timelapse_status_changed(1, 1, "paused"));
     let types: Vec<String> = by_type
         .take(2)
         .iter()
@@ -131,9 +130,7 @@ fn idle_streams_get_bare_comment_heartbeats_at_the_interval() {
         "heartbeats are not events"
     );
     // An event resets the silence; the stream carries on.
-    hub.emitter()
-        .emit(NewEvent::new("x", json!({})))
-        .expect("emit");
+    hub.emitter().emit_ok(NewEvent::new("x", json!({})));
     assert!(c.next_event(WAIT).is_some());
 }
 
@@ -146,7 +143,7 @@ fn bad_foreign_future_and_pruned_cursors_get_reset_then_live_events() {
     let e = hub.emitter();
     let mut first = SseClient::connect(hub.addr(), "/api/events");
     for i in 0..20 {
-        e.emit(NewEvent::new("n", json!({"i": i}))).expect("emit");
+        e.emit_ok(NewEvent::new("n", json!({"i": i})));
     }
     let all = first.take(20);
     let old_cursor = all[2].id.clone().expect("id");
@@ -179,9 +176,7 @@ fn bad_foreign_future_and_pruned_cursors_get_reset_then_live_events() {
         assert_eq!(reset.json()["reason"], reason);
         let head = format!("{stream}-{}", 20 + round);
         assert_eq!(reset.id.as_deref(), Some(&*head), "reset carries the head");
-        let id = e
-            .emit(NewEvent::new("after_reset", json!({})))
-            .expect("emit");
+        let id = e.emit_ok(NewEvent::new("after_reset", json!({})));
         let live = c.next_event(WAIT).expect("live after reset");
         assert_eq!(live.json()["id"], id.0);
         first.take(1);
@@ -446,8 +441,7 @@ fn graceful_shutdown_ends_fifty_streams_cleanly_and_keeps_acknowledged_events() 
     let ids: Vec<i64> = (0..20)
         .map(|i| {
             hub.emitter()
-                .emit(NewEvent::new("before_stop", json!({"i": i})))
-                .expect("emit")
+                .emit_ok(NewEvent::new("before_stop", json!({"i": i})))
                 .0
         })
         .collect();

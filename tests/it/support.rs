@@ -14,10 +14,22 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use timelapse_events::{Config, Emitter, Hub};
+use timelapse_events::{Config, Emitter, EventId, Hub, NewEvent};
 
 #[path = "../../examples/common/sse.rs"]
 mod sse;
+
+/// `Emitter::emit` for tests, where a failed emit fails the test.
+pub trait EmitOk {
+    /// The stored event's id; panics with "emit" and the error otherwise.
+    fn emit_ok(&self, event: NewEvent) -> EventId;
+}
+
+impl EmitOk for Emitter {
+    fn emit_ok(&self, event: NewEvent) -> EventId {
+        self.emit(event).expect("emit")
+    }
+}
 
 /// Hang guard for anything that should happen "soon".
 pub const WAIT: Duration = Duration::from_secs(10);
