@@ -22,6 +22,13 @@ const LEGACY_SCHEMA: &str = "CREATE TABLE sse_events (
     source TEXT DEFAULT 'system'
 )";
 
+/// `backup` of the hub's database to `dest`.
+fn backup(hub: &TestHub, dest: &std::path::Path) -> (std::process::ExitStatus, String, String) {
+    let db = hub.db_path();
+    let (db, dest) = (db.to_str().expect("utf-8"), dest.to_str().expect("utf-8"));
+    run_bin(&["backup", "--db", db, "--to", dest])
+}
+
 #[test]
 fn hostile_rows_in_an_adopted_legacy_table_are_skipped_counted_and_never_block() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -173,13 +180,7 @@ fn backup_of_a_running_hub_is_a_consistent_standalone_copy() {
     };
     std::thread::sleep(Duration::from_millis(200));
     let dest = hub.dir.path().join("backup.db");
-    let (status, out, err) = run_bin(&[
-        "backup",
-        "--db",
-        hub.db_path().to_str().expect("utf-8"),
-        "--to",
-        dest.to_str().expect("utf-8"),
-    ]);
+    let (status, out, err) = backup(&hub, &dest);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let emitted = producer.join().expect("producer");
     assert!(status.success(), "{out}{err}");
@@ -199,13 +200,7 @@ fn backup_of_a_running_hub_is_a_consistent_standalone_copy() {
         "a snapshot of what was committed: {n} of {emitted}"
     );
     // Refuses to overwrite.
-    let (status, _, err) = run_bin(&[
-        "backup",
-        "--db",
-        hub.db_path().to_str().expect("utf-8"),
-        "--to",
-        dest.to_str().expect("utf-8"),
-    ]);
+    let (status, _, err) = backup(&hub, &dest);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("refusing to overwrite"), "{err}");
 }

@@ -11,6 +11,14 @@ use timelapse_events::NewEvent;
 
 use crate::support::{EmitOk, SseClient, TestHub, WAIT, http, hub_stats, run_bin, wait_until};
 
+/// `cleanup --older-than 0s` on `db`, which must succeed; what it printed.
+fn cleanup_everything(db: &std::path::Path) -> String {
+    let db = db.to_str().expect("utf-8");
+    let (status, out, err) = run_bin(&["cleanup", "--db", db, "--older-than", "0s"]);
+    assert!(status.success(), "{err}");
+    out
+}
+
 fn state(hub: &TestHub) -> Value {
     http(hub.addr(), "GET", "/api/state", &[], b"").json()
 }
@@ -106,14 +114,7 @@ fn a_camera_day_survives_restart_and_cleanup_of_every_event() {
     // Delete every event from the shell; the state stays.
     hub.stop().expect("stop");
     let db = hub.db_path();
-    let (status, out, err) = run_bin(&[
-        "cleanup",
-        "--db",
-        db.to_str().expect("utf-8"),
-        "--older-than",
-        "0s",
-    ]);
-    assert!(status.success(), "{err}");
+    let out = cleanup_everything(&db);
     assert!(
         out.contains(&format!("deleted {} events", ids.len())),
         "{out}"
@@ -377,14 +378,7 @@ fn retention_by_age_and_by_size_and_pending_rows_are_safe() {
         e.emit_ok(NewEvent::new("pending", json!({})));
     }
     drop(e);
-    let (status, out, err) = run_bin(&[
-        "cleanup",
-        "--db",
-        db.to_str().expect("utf-8"),
-        "--older-than",
-        "0s",
-    ]);
-    assert!(status.success(), "{err}");
+    let out = cleanup_everything(&db);
     assert!(out.starts_with("deleted "), "{out}");
     assert_eq!(count("pending"), 7);
     assert_eq!(count("big"), 0);
