@@ -217,54 +217,26 @@ fn post_stores_events_and_refuses_bad_requests_with_json_errors() {
     // The table's own column names are accepted too.
     let ok = post_json(hub.addr(), r#"{"event_type":"x","event_data":{}}"#, &[]);
     assert_eq!(ok.status, 201, "{}", ok.text());
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
-    let cases: [Case; 8] = [
-        (
-            "{not json",
-            vec![("Content-Type", "application/json")],
-            400,
-            "invalid JSON",
-        ),
-        (
-            r#"{"type":"a b","data":{}}"#,
-            vec![("Content-Type", "application/json")],
-            400,
-            "type",
-        ),
-        (
-            r#"{"type":"a","data":[1]}"#,
-            vec![("Content-Type", "application/json")],
-            400,
-            "JSON object",
-        ),
+    const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
+    const TEXT: &[(&str, &str)] = &[("Content-Type", "text/plain")];
+    const NONE: &[(&str, &str)] = &[];
+    let cases = [
+        ("{not json", JSON, 400, "invalid JSON"),
+        (r#"{"type":"a b","data":{}}"#, JSON, 400, "type"),
+        (r#"{"type":"a","data":[1]}"#, JSON, 400, "JSON object"),
         (
             r#"{"type":"a","data":{},"priority":"urgent"}"#,
-            vec![("Content-Type", "application/json")],
+            JSON,
             400,
             "priority",
         ),
-        (
-            r#"{"type":"a"}"#,
-            vec![("Content-Type", "application/json")],
-            400,
-            "data",
-        ),
-        (
-            r#"{"type":"a","data":{},"extra":1}"#,
-            vec![("Content-Type", "application/json")],
-            400,
-            "extra",
-        ),
-        (
-            r#"{"type":"a","data":{}}"#,
-            vec![("Content-Type", "text/plain")],
-            415,
-            "application/json",
-        ),
-        (r#"{"type":"a","data":{}}"#, vec![], 415, "application/json"),
+        (r#"{"type":"a"}"#, JSON, 400, "data"),
+        (r#"{"type":"a","data":{},"extra":1}"#, JSON, 400, "extra"),
+        (r#"{"type":"a","data":{}}"#, TEXT, 415, "application/json"),
+        (r#"{"type":"a","data":{}}"#, NONE, 415, "application/json"),
     ];
     for (body, headers, status, needle) in cases {
-        let r = crate::support::http(hub.addr(), "POST", "/api/events", &headers, body.as_bytes());
+        let r = crate::support::http(hub.addr(), "POST", "/api/events", headers, body.as_bytes());
         assert_eq!(r.status, status, "{body}: {}", r.text());
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         let msg = r.json()["error"].as_str().unwrap_or("").to_owned();
