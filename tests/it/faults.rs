@@ -19,7 +19,8 @@ use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, EmitOk, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, hub_stats, post_json, sql_value, stream_id,
+    wait_until,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -44,13 +45,6 @@ fn python3() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The random stream part of this hub's cursors (`<stream>-<seq>`).
-fn stream_id(addr: SocketAddr) -> String {
-    let state = http(addr, "GET", "/api/state", &[], b"").json();
-    let cursor = state["cursor"].as_str().expect("cursor").to_owned();
-    cursor.split('-').next().expect("stream part").to_owned()
 }
 
 /// `GET /health` that returns None instead of panicking when the hub does not answer.

@@ -10,15 +10,8 @@ use timelapse_events::{Config, Emitter, Error, Hub, NewEvent, Priority};
 
 use crate::support::{
     ChildHub, EmitOk, SseClient, TestHub, WAIT, hold_write_lock, http, hub_stats, open_streams,
-    run_bin, sql_value, wait_until,
+    run_bin, sql_value, stream_id, wait_until,
 };
-
-/// The stream id of a hub's database, read from /api/state's cursor.
-fn stream_id(addr: std::net::SocketAddr) -> String {
-    let state = http(addr, "GET", "/api/state", &[], b"").json();
-    let cursor = state["cursor"].as_str().expect("cursor").to_owned();
-    cursor.split('-').next().expect("stream part").to_owned()
-}
 
 fn raw_insert(
     db: &std::path::Path,

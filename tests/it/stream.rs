@@ -7,12 +7,9 @@ use serde_json::json;
 use timelapse_events::NewEvent;
 
 use crate::support::{
-    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, post_json, sql_value, wait_until,
+    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, open_streams, post_json, sql_value,
+    wait_until,
 };
-
-fn streams(hub: &TestHub) -> i64 {
-    crate::support::open_streams(hub.addr())
-}
 
 #[test]
 fn each_event_arrives_while_the_stream_stays_open_on_http11_and_http10() {
@@ -398,7 +395,7 @@ fn over_max_clients_streams_get_503_with_retry_after() {
     // Slots come back once the hub notices the clients left (at its next write).
     assert!(wait_until(WAIT, || {
         hub.emitter().emit(NewEvent::new("nudge", json!({}))).ok();
-        streams(&hub) == 0
+        open_streams(hub.addr()) == 0
     }));
     assert_eq!(SseClient::connect(hub.addr(), "/api/events").status, 200);
 }
@@ -409,7 +406,7 @@ fn graceful_shutdown_ends_fifty_streams_cleanly_and_keeps_acknowledged_events() 
     let mut clients: Vec<SseClient> = (0..50)
         .map(|_| SseClient::connect(hub.addr(), "/api/events"))
         .collect();
-    assert!(wait_until(WAIT, || streams(&hub) == 50));
+    assert!(wait_until(WAIT, || open_streams(hub.addr()) == 50));
     let ids: Vec<i64> = (0..20)
         .map(|i| {
             hub.emitter()

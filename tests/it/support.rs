@@ -503,6 +503,13 @@ pub fn open_streams(addr: SocketAddr) -> i64 {
         .unwrap_or(-1)
 }
 
+/// The stream id of a hub's database, read from /api/state's cursor.
+pub fn stream_id(addr: SocketAddr) -> String {
+    let state = http(addr, "GET", "/api/state", &[], b"").json();
+    let cursor = state["cursor"].as_str().expect("cursor").to_owned();
+    cursor.split('-').next().expect("stream part").to_owned()
+}
+
 /// The hub's counters, from `GET /api/events/stats`.
 pub fn hub_stats(addr: SocketAddr) -> serde_json::Value {
     http(addr, "GET", "/api/events/stats", &[], b"").json()
