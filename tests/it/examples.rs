@@ -8,17 +8,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, EmitOk, SseClient, SseEvent, TestHub, WAIT, bin, collect, lines_of, reserve_port,
-    run_bin,
+    ChildHub, EmitOk, Proc, SseClient, SseEvent, TestHub, WAIT, bin, reserve_port, run_bin,
 };
 
 /// Hang guard for a child process that should end by itself, and for `tail` to come back
@@ -516,67 +514,7 @@ fn run_to_end(cmd: &mut Command) -> Finished {
     }
 }
 
-/// A child process whose stdout lines arrive on a channel and whose stderr is collected;
-/// killed on drop.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
-}
-
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = lines_of(stdout);
-        let (collected, stderr_reader) = collect(stderr);
-        Proc {
-            child,
-            lines,
-            stderr: collected,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    /// All of stderr, once the child has exited: waits for the reader to reach its end.
-    fn stderr_to_end(&mut self) -> String {
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        self.stderr()
-    }
-
-    /// The next stdout line, or None after `timeout` or at the end of the output.
-    fn line(&self, timeout: Duration) -> Option<String> {
-        self.lines.recv_timeout(timeout).ok()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-
-    /// Waits for the exit, killing the child (and failing) after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill(); // it hung; the panic below says so
-                panic!("child did not exit within {timeout:?}: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     /// SIGINT (Ctrl-C), then the exit status.
     fn interrupt(&mut self) -> ExitStatus {
         signal(&self.child, "INT");
@@ -612,14 +550,6 @@ impl Proc {
                 return;
             }
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Best effort: it may have exited already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

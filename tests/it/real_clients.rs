@@ -11,15 +11,13 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, EmitOk, TestHub, WAIT, collect, lines_of, post_json};
+use crate::support::{ChildHub, EmitOk, Proc, TestHub, WAIT, post_json};
 
 /// Each client process exits by itself after this long, whatever happens.
 const CLIENT_SECS: u64 = 40;
@@ -141,45 +139,27 @@ fn httpx_sse_probe() -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // Client processes
 
-/// A client as a child process: stdout lines through a channel, stderr kept for failure
-/// messages, killed on drop.
+/// A client as a child process ([`Proc`]) that keeps what it printed for failure messages.
 struct ClientProc {
     name: String,
-    child: Child,
-    lines: Receiver<String>,
+    proc: Proc,
     seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl ClientProc {
     fn spawn(name: &str, mut cmd: Command) -> ClientProc {
-        let mut child = cmd
-            .current_dir(clients_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        let lines = lines_of(child.stdout.take().expect("stdout"));
-        let (stderr, _) = collect(child.stderr.take().expect("stderr"));
         ClientProc {
             name: name.to_owned(),
-            child,
-            lines,
+            proc: Proc::spawn(cmd.current_dir(clients_dir())),
             seen: Vec::new(),
-            stderr,
         }
     }
 
     /// The next stdout line, or None after `timeout` (or when the process is gone).
     fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        match self.lines.recv_timeout(timeout) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        let line = self.proc.line(timeout)?;
+        self.seen.push(line.clone());
+        Some(line)
     }
 
     /// The next stdout line as JSON (the node and python scripts print JSON lines).
@@ -209,19 +189,12 @@ impl ClientProc {
     }
 
     fn transcript(&self) -> String {
-        let err = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        let err = self.proc.stderr();
         format!(
             "--- {} stdout so far:\n{}\n--- stderr:\n{err}",
             self.name,
             self.seen.join("\n")
         )
-    }
-}
-
-impl Drop for ClientProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
@@ -582,6 +582,76 @@ pub fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHan
 pub fn sql_value<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> T {
     conn.query_row(sql, [], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// A child process whose stdout lines arrive on a channel and whose stderr is collected;
+/// killed on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = lines_of(stdout);
+        let (collected, stderr_reader) = collect(stderr);
+        Proc {
+            child,
+            lines,
+            stderr: collected,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    /// All of stderr, once the child has exited: waits for the reader to reach its end.
+    pub fn stderr_to_end(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
+    }
+
+    /// The next stdout line, or None after `timeout` or at the end of the output.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the exit, killing the child (and failing) after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill(); // it hung; the panic below says so
+                panic!("child did not exit within {timeout:?}: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Best effort: it may have exited already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The hub binary built by cargo for this test run.
