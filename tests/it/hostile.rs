@@ -9,7 +9,8 @@ use serde_json::json;
 use timelapse_events::NewEvent;
 
 use crate::support::{
-    EmitOk, SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, wait_until,
+    EmitOk, SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, sql_value,
+    wait_until,
 };
 
 /// The hub still answers, streams and stores.
@@ -146,15 +147,11 @@ fn an_upload_in_progress_at_shutdown_is_answered_and_stored() {
     assert_eq!(r.status, 201, "{}", r.text());
     let (_hub, stopped) = stopping.join().expect("shutdown thread");
     stopped.expect("clean shutdown");
-    let stored: i64 = rusqlite::Connection::open(&db)
-        .and_then(|c| {
-            c.query_row(
-                "SELECT count(*) FROM sse_events WHERE event_type = 'upload_at_shutdown'",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .expect("count");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let stored: i64 = sql_value(
+        &conn,
+        "SELECT count(*) FROM sse_events WHERE event_type = 'upload_at_shutdown'",
+    );
     assert_eq!(stored, 1);
 }
 
