@@ -305,11 +305,7 @@ fn answer(mut rq: tiny_http::Request, shared: &Shared) {
         })
     };
     match answer {
-        Answer::Reply(reply) => {
-            if let Err(e) = rq.respond(response(reply)) {
-                log::debug!("response not delivered: {e}");
-            }
-        }
+        Answer::Reply(reply) => respond_logged(rq, reply),
         Answer::Takeover(start) => {
             let writer = rq.into_writer();
             shared.nudge_pump();
@@ -338,37 +334,76 @@ fn header<'a>(rq: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// Refuses a request whose declared body is over [`MAX_BODY_BYTES`] without ever letting
-/// tiny_http drain it on a worker (it would pin the worker while the client trickles, and
-/// abort the process for an absurd length). Returns the request when it is fine.
+/// Refuses a request whose declared body is over [`MAX_BODY_BYTES`], or whose length we
+/// cannot trust, without ever letting tiny_http drain it on a worker (it would pin the
+/// worker while the client trickles, and abort the process for an absurd length). Returns
+/// the request when it is fine.
 fn guard_body(rq: tiny_http::Request, shared: &Shared) -> Option<tiny_http::Request> {
-    let declared = match rq.body_length() {
-        Some(n) if n > MAX_BODY_BYTES => n,
-        _ => return Some(rq),
+    let refusal = match declared_length(rq.headers()) {
+        Ok(Some(n)) if n > MAX_BODY_BYTES as u64 => too_large(),
+        Ok(_) => return Some(rq),
+        Err(why) => HttpError::new(400, why).with_header("Connection", "close"),
     };
     log::warn!(
-        "refusing a {declared}-byte body from {:?} ({} {})",
+        "refusing the body of {:?} ({} {}): {}",
         rq.remote_addr(),
         rq.method(),
-        rq.url()
+        rq.url(),
+        refusal.message
     );
-    if declared <= DRAIN_LIMIT_BYTES
-        && let Some(place) = shared.bodies.try_reserve()
-    {
-        // Answer, then let the drop drain (or meet EOF) off the workers. Its tiny_http
-        // pool thread waits as long: have the pump replace it.
-        shared.nudge_pump();
-        let spawned = place.spawn("reject", 64 * 1024, move || {
-            let _ = rq.respond(response(too_large().into_reply()));
-            Ok(())
-        });
-        if let Err(e) = spawned {
-            log::error!("{}", e.chain());
-        }
-        return None;
+    match rq.body_length() {
+        // tiny_http read no length it could use (on 32-bit targets it parses into a
+        // 32-bit usize and drops a longer one without a word), so it will not drain one:
+        // nothing beyond its 1 KiB prebuffer can be read by dropping the request.
+        None => respond_logged(rq, refusal.into_reply()),
+        Some(n) if n <= PREBUFFERED_BYTES => respond_logged(rq, refusal.into_reply()),
+        Some(n) if n <= DRAIN_LIMIT_BYTES => match shared.bodies.try_reserve() {
+            Some(place) => {
+                // Answer, then let the drop drain (or meet EOF) off the workers. Its
+                // tiny_http pool thread waits as long: have the pump replace it.
+                shared.nudge_pump();
+                let reply = refusal.into_reply();
+                let spawned = place.spawn("reject", 64 * 1024, move || {
+                    respond_logged(rq, reply);
+                    Ok(())
+                });
+                if let Err(e) = spawned {
+                    log::error!("{}", e.chain());
+                }
+            }
+            None => abandon(rq, refusal.into_reply(), shared),
+        },
+        Some(_) => abandon(rq, refusal.into_reply(), shared),
     }
-    abandon(rq, too_large().into_reply(), shared);
     None
+}
+
+/// The body length a request declares, read by us as a `u64` from every
+/// `Content-Length` header rather than trusted to tiny_http's `usize`.
+///
+/// # Errors
+/// A message for a 400: a value that is not a plain number of bytes (or beyond `u64`),
+/// or two headers that disagree.
+fn declared_length(headers: &[Header]) -> std::result::Result<Option<u64>, &'static str> {
+    let mut declared = None;
+    for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+        let text = h.value.as_str().trim();
+        let n = (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<u64>().ok())
+            .flatten()
+            .ok_or("Content-Length is not a number of bytes this server can take")?;
+        if declared.is_some_and(|d| d != n) {
+            return Err("conflicting Content-Length headers");
+        }
+        declared = Some(n);
+    }
+    Ok(declared)
+}
+
+fn respond_logged(rq: tiny_http::Request, reply: Reply) {
+    if let Err(e) = rq.respond(response(reply)) {
+        log::debug!("response not delivered: {e}");
+    }
 }
 
 /// Answers a request whose body is still unread without ever dropping it. tiny_http drains
