@@ -9,22 +9,28 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, Synchronous};
 use crate::error::{Error, Result};
-use crate::store::{Store, maintenance};
+use crate::store::{self, OpenMode, Store, maintenance};
 
 /// Event statistics of a database, as `GET /api/events/stats` gives them (no subscribers).
+/// Opens the file read-only, so it works on one this user may only read; `synchronous` is
+/// not used (nothing is written) and stays for compatibility.
 ///
 /// # Errors
-/// The database cannot be opened, migrated or read.
+/// [`Error::DbFile`] when there is no timelapse-events database at `db`;
+/// [`Error::SchemaTooOld`] for one no hub of this version has migrated yet; or the
+/// database cannot be read.
 pub fn stats(db: &Path, synchronous: Synchronous) -> Result<Map<String, Value>> {
-    let store = Store::open(db, synchronous, Duration::from_secs(5))?;
-    maintenance::stats(&*store.conn()?, db)
+    let _ = synchronous; // a read-only connection never commits
+    let conn = store::open_current_read_only(db)?;
+    maintenance::stats(&conn, db)
 }
 
 /// Deletes dispatched events (never pending ones) older than `older_than`, or, without it,
 /// what the hub's default retention policy would delete. Returns how many.
 ///
 /// # Errors
-/// The database cannot be opened, migrated or written.
+/// [`Error::DbFile`] when there is no timelapse-events database at `db` (nothing is
+/// created) or it may not be written; or it cannot be migrated or written.
 pub fn cleanup(db: &Path, synchronous: Synchronous, older_than: Option<Duration>) -> Result<u64> {
     let policy = match older_than {
         Some(age) => maintenance::Policy {
@@ -34,15 +40,17 @@ pub fn cleanup(db: &Path, synchronous: Synchronous, older_than: Option<Duration>
         },
         None => crate::retention::policy(&Config::default()),
     };
-    let store = Store::open(db, synchronous, Duration::from_secs(5))?;
+    let store = Store::open_as(db, synchronous, Duration::from_secs(5), OpenMode::Existing)?;
     maintenance::prune(&mut store.dedicated()?, policy)
 }
 
 /// Checks a database: integrity, schema version, counts, WAL size. Returns the report;
-/// `on_report` sees it before a failed check returns its problems.
+/// `on_report` sees it before a failed check returns its problems. Opens the file
+/// read-only and never changes it.
 ///
 /// # Errors
-/// [`Error::Check`] naming each problem found; other errors when the file cannot be read.
+/// [`Error::Check`] naming each problem found; [`Error::DbFile`] when there is no database
+/// at `db` to check (then `on_report` is not called); other errors when it cannot be read.
 pub fn check(db: &Path, on_report: impl FnOnce(&Map<String, Value>)) -> Result<()> {
     let found = maintenance::check(db)?;
     on_report(&found.report);
@@ -56,16 +64,49 @@ pub fn check(db: &Path, on_report: impl FnOnce(&Map<String, Value>)) -> Result<(
 }
 
 /// Copies a (possibly running) database to `to` with SQLite's online backup API; `to` must
-/// not exist. Returns the pages copied.
+/// not exist. Returns the pages copied. The source is opened read-only, and must exist;
+/// when anything fails, `to` is removed again: a failed backup leaves no file behind.
 ///
 /// # Errors
-/// `to` exists ([`Error::Config`]), or the copy fails.
+/// `to` exists ([`Error::Config`]), there is no database at `db` ([`Error::DbFile`]), or
+/// the copy fails.
 pub fn backup(db: &Path, to: &Path) -> Result<u64> {
+    let exists = || Error::Config {
+        field: "to",
+        reason: format!("{} exists; refusing to overwrite it", to.display()),
+    };
     if to.exists() {
-        return Err(Error::Config {
-            field: "to",
-            reason: format!("{} exists; refusing to overwrite it", to.display()),
-        });
+        return Err(exists());
     }
-    maintenance::backup(db, to)
+    let from = store::open_read_only(db)?;
+    // Claims the name atomically: a file that appeared meanwhile is not ours to replace
+    // (nor, on failure, to remove).
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+        Err(e) => {
+            return Err(Error::Io {
+                op: "create the backup file",
+                source: e,
+            });
+        }
+    }
+    let copied = maintenance::backup(&from, to);
+    if copied.is_err() {
+        for leftover in ["", "-journal", "-wal", "-shm"].map(|s| store::sibling(to, s)) {
+            if let Err(e) = std::fs::remove_file(&leftover)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                log::warn!(
+                    "cannot remove the partial backup {}: {e}",
+                    leftover.display()
+                );
+            }
+        }
+    }
+    copied
 }

@@ -24,7 +24,7 @@ use crate::config::Synchronous;
 use crate::error::{Error, Result};
 use crate::event::{EventId, NewEvent};
 use crate::metrics::Metrics;
-use crate::store::{Store, events};
+use crate::store::{OpenMode, Store, events};
 use crate::thread::{join_thread, spawn_critical};
 
 /// Most events committed in one transaction.
@@ -94,7 +94,23 @@ impl Emitter {
     /// # Errors
     /// As [`Emitter::open`].
     pub fn open_with(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
-        let store = Store::open(db_path.as_ref(), synchronous, Duration::from_secs(5))?;
+        Emitter::open_as(db_path.as_ref(), synchronous, OpenMode::Create)
+    }
+
+    /// [`Emitter::open_with`] for a database that must exist already: a mistyped path, or
+    /// one relative to the wrong directory, is an error instead of a new, empty database
+    /// that no hub reads. What the `emit` subcommand uses (without `--create`).
+    ///
+    /// # Errors
+    /// [`Error::DbFile`] when there is no timelapse-events database at `db_path` (no file,
+    /// no directory, not SQLite, no schema) or this user may not read and write it; then as
+    /// [`Emitter::open`].
+    pub fn open_existing(db_path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Emitter> {
+        Emitter::open_as(db_path.as_ref(), synchronous, OpenMode::Existing)
+    }
+
+    fn open_as(db_path: &Path, synchronous: Synchronous, mode: OpenMode) -> Result<Emitter> {
+        let store = Store::open_as(db_path, synchronous, Duration::from_secs(5), mode)?;
         let (writer, emitter) = Writer::start(&store)?;
         Ok(Emitter {
             _owner: Some(Arc::new(writer)),

@@ -2,10 +2,33 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Shorthand for `Result<T, timelapse_events::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with a database file ([`Error::DbFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DbFileProblem {
+    /// No file at the path, and the caller does not create one.
+    Missing,
+    /// The directory the file should be in does not exist.
+    MissingDir,
+    /// The file, or its directory, may not be read (or created) by this user.
+    PermissionDenied,
+    /// The file exists but is not an SQLite database.
+    NotSqlite,
+    /// An SQLite file without a timelapse-events schema (e.g. empty), which only a
+    /// creating open (`serve`, `emit --create`) initialises.
+    NotInitialised,
+    /// The file may be read but not written by this user, and the caller must write it.
+    ReadOnly,
+    /// The directory may not be written by this user, and SQLite must create the `-wal` and
+    /// `-shm` files beside the database there.
+    ReadOnlyDir,
+}
 
 /// Everything that can fail inside the hub.
 #[derive(Debug)]
@@ -85,6 +108,24 @@ pub enum Error {
         /// What is wrong, one entry per problem.
         problems: Vec<String>,
     },
+    /// The database file at `path` cannot be used as asked; `problem` says why, in words an
+    /// operator can act on (a mistyped path, a missing directory, permissions).
+    DbFile {
+        /// The database file asked for.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: DbFileProblem,
+        /// The SQLite or I/O error that revealed it, when there was one.
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The database has an older schema than this binary's, and the caller only reads it
+    /// (`stats`): it is never migrated by a read.
+    SchemaTooOld {
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The version this binary writes.
+        supported: i64,
+    },
     /// The hub (or the emitter's writer) has been shut down.
     Closed,
     /// One failure reported to several callers (every emit of a group whose commit
@@ -117,6 +158,49 @@ impl fmt::Display for Error {
                  (0 to {supported}); is this a timelapse-events database?"
             ),
             Error::Check { problems } => write!(f, "check failed: {}", problems.join("; ")),
+            Error::DbFile { path, problem, .. } => {
+                let dir = parent_of(path);
+                let path = path.display();
+                match problem {
+                    DbFileProblem::Missing => write!(
+                        f,
+                        "no timelapse-events database at {path}: the file does not exist"
+                    ),
+                    DbFileProblem::MissingDir => write!(
+                        f,
+                        "no timelapse-events database at {path}: directory {dir} does not exist"
+                    ),
+                    DbFileProblem::PermissionDenied => write!(
+                        f,
+                        "cannot open the database at {path}: permission denied on the file or \
+                         on directory {dir} (which user owns them?)"
+                    ),
+                    DbFileProblem::NotSqlite => write!(
+                        f,
+                        "{path} is not a timelapse-events database: not an SQLite file"
+                    ),
+                    DbFileProblem::NotInitialised => write!(
+                        f,
+                        "{path} is not a timelapse-events database: an SQLite file without its \
+                         schema (e.g. empty); only `serve` or `emit --create` initialise one"
+                    ),
+                    DbFileProblem::ReadOnly => write!(
+                        f,
+                        "the database at {path} is read-only for this user, and it must be \
+                         written (check the file's owner and mode)"
+                    ),
+                    DbFileProblem::ReadOnlyDir => write!(
+                        f,
+                        "cannot write in directory {dir}: SQLite must create {path}-wal and \
+                         {path}-shm (or a new database) there, and this user may not"
+                    ),
+                }
+            }
+            Error::SchemaTooOld { found, supported } => write!(
+                f,
+                "database schema version {found} is older than this binary's (version \
+                 {supported}); start `serve` on it once to migrate it"
+            ),
             Error::Closed => write!(f, "the hub is shut down"),
             Error::Shared(e) => fmt::Display::fmt(e, f),
         }
@@ -131,6 +215,10 @@ impl std::error::Error for Error {
             Error::Io { source, .. } | Error::Bind { source, .. } | Error::Spawn { source, .. } => {
                 Some(source)
             }
+            Error::DbFile {
+                source: Some(source),
+                ..
+            } => Some(&**source),
             Error::Shared(e) => e.source(),
             _ => None,
         }
@@ -174,6 +262,14 @@ impl Error {
             cur = e.source();
         }
         out
+    }
+}
+
+/// The directory part of `path`, as a message shows it (`.` for a bare file name).
+fn parent_of(path: &std::path::Path) -> std::path::Display<'_> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.display(),
+        _ => std::path::Path::new(".").display(),
     }
 }
 

@@ -50,7 +50,7 @@ mod watchdog;
 
 pub use config::{Config, DEFAULT_DB_PATH, Synchronous};
 pub use emitter::Emitter;
-pub use error::{Error, Result};
+pub use error::{DbFileProblem, Error, Result};
 pub use event::{Cursor, Event, EventId, NewEvent, Priority};
 pub use hub::Hub;
 pub use store::SCHEMA_VERSION;

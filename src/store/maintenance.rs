@@ -197,20 +197,7 @@ pub(crate) struct CheckReport {
 /// Checks a database file without changing it: SQLite's `integrity_check`, the schema
 /// version, counts and sizes.
 pub(crate) fn check(path: &Path) -> Result<CheckReport> {
-    use rusqlite::OpenFlags;
-    if !path.exists() {
-        return Ok(CheckReport {
-            problems: vec![format!("{} does not exist", path.display())],
-            report: Map::new(),
-        });
-    }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db("open the database"))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(db("set busy timeout"))?;
+    let conn = super::open_read_only(path)?;
     let mut problems = Vec::new();
     let integrity: Vec<String> = {
         let mut stmt = conn
@@ -259,16 +246,14 @@ pub(crate) fn check(path: &Path) -> Result<CheckReport> {
     Ok(CheckReport { problems, report })
 }
 
-/// Copies a live database to `dest` with SQLite's online backup API, a few hundred pages
-/// at a time, so the hub keeps writing meanwhile; then checks the copy.
-pub(crate) fn backup(src: &Path, dest: &Path) -> Result<u64> {
+/// Copies a live database (`from`, opened read-only) to `dest`, an empty file, with
+/// SQLite's online backup API, a few hundred pages at a time, so the hub keeps writing
+/// meanwhile; then checks the copy.
+pub(crate) fn backup(from: &Connection, dest: &Path) -> Result<u64> {
     use rusqlite::backup::Backup;
-    let from = Connection::open(src).map_err(db("open the database"))?;
-    from.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(db("set busy timeout"))?;
     let mut to = Connection::open(dest).map_err(db("create the backup file"))?;
     {
-        let b = Backup::new(&from, &mut to).map_err(db("start the backup"))?;
+        let b = Backup::new(from, &mut to).map_err(db("start the backup"))?;
         b.run_to_completion(256, std::time::Duration::from_millis(5), None)
             .map_err(db("copy pages"))?;
     }

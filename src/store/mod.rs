@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::config::Synchronous;
-use crate::error::{Error, Result, db};
+use crate::error::{DbFileProblem, Error, Result, db};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -40,6 +40,17 @@ pub(crate) struct Store {
     log_id: u32,
 }
 
+/// Whether [`Store::open_as`] may create the database file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenMode {
+    /// Create (and initialise) the file when it is missing: `serve`, `emit --create`,
+    /// `Emitter::open`.
+    Create,
+    /// The file must already exist and hold a timelapse-events schema (an older one is
+    /// migrated): `emit`, `cleanup`, `Emitter::open_existing`.
+    Existing,
+}
+
 /// A pooled connection.
 pub(crate) type Pooled = r2d2::PooledConnection<SqliteConnectionManager>;
 
@@ -51,8 +62,46 @@ impl Store {
         synchronous: Synchronous,
         busy_timeout: Duration,
     ) -> Result<Store> {
-        let mut first = open_connection(path, synchronous, busy_timeout)?;
-        schema::migrate(&mut first)?;
+        Store::open_as(path, synchronous, busy_timeout, OpenMode::Create)
+    }
+
+    /// [`Store::open`], creating the file only in [`OpenMode::Create`]. Every refusal is an
+    /// [`Error::DbFile`] naming the path and what is wrong, found before anything is written:
+    /// a missing file or directory, permissions, a file that is not SQLite, one without our
+    /// schema (with `Existing`), or one this user may not write.
+    pub(crate) fn open_as(
+        path: &Path,
+        synchronous: Synchronous,
+        busy_timeout: Duration,
+        mode: OpenMode,
+    ) -> Result<Store> {
+        preflight(path, mode)?;
+        let flags = match mode {
+            OpenMode::Create => OpenFlags::default(),
+            OpenMode::Existing => OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE,
+        };
+        let mut first = Connection::open_with_flags(path, flags)
+            .map_err(|e| classify(path, e, "open the database"))?;
+        first
+            .busy_timeout(busy_timeout)
+            .map_err(db("set the busy timeout"))?;
+        // Read before anything is written: SQLite opens lazily, so a file that is not a
+        // database, or an empty one, shows here, and setting WAL would write its header.
+        let (version, tables) =
+            probe(&first).map_err(|e| classify(path, e, "read the database"))?;
+        if mode == OpenMode::Existing && version == 0 && !tables.contains("sse_events") {
+            return Err(Error::db_file(path, DbFileProblem::NotInitialised));
+        }
+        // SQLite falls back to read-only, silently, for a file this user may not write.
+        if first
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(db("open the database"))?
+        {
+            return Err(Error::db_file(path, DbFileProblem::ReadOnly));
+        }
+        apply_pragmas(&first, synchronous, busy_timeout)
+            .map_err(|e| classify(path, e, "configure the database"))?;
+        schema::migrate(&mut first, path, tables.is_empty())?;
         let log_id = events::log_id(&first)?;
         drop(first);
         let init_sync = synchronous;
@@ -99,9 +148,7 @@ impl Store {
 
     /// The `-wal` file beside the database.
     pub(crate) fn wal_path(&self) -> PathBuf {
-        let mut p = self.path.as_os_str().to_owned();
-        p.push("-wal");
-        PathBuf::from(p)
+        sibling(&self.path, "-wal")
     }
 
     /// Folds the WAL back into the database file and truncates it (used at shutdown).
@@ -110,6 +157,165 @@ impl Store {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(db("checkpoint the WAL"))
     }
+}
+
+/// Opens an existing database read-only (`SQLITE_OPEN_READ_ONLY`): `check`, `stats` and the
+/// source of `backup`, which work on a file this user may only read. In WAL mode SQLite
+/// needs the `-shm` beside the file, and creates it when the directory is writable; when it
+/// is not and there is no `-wal` either (no writer has the file open: a writer always has
+/// one), the file is opened `immutable`, which needs neither. Never migrates.
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection> {
+    preflight(path, OpenMode::Existing)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let open = |target: &Path| -> Result<Connection> {
+        let conn = Connection::open_with_flags(target, flags)
+            .map_err(|e| classify(path, e, "open the database"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(db("set the busy timeout"))?;
+        probe(&conn).map_err(|e| classify(path, e, "read the database"))?;
+        Ok(conn)
+    };
+    match open(path) {
+        Err(Error::DbFile {
+            problem: DbFileProblem::ReadOnlyDir,
+            ..
+        }) if !sibling(path, "-wal").exists() => {
+            log::warn!(
+                "{}: no -shm beside it and its directory is read-only; reading it as immutable",
+                path.display()
+            );
+            open(&immutable_uri(path))
+        }
+        other => other,
+    }
+}
+
+/// A read-only connection to a timelapse-events database of the current schema version,
+/// for reports that read our tables (`stats`); never migrates.
+pub(crate) fn open_current_read_only(path: &Path) -> Result<Connection> {
+    let conn = open_read_only(path)?;
+    let (version, tables) = probe(&conn).map_err(|e| classify(path, e, "read the database"))?;
+    if version == 0 && !tables.contains("sse_events") {
+        return Err(Error::db_file(path, DbFileProblem::NotInitialised));
+    }
+    if version < 0 {
+        return Err(Error::SchemaUnknown {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::schema_too_new(version));
+    }
+    if version < SCHEMA_VERSION {
+        return Err(Error::SchemaTooOld {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
+/// `PRAGMA user_version` and the names of the tables (joined by spaces), read without
+/// writing anything.
+fn probe(conn: &Connection) -> rusqlite::Result<(i64, String)> {
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables = conn.query_row(
+        "SELECT coalesce(group_concat(name, ' '), '') FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((version, tables))
+}
+
+/// `path` with `suffix` appended: the `-wal` and `-shm` files beside a database.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// A `file:` URI for `path` with `immutable=1` (SQLite's URI rules: `?`, `#` and `%` in the
+/// path are percent-encoded).
+fn immutable_uri(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    let encoded = percent_encoding::percent_encode(path.as_os_str().as_bytes(), KEEP);
+    PathBuf::from(format!("file:{encoded}?immutable=1"))
+}
+
+/// Finds, before SQLite touches anything, a missing file (unless `mode` creates it) or
+/// directory, and a directory this user may not search.
+fn preflight(path: &Path, mode: OpenMode) -> Result<()> {
+    use std::io::ErrorKind;
+    let problem = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => DbFileProblem::NotSqlite,
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(dir) {
+                Ok(d) if d.is_dir() && mode == OpenMode::Create => return Ok(()),
+                Ok(d) if d.is_dir() => DbFileProblem::Missing,
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    return Err(Error::db_file_from(
+                        path,
+                        DbFileProblem::PermissionDenied,
+                        e,
+                    ));
+                }
+                _ => DbFileProblem::MissingDir,
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(Error::db_file_from(
+                path,
+                DbFileProblem::PermissionDenied,
+                e,
+            ));
+        }
+        Err(e) if e.kind() == ErrorKind::NotADirectory => DbFileProblem::MissingDir,
+        Err(source) => {
+            return Err(Error::Io {
+                op: "look for the database file",
+                source,
+            });
+        }
+    };
+    Err(Error::db_file(path, problem))
+}
+
+/// Names the file problem behind an SQLite error, when it is one; `op` otherwise.
+fn classify(path: &Path, e: rusqlite::Error, op: &'static str) -> Error {
+    let Some(code) = e.sqlite_error().copied() else {
+        return Error::Db { op, source: e };
+    };
+    let problem = match code.code {
+        ErrorCode::NotADatabase => DbFileProblem::NotSqlite,
+        ErrorCode::PermissionDenied => DbFileProblem::PermissionDenied,
+        ErrorCode::ReadOnly if code.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY => {
+            DbFileProblem::ReadOnlyDir
+        }
+        ErrorCode::ReadOnly => DbFileProblem::ReadOnly,
+        // SQLite does not say why it could not open: look.
+        ErrorCode::CannotOpen => match std::fs::File::open(path) {
+            Err(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                DbFileProblem::PermissionDenied
+            }
+            // Missing (in create mode) or readable: it is the directory we may not write.
+            _ => DbFileProblem::ReadOnlyDir,
+        },
+        _ => return Error::Db { op, source: e },
+    };
+    Error::db_file_from(path, problem, e)
 }
 
 /// Opens one connection with the hub's pragmas (no migration).
@@ -193,6 +399,28 @@ pub(crate) fn user_version(conn: &Connection) -> Result<i64> {
 }
 
 impl Error {
+    /// [`Error::DbFile`] with no underlying error.
+    pub(crate) fn db_file(path: &Path, problem: DbFileProblem) -> Error {
+        Error::DbFile {
+            path: path.to_owned(),
+            problem,
+            source: None,
+        }
+    }
+
+    /// [`Error::DbFile`] revealed by `source`.
+    pub(crate) fn db_file_from(
+        path: &Path,
+        problem: DbFileProblem,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::DbFile {
+            path: path.to_owned(),
+            problem,
+            source: Some(Box::new(source)),
+        }
+    }
+
     pub(crate) fn schema_too_new(found: i64) -> Error {
         Error::SchemaTooNew {
             found,

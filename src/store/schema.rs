@@ -12,6 +12,8 @@
 //! `schema.sql` is always the whole current schema and is idempotent, so every step runs it
 //! and then does what only that step needs.
 
+use std::path::Path;
+
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::state::State;
@@ -26,8 +28,10 @@ pub const SCHEMA_VERSION: i64 = 3;
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 /// Brings the database up to [`SCHEMA_VERSION`], one step at a time, each step in one
-/// IMMEDIATE transaction. A newer file is refused, untouched.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+/// IMMEDIATE transaction. A newer file is refused, untouched. Each step of an existing
+/// file is logged; a `fresh` one (no tables) is logged once, as created.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, fresh: bool) -> Result<()> {
+    let mut created = false;
     loop {
         let version = user_version(conn)?;
         if version > SCHEMA_VERSION {
@@ -40,6 +44,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             });
         }
         if version == SCHEMA_VERSION {
+            if created {
+                log::info!(
+                    "created database {} (schema version {SCHEMA_VERSION})",
+                    path.display()
+                );
+            }
             return Ok(());
         }
         let tx = conn
@@ -61,10 +71,19 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             }
         }
         tx.commit().map_err(db("commit the schema migration"))?;
-        log::info!(
-            "database schema migrated from version {version} to {}",
-            version + 1
-        );
+        if version >= SCHEMA_VERSION {
+            // Another process migrated it meanwhile: nothing was done here.
+            continue;
+        }
+        if fresh {
+            created = true;
+            log::debug!("new database: schema version {version} to {}", version + 1);
+        } else {
+            log::info!(
+                "database schema migrated from version {version} to {}",
+                version + 1
+            );
+        }
     }
 }
 
