@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
-use crate::http::{self, Ctx, Server};
+use crate::http::{self, Ctx, Listener, Server};
 use crate::poller::{Outputs, Pace, Poller};
 use crate::retention;
 use crate::store::{SCHEMA_VERSION, Store, events};
@@ -57,14 +57,18 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Opens the database, starts the poller, retention, WAL watcher and HTTP workers, and returns once the
-    /// listener is bound (so a client may connect at once).
+    /// Binds the listener, then opens (creating if need be) the database, starts the poller,
+    /// retention, WAL watcher and HTTP workers, and returns once they run (so a client may
+    /// connect at once).
     ///
     /// # Errors
-    /// A bad config, a database that cannot be opened or is newer than this binary, an
-    /// address that cannot be bound, or a thread that cannot start.
+    /// A bad config; an address that cannot be bound ([`Error::Bind`](crate::Error::Bind),
+    /// found before the database is touched, so nothing is created or migrated); a database
+    /// that cannot be opened or written ([`Error::DbFile`](crate::Error::DbFile)) or is
+    /// newer than this binary; or a thread that cannot start.
     pub fn start(config: Config) -> Result<Hub> {
         config.validate()?;
+        let listener = Listener::bind(&config)?;
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
@@ -144,7 +148,7 @@ impl Hub {
             stopped: false,
         };
         // On failure here, `hub` drops and stops what already runs.
-        let server = http::start(ctx, fatal)?;
+        let server = http::start(ctx, listener, fatal)?;
         hub.addr = server.addr();
         hub.http = Some(server);
         let counts = events::counts(&*hub.store.conn()?)?;

@@ -18,13 +18,18 @@ use crate::error::Result;
 use crate::thread::Fatal;
 
 pub(crate) use ctx::{Ctx, streams};
-pub(crate) use server::Server;
+pub(crate) use server::{Listener, Server};
 
-/// Binds and starts serving `ctx`'s routes.
+/// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]).
 ///
 /// # Errors
-/// The address cannot be bound, or a thread cannot start.
-pub(crate) fn start(ctx: Arc<Ctx>, fatal: Fatal) -> Result<Server> {
+/// A thread cannot start.
+pub(crate) fn start(ctx: Arc<Ctx>, listener: Listener, fatal: Fatal) -> Result<Server> {
     let config = ctx.config.clone();
-    Server::start(&config, Box::new(move |rq| routes::handle(rq, &ctx)), fatal)
+    Server::start(
+        &config,
+        listener,
+        Box::new(move |rq| routes::handle(rq, &ctx)),
+        fatal,
+    )
 }

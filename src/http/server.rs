@@ -104,14 +104,33 @@ struct Shared {
     epoch: Instant,
 }
 
+/// A listener bound by [`Listener::bind`] and not yet served. Binding comes first in
+/// `Hub::start`, so that `serve` finds a port in use before it touches the database.
+pub(crate) struct Listener(TcpListener);
+
+impl Listener {
+    /// Binds `config.bind` with the socket options the server relies on (see [`bind`]).
+    ///
+    /// # Errors
+    /// [`Error::Bind`]: the address is in use, not ours, or not allowed.
+    pub(crate) fn bind(config: &Config) -> Result<Listener> {
+        bind(config).map(Listener)
+    }
+}
+
 impl Server {
-    /// Binds `config.bind`, starts tiny_http, `config.http_workers` workers and the pump.
+    /// Starts tiny_http on `listener`, `config.http_workers` workers and the pump.
     /// `fatal` hears when hostile clients have tied up too much to go on.
     ///
     /// # Errors
-    /// The address cannot be bound, or a thread cannot start.
-    pub(crate) fn start(config: &Config, handler: Box<Handler>, fatal: Fatal) -> Result<Server> {
-        let listener = bind(config)?;
+    /// A thread cannot start.
+    pub(crate) fn start(
+        config: &Config,
+        listener: Listener,
+        handler: Box<Handler>,
+        fatal: Fatal,
+    ) -> Result<Server> {
+        let Listener(listener) = listener;
         let addr = listener
             .local_addr()
             .map_err(crate::error::io("read the bound address"))?;
