@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use timelapse_events::{
-    Config, DEFAULT_DB_PATH, Emitter, Error, NewEvent, Priority, Result, Synchronous, admin,
+    Config, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result,
+    Synchronous, admin,
 };
 
 /// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.
@@ -25,13 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub: HTTP API, event streams and dashboard.
     Serve(ServeArgs),
-    /// Store one event in the database (the hub dispatches it).
+    /// Store one event in an existing database (the hub dispatches it).
     Emit(EmitArgs),
-    /// Print event statistics of a database as JSON.
+    /// Print event statistics of a database as JSON (read-only).
     Stats(DbArgs),
     /// Delete old dispatched events now (never pending ones).
     Cleanup(CleanupArgs),
     /// Check a database: integrity, schema version, counts, WAL size. Exits 1 on a problem.
+    /// Read-only: never changes the file.
     Check(CheckArgs),
     /// Copy a (possibly running) database to a file with SQLite's online backup API.
     Backup(BackupArgs),
@@ -90,7 +92,7 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Flags shared by every subcommand that opens the database.
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// SQLite database file (created if missing).
+    /// SQLite database file (only `serve` and `emit --create` create a missing one).
     #[arg(long, env = "TIMELAPSE_EVENTS_DB", default_value = DEFAULT_DB_PATH)]
     pub db: PathBuf,
     /// SQLite synchronous mode: `normal` (survives a crash of the hub) or `full` (also
@@ -195,6 +197,10 @@ pub struct EmitArgs {
     /// Producer name.
     #[arg(long, default_value = "cli")]
     pub source: String,
+    /// Create the database if it is missing (without it, a missing file is an error: a
+    /// mistyped --db must not store the event where no hub reads it).
+    #[arg(long)]
+    pub create: bool,
 }
 
 /// Runs a subcommand other than `serve`, printing its result to stdout.
@@ -215,7 +221,11 @@ pub fn run(command: Command) -> Result<()> {
             let event = NewEvent::new(args.event_type, data)
                 .with_priority(args.priority.parse::<Priority>()?)
                 .with_source(args.source);
-            let emitter = Emitter::open_with(&args.db.db, args.db.synchronous)?;
+            let emitter = if args.create {
+                Emitter::open_with(&args.db.db, args.db.synchronous)?
+            } else {
+                Emitter::open_existing(&args.db.db, args.db.synchronous)?
+            };
             let id = emitter.emit(event)?;
             println!("{id}");
             Ok(())
@@ -244,6 +254,30 @@ pub fn run(command: Command) -> Result<()> {
             println!("backed up {pages} pages to {}", args.to.display());
             Ok(())
         }
+    }
+}
+
+/// What to do about `e`, in terms of this binary's flags, when that is clear: printed by
+/// `main` after the error.
+pub fn hint(e: &Error) -> Option<&'static str> {
+    match e {
+        Error::DbFile { problem, .. } => Some(match problem {
+            DbFileProblem::PermissionDenied
+            | DbFileProblem::ReadOnly
+            | DbFileProblem::ReadOnlyDir => {
+                "run as the hub's user (or one in its group), or fix the owner and mode of \
+                 the database, its -wal and -shm files and its directory"
+            }
+            _ => {
+                "give the hub's database with --db PATH or TIMELAPSE_EVENTS_DB (relative paths \
+                 start in the current directory); only `serve` and `emit --create` create one"
+            }
+        }),
+        Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => Some(
+            "another process listens there (a hub already running?): stop it, or choose \
+             another address with --bind or TIMELAPSE_EVENTS_BIND",
+        ),
+        _ => None,
     }
 }
 

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.chain());
+            if let Some(hint) = cli::hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             if matches!(e, Error::Config { .. }) {
                 ExitCode::from(2)
             } else {
