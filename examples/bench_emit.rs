@@ -14,6 +14,8 @@
 //! Prints a table, then one `BENCH_JSON {...}` line per case for scripts. Targets
 //! (issue #2): 4 threads NORMAL ≥ 50,000 events/s, FULL ≥ 20,000 events/s.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[allow(dead_code)] // cpu_s and threads_cpu_s, not ProcStats
 #[path = "common/procfs.rs"]
 mod procfs;
@@ -28,7 +30,7 @@ use clap::Parser;
 use serde_json::json;
 use timelapse_events::{Config, Emitter, Hub, NewEvent, Synchronous};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use cli::BoxError;
 
 /// Emit throughput and latency of the in-process Emitter.
 #[derive(Debug, Parser)]
@@ -60,13 +62,7 @@ const WRITERS: &[&str] = &["tle-writer", "tle-poller"];
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(&args))
 }
 
 struct Outcome {

@@ -21,8 +21,13 @@
 //! One line per event goes to stdout (`<id> camera-<n> <type> <data>`); the seed and a summary
 //! go to stderr, so `--seed` reproduces a run camera by camera.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/http_url.rs"]
 mod http_url;
+#[allow(dead_code)] // no connection to `watch`
+#[path = "common/stop.rs"]
+mod stop;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,11 +38,11 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{Value, json};
 use timelapse_events::{DEFAULT_DB_PATH, Emitter, NewEvent};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use cli::BoxError;
+use stop::Stop;
 
 /// Simulated timelapse cameras producing events for a timelapse-events hub.
 #[derive(Debug, Parser)]
@@ -69,13 +74,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse(); // exits 2 with a usage message on bad flags
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", chain(&*e));
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(args).map_err(|e| chain(&*e).into()))
 }
 
 fn run(args: Args) -> Result<(), BoxError> {
@@ -380,41 +379,6 @@ impl Camera {
         NewEvent::image_captured(self.id, self.timelapse_id, self.image_count, day_number)
             .with_field("image_id", json!(image_id))
             .with_field("file_name", Value::String(file_name))
-    }
-}
-
-/// A stop signal every thread can wait on: dropping the sender wakes all of them at once.
-struct Stop {
-    tx: Mutex<Option<Sender<()>>>,
-    rx: Receiver<()>,
-}
-
-impl Stop {
-    fn new() -> Stop {
-        let (tx, rx) = crossbeam_channel::bounded(0);
-        Stop {
-            tx: Mutex::new(Some(tx)),
-            rx,
-        }
-    }
-
-    fn trigger(&self) {
-        // An Option taken in one step: poisoning cannot leave it half-written.
-        drop(
-            self.tx
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-    }
-
-    /// Sleeps for `d` unless stopped first; true when stopped.
-    fn sleep(&self, d: Duration) -> bool {
-        match self.rx.recv_timeout(d) {
-            Err(RecvTimeoutError::Timeout) => false,
-            // Nobody sends, so anything else means the sender was dropped.
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-        }
     }
 }
 

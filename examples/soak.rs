@@ -14,6 +14,9 @@
 //! reading for a while), and leave. Nothing may grow without bound: compare the figures
 //! after the warm-up with the last ones.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use clap::Parser;
 use serde_json::json;
 use timelapse_events::{Config, Emitter, Hub, NewEvent};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use cli::BoxError;
 
 /// Soak test for timelapse-events.
 #[derive(Debug, Parser)]
@@ -54,17 +57,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = match &args.hub {
+    cli::exit(match &args.hub {
         Some(db) => run_hub(db),
         None => run(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// The child: a hub with small retention limits, stopped when stdin closes.

@@ -18,30 +18,41 @@
 //!
 //! Events and resets go to stdout; connection notices go to stderr. Ctrl-C exits 0.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/http_url.rs"]
 mod http_url;
 #[allow(dead_code)] // the incremental Parser and Dechunker only
 #[path = "common/sse.rs"]
 mod sse;
+#[path = "common/stop.rs"]
+mod stop;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use cli::BoxError;
+use stop::Stop;
 
 /// Reconnect delay until the server sends `retry:` (what browsers use).
 const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 /// Longest wait between two reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a query value keeps unencoded: letters, digits, `-._~` and `,`.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b',');
 /// Longest response-head line accepted.
 const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Longest SSE line accepted (the hub's events are at most ~33 KiB).
@@ -74,13 +85,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse(); // exits 2 with a usage message on bad flags
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(&args))
 }
 
 fn run(args: &Args) -> Result<(), BoxError> {
@@ -412,7 +417,7 @@ impl Target {
             path.push(if path.contains('?') { '&' } else { '?' });
             path.push_str(key);
             path.push('=');
-            path.push_str(&percent_encode(value));
+            path.extend(utf8_percent_encode(value, QUERY_VALUE));
         };
         if let Some(types) = types {
             add("types", types);
@@ -446,83 +451,6 @@ impl Target {
             }
         }
         Err(last)
-    }
-}
-
-/// Percent-encodes a query value (letters, digits, `-._~` and `,` stay as they are).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~,".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Ctrl-C: sets the flag, wakes a backoff sleep, and shuts the open connection down so a
-/// blocked read returns at once.
-struct Stop {
-    stopped: AtomicBool,
-    tx: Mutex<Option<Sender<()>>>,
-    rx: Receiver<()>,
-    current: Mutex<Option<TcpStream>>,
-}
-
-impl Stop {
-    fn new() -> Stop {
-        let (tx, rx) = crossbeam_channel::bounded(0);
-        Stop {
-            stopped: AtomicBool::new(false),
-            tx: Mutex::new(Some(tx)),
-            rx,
-            current: Mutex::new(None),
-        }
-    }
-
-    fn trigger(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        // Options replaced in one step: poisoning cannot leave them half-written.
-        drop(
-            self.tx
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(stream) = current {
-            // Already closed is fine: the reader is ending anyway.
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn is_set(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Makes `trigger` shut `stream` down; shuts it at once if the stop came first.
-    fn watch(&self, stream: &TcpStream) -> io::Result<()> {
-        let clone = stream.try_clone()?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(clone);
-        if self.is_set() {
-            let _ = stream.shutdown(Shutdown::Both); // see trigger
-        }
-        Ok(())
-    }
-
-    /// Sleeps for `d` unless stopped first; true when stopped.
-    fn sleep(&self, d: Duration) -> bool {
-        match self.rx.recv_timeout(d) {
-            Err(RecvTimeoutError::Timeout) => self.is_set(),
-            // Nobody sends, so anything else means the sender was dropped.
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-        }
     }
 }
 

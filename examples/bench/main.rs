@@ -27,6 +27,8 @@
 //! clients; a latency figure includes the client's own scheduling delay.
 
 mod child;
+#[path = "../common/cli.rs"]
+mod cli;
 mod client;
 #[allow(dead_code)] // ProcStats and cpu_s, not threads_cpu_s
 #[path = "../common/procfs.rs"]
@@ -47,10 +49,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 
 use child::{HubChild, HubParams, Produced, ProducerChild};
+use cli::BoxError;
 use client::{Progress, Seen, Spec};
 use report::{Summary, mib};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a hub may take to start and report its address (hang guard).
 const HUB_START_WAIT: Duration = Duration::from_secs(30);
@@ -134,13 +135,7 @@ enum Which {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(&args))
 }
 
 fn run(args: &Args) -> Result<(), BoxError> {
