@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
@@ -156,31 +156,40 @@ impl HubChild {
     pub fn stop(mut self, wait: Duration) -> Result<(), BoxError> {
         self.command("quit")?;
         drop(self.stdin.take());
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("hub exited with {status}").into())
-                };
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("hub did not stop within {wait:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let status = wait_exit(&mut self.child, wait, "hub did not stop")?;
+        if !status.success() {
+            return Err(format!("hub exited with {status}").into());
         }
+        Ok(())
     }
 }
 
 impl Drop for HubChild {
     fn drop(&mut self) {
-        // Still running only if `stop` was not called or failed: end it.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill(); // it may exit by itself in between
-        }
-        let _ = self.child.wait(); // reaps it; an error means it was reaped already
+        end(&mut self.child); // still running only if `stop` was not called or failed
     }
+}
+
+/// Waits up to `wait` for `child` to exit; the error is `late` and how long was waited.
+fn wait_exit(child: &mut Child, wait: Duration, late: &str) -> Result<ExitStatus, BoxError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{late} within {wait:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills `child` if it still runs, and reaps it.
+fn end(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill(); // it may exit by itself in between
+    }
+    let _ = child.wait(); // reaps it; an error means it was reaped already
 }
 
 /// `--poll-ms` of this run, for the normal-mode hub.
@@ -219,16 +228,7 @@ impl ProducerChild {
 
     /// Waits (up to `wait`) for the producer to finish and parses its report.
     pub fn finish(mut self, wait: Duration) -> Result<Produced, BoxError> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if self.child.try_wait()?.is_some() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("producer did not finish within {wait:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_exit(&mut self.child, wait, "producer did not finish")?;
         let mut out = String::new();
         if let Some(mut stdout) = self.child.stdout.take() {
             std::io::Read::read_to_string(&mut stdout, &mut out)?;
@@ -249,9 +249,6 @@ impl ProducerChild {
 
 impl Drop for ProducerChild {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill(); // it may exit by itself in between
-        }
-        let _ = self.child.wait(); // reaps it; an error means it was reaped already
+        end(&mut self.child);
     }
 }

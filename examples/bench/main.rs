@@ -51,7 +51,7 @@ use clap::{Parser, ValueEnum};
 use child::{HubChild, HubParams, Produced, ProducerChild};
 use cli::BoxError;
 use client::{Progress, Seen, Spec};
-use report::{Summary, mib};
+use report::Summary;
 
 /// How long a hub may take to start and report its address (hang guard).
 const HUB_START_WAIT: Duration = Duration::from_secs(30);
@@ -276,24 +276,18 @@ fn delivery_pair(
     count: u64,
     seed: bool,
 ) -> Result<(), BoxError> {
-    let normal = delivery(
-        name,
-        &HubParams::normal(),
-        clients,
-        rate,
-        count,
-        Source::External,
-    )?;
+    pair(seed, |p| {
+        delivery(name, &p, clients, rate, count, Source::External)
+    })
+}
+
+/// Runs a scenario with the normal parameters, and in seed mode with the old design's too;
+/// prints both and the ratios.
+fn pair(seed: bool, run: impl Fn(HubParams) -> Result<Summary, BoxError>) -> Result<(), BoxError> {
+    let normal = run(HubParams::normal())?;
     normal.print();
     if seed {
-        let mut old = delivery(
-            name,
-            &HubParams::seed(),
-            clients,
-            rate,
-            count,
-            Source::External,
-        )?;
+        let mut old = run(HubParams::seed())?;
         old.mode = "seed";
         old.print();
         report::print_ratio(&old, &normal);
@@ -310,9 +304,7 @@ fn delivery(
     count: u64,
     source: Source,
 ) -> Result<Summary, BoxError> {
-    let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
-    let db = dir.path().join("events.db");
-    let mut hub = HubChild::spawn(&db, params, HUB_START_WAIT)?;
+    let (_dir, db, mut hub) = fresh_hub(params)?;
     let planned = Duration::from_secs_f64(count as f64 / rate);
     let target = format!("/api/events?last_event_id={}-0", stream_id(&db)?);
     let fleet = Fleet::connect(&hub, &target, clients, count, planned + SETTLE_WAIT * 4)?;
@@ -346,18 +338,12 @@ fn delivery(
     let seen = fleet.finish();
     hub.stop(HUB_STOP_WAIT)?;
     let mut s = Summary {
-        scenario: name.to_owned(),
-        mode: "normal",
         rate_per_s: Some(rate),
-        ..Summary::default()
+        ..Summary::new(name)
     };
     s.add_clients(&seen, count);
-    s.hub_cpu_s = (after.cpu_s - before.cpu_s - emit_cpu).max(0.0);
-    s.hub_cpu_pct = 100.0 * s.hub_cpu_s / window;
-    s.window_s = window;
-    s.rss_mib = mib(after.rss_kib);
-    s.peak_rss_mib = mib(after.hwm_kib);
-    s.threads = after.threads;
+    let cpu_s = (after.cpu_s - before.cpu_s - emit_cpu).max(0.0);
+    s.add_hub(&after, cpu_s, window);
     if source == Source::External {
         s.producer_commit_p50_ms = Some(produced.commit_p50_us / 1000.0);
         s.producer_commit_p99_ms = Some(produced.commit_p99_us / 1000.0);
@@ -367,25 +353,14 @@ fn delivery(
 
 /// S4: `clients` idle streams for `secs`: hub CPU and the longest gap between heartbeats.
 fn idle_pair(clients: usize, secs: u64, heartbeat_secs: u64, seed: bool) -> Result<(), BoxError> {
-    let mut p = HubParams::normal();
-    p.heartbeat_ms = heartbeat_secs * 1000;
-    let normal = idle(clients, secs, &p)?;
-    normal.print();
-    if seed {
-        let mut sp = HubParams::seed();
-        sp.heartbeat_ms = p.heartbeat_ms;
-        let mut old = idle(clients, secs, &sp)?;
-        old.mode = "seed";
-        old.print();
-        report::print_ratio(&old, &normal);
-    }
-    Ok(())
+    let heartbeat_ms = heartbeat_secs * 1000;
+    pair(seed, |p| {
+        idle(clients, secs, &HubParams { heartbeat_ms, ..p })
+    })
 }
 
 fn idle(clients: usize, secs: u64, params: &HubParams) -> Result<Summary, BoxError> {
-    let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
-    let db = dir.path().join("events.db");
-    let hub = HubChild::spawn(&db, params, HUB_START_WAIT)?;
+    let (_dir, _, hub) = fresh_hub(params)?;
     let window = Duration::from_secs(secs);
     let fleet = Fleet::connect(&hub, "/api/events", clients, 0, window + SETTLE_WAIT * 2)?;
     fleet.wait_served(SETTLE_WAIT)?;
@@ -398,32 +373,23 @@ fn idle(clients: usize, secs: u64, params: &HubParams) -> Result<Summary, BoxErr
     let seen = fleet.finish();
     hub.stop(HUB_STOP_WAIT)?;
     let mut s = Summary {
-        scenario: "idle".to_owned(),
-        mode: "normal",
         note: Some(format!("heartbeat {} ms", params.heartbeat_ms)),
-        ..Summary::default()
+        ..Summary::new("idle")
     };
     s.add_clients(&seen, 0);
-    s.hub_cpu_s = after.cpu_s - before.cpu_s;
-    s.hub_cpu_pct = 100.0 * s.hub_cpu_s / elapsed;
-    s.window_s = elapsed;
-    s.rss_mib = mib(after.rss_kib);
-    s.peak_rss_mib = mib(after.hwm_kib);
-    s.threads = after.threads;
+    s.add_hub(&after, after.cpu_s - before.cpu_s, elapsed);
     Ok(s)
 }
 
 /// `n` streams at once: all served? memory, threads, and threads back to the baseline after
 /// the clients leave (a 1 s heartbeat makes the hub notice departures quickly).
 fn many_streams(n: usize, stagger: bool) -> Result<Summary, BoxError> {
-    let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
-    let db = dir.path().join("events.db");
     let params = HubParams {
         heartbeat_ms: 1000,
         max_clients: n + 100,
         ..HubParams::normal()
     };
-    let hub = HubChild::spawn(&db, &params, HUB_START_WAIT)?;
+    let (_dir, _, hub) = fresh_hub(&params)?;
     std::thread::sleep(Duration::from_millis(200));
     let baseline = hub.stats()?;
     let fleet = Fleet::connect_with(&hub, "/api/events", n, 0, SETTLE_WAIT * 3, stagger)?;
@@ -439,20 +405,10 @@ fn many_streams(n: usize, stagger: bool) -> Result<Summary, BoxError> {
     }
     let back_in = left_at.elapsed();
     hub.stop(HUB_STOP_WAIT)?;
-    let mut s = Summary {
-        scenario: if stagger {
-            format!("streams{n}")
-        } else {
-            format!("burst{n}")
-        },
-        mode: "normal",
-        ..Summary::default()
-    };
+    let mut s = Summary::new(&format!("{}{n}", if stagger { "streams" } else { "burst" }));
     s.add_clients(&seen, 0);
     s.heartbeat_gap_max_ms = None;
-    s.rss_mib = mib(held.rss_kib);
-    s.peak_rss_mib = mib(held.hwm_kib);
-    s.threads = held.threads;
+    s.add_hub(&held, 0.0, 0.0);
     s.threads_before = Some(baseline.threads);
     s.threads_after = Some(after.threads);
     s.note = Some(format!(
@@ -466,25 +422,17 @@ fn many_streams(n: usize, stagger: bool) -> Result<Summary, BoxError> {
 
 /// RSS of a hub holding 10 idle streams.
 fn rss_idle(clients: usize, settle_secs: u64) -> Result<Summary, BoxError> {
-    let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
-    let db = dir.path().join("events.db");
-    let hub = HubChild::spawn(&db, &HubParams::normal(), HUB_START_WAIT)?;
+    let (_dir, _, hub) = fresh_hub(&HubParams::normal())?;
     let fleet = Fleet::connect(&hub, "/api/events", clients, 0, SETTLE_WAIT * 2)?;
     fleet.wait_served(SETTLE_WAIT)?;
     std::thread::sleep(Duration::from_secs(settle_secs));
     let held = hub.stats()?;
     let seen = fleet.finish();
     hub.stop(HUB_STOP_WAIT)?;
-    let mut s = Summary {
-        scenario: format!("rss{clients}"),
-        mode: "normal",
-        ..Summary::default()
-    };
+    let mut s = Summary::new(&format!("rss{clients}"));
     s.add_clients(&seen, 0);
     s.heartbeat_gap_max_ms = None;
-    s.rss_mib = mib(held.rss_kib);
-    s.peak_rss_mib = mib(held.hwm_kib);
-    s.threads = held.threads;
+    s.add_hub(&held, 0.0, 0.0);
     Ok(s)
 }
 
@@ -525,20 +473,26 @@ fn startup(rows: u64, runs: usize) -> Result<Summary, BoxError> {
     }
     firsts.sort_by(f64::total_cmp);
     starts.sort_by(f64::total_cmp);
+    let name = match rows {
+        0 => "startup-empty".to_owned(),
+        _ => format!("startup-{rows}"),
+    };
     Ok(Summary {
-        scenario: if rows == 0 {
-            "startup-empty".to_owned()
-        } else {
-            format!("startup-{rows}")
-        },
-        mode: "normal",
         startup_ms: Some(round2(firsts[firsts.len() / 2])),
         startup_max_ms: firsts.last().copied().map(round2),
         hub_start_ms: Some(round2(starts[starts.len() / 2])),
         db_rows: Some(rows),
         db_mib: Some(round2(db_bytes as f64 / 1048576.0)),
-        ..Summary::default()
+        ..Summary::new(&name)
     })
+}
+
+/// A fresh database in a temp dir (removed when dropped) and a hub started on it.
+fn fresh_hub(params: &HubParams) -> Result<(tempfile::TempDir, PathBuf, HubChild), BoxError> {
+    let dir = tempfile::Builder::new().prefix("bench-").tempdir()?;
+    let db = dir.path().join("events.db");
+    let hub = HubChild::spawn(&db, params, HUB_START_WAIT)?;
+    Ok((dir, db, hub))
 }
 
 fn round2(v: f64) -> f64 {

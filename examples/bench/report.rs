@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::client::Seen;
+use crate::procfs::ProcStats;
 
 /// The figures of one scenario run. Absent figures are left out of the JSON.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -66,6 +67,28 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A normal-mode run of `scenario`, no figures yet.
+    pub fn new(scenario: &str) -> Summary {
+        Summary {
+            scenario: scenario.to_owned(),
+            mode: "normal",
+            ..Summary::default()
+        }
+    }
+
+    /// The hub's memory and threads as `p` read them, and `cpu_s` CPU seconds over `window_s`
+    /// (left at 0 when `window_s` is 0: no CPU was measured).
+    pub fn add_hub(&mut self, p: &ProcStats, cpu_s: f64, window_s: f64) {
+        if window_s > 0.0 {
+            self.hub_cpu_s = cpu_s;
+            self.hub_cpu_pct = 100.0 * cpu_s / window_s;
+            self.window_s = window_s;
+        }
+        self.rss_mib = mib(p.rss_kib);
+        self.peak_rss_mib = mib(p.hwm_kib);
+        self.threads = p.threads;
+    }
+
     /// Adds up what the clients saw (`events` each).
     pub fn add_clients(&mut self, seen: &[Seen], events: u64) {
         self.clients = seen.len();
@@ -176,6 +199,6 @@ fn ms(ns: f64) -> f64 {
     (ns / 1e4).round() / 100.0
 }
 
-pub fn mib(kib: u64) -> f64 {
+fn mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
