@@ -14,17 +14,25 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, unbounded};
 use crate::BoxError;
 use crate::procfs::ProcStats;
 
-/// What the hub is started with.
-#[derive(Debug, Clone)]
+/// What the hub is started with; also the flags of `--role hub` (all hidden but --poll-ms).
+#[derive(Debug, Clone, clap::Args)]
 pub struct HubParams {
+    /// `Config.poll_interval` of the hub in normal mode, in ms (for experiments; the hub's
+    /// default is 5 ms). Seed mode always uses 500 ms.
+    #[arg(long, default_value_t = 5)]
     pub poll_ms: u64,
+    #[arg(long, hide = true, default_value_t = 512)]
     pub batch_rows: usize,
     /// WAL notifications (inotify) on; the design we replace had none.
+    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_wal: bool,
+    #[arg(long, hide = true, default_value_t = 15_000)]
     pub heartbeat_ms: u64,
+    #[arg(long, hide = true, default_value_t = 256)]
     pub max_clients: usize,
-    /// `None`: an ephemeral port the hub reports.
-    pub port: Option<u16>,
+    /// 0: an ephemeral port the hub reports.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub port: u16,
 }
 
 impl HubParams {
@@ -36,7 +44,7 @@ impl HubParams {
             watch_wal: true,
             heartbeat_ms: 15_000,
             max_clients: 256,
-            port: None,
+            port: 0,
         }
     }
 
@@ -82,7 +90,7 @@ impl HubChild {
             .args(["--watch-wal", &p.watch_wal.to_string()])
             .args(["--heartbeat-ms", &p.heartbeat_ms.to_string()])
             .args(["--max-clients", &p.max_clients.to_string()])
-            .args(["--port", &p.port.unwrap_or(0).to_string()])
+            .args(["--port", &p.port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

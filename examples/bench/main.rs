@@ -92,20 +92,8 @@ struct Args {
     role: Option<Role>,
     #[arg(long, hide = true)]
     db: Option<PathBuf>,
-    /// `Config.poll_interval` of the hub in normal mode, in ms (for experiments; the hub's
-    /// default is 5 ms). Seed mode always uses 500 ms.
-    #[arg(long, default_value_t = 5)]
-    poll_ms: u64,
-    #[arg(long, hide = true, default_value_t = 512)]
-    batch_rows: usize,
-    #[arg(long, hide = true, default_value_t = true, action = clap::ArgAction::Set)]
-    watch_wal: bool,
-    #[arg(long, hide = true, default_value_t = 15_000)]
-    heartbeat_ms: u64,
-    #[arg(long, hide = true, default_value_t = 256)]
-    max_clients: usize,
-    #[arg(long, hide = true, default_value_t = 0)]
-    port: u16,
+    #[command(flatten)]
+    hub: HubParams,
     #[arg(long, hide = true, default_value_t = 20.0)]
     rate: f64,
     #[arg(long, hide = true, default_value_t = 0)]
@@ -142,17 +130,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
     if let Some(role) = args.role {
         let db = args.db.as_deref().ok_or("--role needs --db")?;
         return match role {
-            Role::Hub => roles::hub(
-                db,
-                &HubParams {
-                    poll_ms: args.poll_ms,
-                    batch_rows: args.batch_rows,
-                    watch_wal: args.watch_wal,
-                    heartbeat_ms: args.heartbeat_ms,
-                    max_clients: args.max_clients,
-                    port: Some(args.port),
-                },
-            ),
+            Role::Hub => roles::hub(db, &args.hub),
             Role::Producer => {
                 roles::producer(db, args.rate, args.count, &args.producer_synchronous)
             }
@@ -163,7 +141,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
         .ok_or("name a scenario, or `all` (see --help)")?;
     // Set once, here, before any child starts.
     let _ = child::PRODUCER_SYNCHRONOUS.set(args.producer_synchronous.clone());
-    let _ = child::NORMAL_POLL_MS.set(args.poll_ms);
+    let _ = child::NORMAL_POLL_MS.set(args.hub.poll_ms);
     let all = which == Which::All;
     let q = args.quick;
     let seed = args.seed_mode;
@@ -452,7 +430,7 @@ fn startup(rows: u64, runs: usize) -> Result<Summary, BoxError> {
     for _ in 0..runs {
         let port = free_port()?;
         let params = HubParams {
-            port: Some(port),
+            port,
             ..HubParams::normal()
         };
         let mut hub = HubChild::launch(&db, &params)?;

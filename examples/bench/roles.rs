@@ -37,7 +37,7 @@ pub fn hub(db: &Path, p: &HubParams) -> Result<(), BoxError> {
         })?;
     let config = Config {
         db_path: db.to_owned(),
-        bind: ([127, 0, 0, 1], p.port.unwrap_or(0)).into(),
+        bind: ([127, 0, 0, 1], p.port).into(),
         poll_interval: Duration::from_millis(p.poll_ms),
         batch_rows: p.batch_rows,
         watch_wal: p.watch_wal,
