@@ -16,6 +16,9 @@
 
 #[path = "common/cli.rs"]
 mod cli;
+#[allow(dead_code)] // ProcStats only
+#[path = "common/procfs.rs"]
+mod procfs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -99,26 +102,20 @@ struct Counters {
 struct Sample {
     rss_kib: u64,
     fds: usize,
-    threads: usize,
+    threads: u64,
     wal: u64,
     db: u64,
 }
 
 fn sample(pid: u32, db: &Path) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let count = |d: &str| std::fs::read_dir(format!("/proc/{pid}/{d}")).map_or(0, |r| r.count());
+    let proc = procfs::ProcStats::read(pid).unwrap_or_default();
     let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     Sample {
-        rss_kib,
-        fds: count("fd"),
-        threads: count("task"),
+        rss_kib: proc.rss_kib,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |r| r.count()),
+        threads: proc.threads,
         wal: size(PathBuf::from(wal)),
         db: size(db.to_owned()),
     }
