@@ -510,20 +510,15 @@ fn free_port() -> Result<u16, BoxError> {
         .port())
 }
 
-/// One `GET /health` with `Connection: close`; true on a 200.
+/// One `GET /health` (ureq); true on a 200.
 fn health_ok(addr: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5))); // a hang guard; failure is harmless
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_millis(100)))
+        .timeout_global(Some(Duration::from_secs(5))) // a hang guard
+        .build()
+        .into();
+    let answer = agent.get(format!("http://{addr}/health")).call();
+    answer.is_ok_and(|r| r.status() == 200)
 }
 
 /// The database's stream id, for a `<stream>-0` cursor (resume from the very start).
