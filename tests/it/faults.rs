@@ -19,8 +19,8 @@ use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, EmitOk, SseClient, TestHub, WAIT, hub_stats, post_json, sql_value, stream_id,
-    wait_until,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, hub_stats, lines_of, post_json, sql_value,
+    stream_id, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -96,7 +96,14 @@ struct RawClient {
 
 impl RawClient {
     fn open(addr: SocketAddr, last_id: Option<&str>) -> std::io::Result<RawClient> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        RawClient::on(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+            last_id,
+        )
+    }
+
+    /// Sends the request on a connected `s`.
+    fn on(mut s: TcpStream, last_id: Option<&str>) -> std::io::Result<RawClient> {
         let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: x\r\n");
         if let Some(id) = last_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
@@ -224,19 +231,7 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn producer");
-    let out = producer.stdout.take().expect("stdout");
-    let acked = std::thread::spawn(move || {
-        let mut batches: Vec<Vec<i64>> = Vec::new();
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let ids: Vec<i64> = line
-                .split(' ')
-                .skip(1)
-                .map(|n| n.parse().expect("row id"))
-                .collect();
-            batches.push(ids);
-        }
-        batches
-    });
+    let acked = lines_of(producer.stdout.take().expect("stdout"));
     let got = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
@@ -254,7 +249,15 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
     // The producer, SIGKILLed mid-emit: whatever it was told was committed must be there.
     producer.kill().expect("SIGKILL the producer");
     producer.wait().expect("reap the producer");
-    let batches = acked.join().expect("stdout reader");
+    let batches: Vec<Vec<i64>> = acked
+        .iter()
+        .map(|line| {
+            line.split(' ')
+                .skip(1)
+                .map(|n| n.parse().expect("row id"))
+                .collect()
+        })
+        .collect();
     assert!(
         batches.len() > 50,
         "the producer ran: {} batches",
@@ -317,10 +320,7 @@ fn a_hub_sigkilled_three_times_under_load_loses_nothing_and_a_follower_gets_each
              FROM sse_events GROUP BY b HAVING n != 3)",
     );
     assert_eq!(partial, 0, "a transaction was partly stored");
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(check, "ok");
+    assert_eq!(sql_value::<String>(&conn, "PRAGMA integrity_check"), "ok");
     eprintln!(
         "crash under load: {} events in {} batches, 3 SIGKILLs, follower used {streams} streams",
         table.len(),
@@ -743,14 +743,7 @@ fn served_stream(addr: SocketAddr, rcvbuf: Option<usize>, retries: &mut usize) -
         }
         s.connect_timeout(&addr.into(), Duration::from_secs(3))
             .expect("connect");
-        let s: TcpStream = s.into();
-        let mut c = RawClient {
-            s,
-            buf: Vec::new(),
-            eof: false,
-        };
-        c.s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("request");
+        let mut c = RawClient::on(s.into(), None).expect("request");
         if c.wait_for(b"\r\n\r\n", Instant::now() + Duration::from_secs(3)) {
             assert_eq!(c.status(), Some(200));
             return c.s;
@@ -1040,11 +1033,8 @@ fn five_storms_of_500_simultaneous_reconnects_are_all_served() {
             );
         }
         stranded_per_round.push(unserved.len());
-        let seq: i64 = open_db(&db)
-            .query_row("SELECT seq FROM sse_events WHERE id = ?1", [id.0], |r| {
-                r.get(0)
-            })
-            .expect("seq of the storm event");
+        let sql = format!("SELECT seq FROM sse_events WHERE id = {}", id.0);
+        let seq: i64 = sql_value(&open_db(&db), &sql);
         last_id = Some(format!("{}-{seq}", stream_id(addr)));
         clients.clear(); // everyone drops and reconnects at once
         assert!(

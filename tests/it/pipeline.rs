@@ -448,10 +448,7 @@ fn a_database_from_a_newer_schema_is_refused_naming_both_versions() {
     );
     // Untouched.
     let conn = rusqlite::Connection::open(&db).expect("open");
-    let v: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("read");
-    assert_eq!(v, 99);
+    assert_eq!(sql_value::<i64>(&conn, "PRAGMA user_version"), 99);
 }
 
 #[test]
@@ -648,9 +645,7 @@ fn an_old_version_2_database_is_upgraded_with_its_events_and_state() {
     let e = c.next_event(WAIT).expect("new event");
     assert_eq!((e.json()["id"].as_i64(), e.seq()), (Some(id.0), 2));
     let conn = rusqlite::Connection::open(&db).expect("open");
-    let v: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("version");
+    let v: i64 = sql_value(&conn, "PRAGMA user_version");
     assert_eq!(v, timelapse_events::SCHEMA_VERSION);
     let sql: String = sql_value(
         &conn,
