@@ -12,10 +12,11 @@ use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
 use crate::http::{self, Ctx, Listener, Server};
-use crate::poller::{Outputs, Pace, Poller};
+use crate::notify::{self, Notifier};
+use crate::poller::{self, Outputs, Pace, Poller};
 use crate::retention;
 use crate::store::{SCHEMA_VERSION, Store, events};
-use crate::thread::{Fatal, Group, join_thread, spawn_critical};
+use crate::thread::{Fatal, Group, join_thread, spawn_critical, spawn_named};
 use crate::watch::WalWatch;
 
 /// The poller's backstop check when WAL notifications work (they do the real waking).
@@ -44,6 +45,12 @@ pub struct Hub {
     http: Option<Server>,
     addr: SocketAddr,
     failures: Receiver<String>,
+    /// The poller's longest quiet while it is alive (see [`poller::max_quiet`]).
+    poller_quiet: Duration,
+    /// systemd's notify socket, once [`Hub::notify_systemd`] found one.
+    notifier: Option<Arc<Notifier>>,
+    /// The `tle-notify` watchdog pinger and its stop channel.
+    pinger: Option<(Sender<()>, JoinHandle<Result<()>>)>,
     /// Set once stop_all has run (Drop calls it again after `shutdown`).
     stopped: bool,
 }
@@ -119,6 +126,7 @@ impl Hub {
                 retention::run(&store, policy, interval, &stop)
             })?
         };
+        let poller_quiet = poller::max_quiet(pace.poll_interval);
         let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
         let streams = http::streams(&config);
         let ctx = Arc::new(Ctx {
@@ -145,6 +153,9 @@ impl Hub {
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
             failures,
+            poller_quiet,
+            notifier: None,
+            pinger: None,
             stopped: false,
         };
         // On failure here, `hub` drops and stops what already runs.
@@ -180,6 +191,59 @@ impl Hub {
         self.failures.clone()
     }
 
+    /// Tells systemd (`Type=notify`) that the hub is ready, and, if `WatchdogSec=` is set,
+    /// starts the `tle-notify` thread, which sends `WATCHDOG=1` every half timeout, but
+    /// only while the poller goes round its loop and the HTTP server takes connections: a
+    /// wedged hub goes quiet and systemd restarts it. [`Hub::shutdown`] sends `STOPPING=1`.
+    /// Call it once, when the hub should count as started (`serve` does, right after
+    /// [`Hub::start`]). Returns false, doing nothing, without `$NOTIFY_SOCKET`.
+    ///
+    /// # Errors
+    /// `$NOTIFY_SOCKET` is unusable, `READY=1` cannot be sent, or the thread cannot start.
+    pub fn notify_systemd(&mut self) -> Result<bool> {
+        let Some(notifier) = Notifier::from_env()? else {
+            return Ok(false);
+        };
+        let notifier = Arc::new(notifier);
+        notifier.send(&format!(
+            "READY=1\nSTATUS=listening on http://{}",
+            self.addr
+        ))?;
+        self.notifier = Some(notifier.clone());
+        let Some(timeout) = notify::watchdog_interval() else {
+            log::info!("told systemd the hub is ready (no watchdog)");
+            return Ok(true);
+        };
+        let Some(accept) = self.http.as_ref().map(Server::liveness) else {
+            return Ok(true); // stopping already
+        };
+        let status = self.out.status.clone();
+        // Never quicker than the poller's own longest quiet, or an alive poller in backoff
+        // would get the hub restarted.
+        let quiet = self.poller_quiet.max(timeout);
+        let healthy = move || {
+            let since = status.since_beat();
+            if since > quiet {
+                return Err(format!(
+                    "the poller has not gone round its loop for {since:.1?} (stuck in the database?)"
+                ));
+            }
+            if !accept.alive() {
+                return Err("the HTTP server is not answering connections".to_owned());
+            }
+            Ok(())
+        };
+        let every = timeout / 2;
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let pinger = spawn_named("notify", Some(64 * 1024), move || {
+            notify::ping(&notifier, every, &stop_rx, healthy);
+            Ok(())
+        })?;
+        self.pinger = Some((stop_tx, pinger));
+        log::info!("told systemd the hub is ready; watchdog ping every {every:?}");
+        Ok(true)
+    }
+
     /// The config the hub runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -209,6 +273,15 @@ impl Hub {
                 }
             }
         };
+        if let Some(n) = self.notifier.take()
+            && let Err(e) = n.send("STOPPING=1")
+        {
+            log::warn!("{}", e.chain());
+        }
+        if let Some((stop, pinger)) = self.pinger.take() {
+            drop(stop);
+            keep(join_thread("notify", pinger));
+        }
         if let Some(mut http) = self.http.take() {
             keep(http.stop(Instant::now() + self.config.shutdown_grace));
         }

@@ -38,6 +38,7 @@ mod event;
 mod http;
 mod hub;
 mod metrics;
+mod notify;
 mod poller;
 mod retention;
 mod sse;

@@ -43,7 +43,9 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
         op: "install the signal handler",
         source: std::io::Error::other(e),
     })?;
-    let hub = Hub::start(config)?;
+    let mut hub = Hub::start(config)?;
+    // READY=1 only now: the listener is bound and the database open.
+    hub.notify_systemd()?;
     let failures = hub.failures();
     crossbeam_channel::select! {
         recv(stop_rx) -> _ => {

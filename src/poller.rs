@@ -33,6 +33,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const SPECULATIVE_EVERY: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// The longest a live poller goes without [`PollerStatus::beat`]: its idle wait or its
+/// longest backoff, plus a second for the step between two beats. Longer means it is stuck
+/// (in practice: a busy wait for another connection's write lock).
+pub(crate) fn max_quiet(poll_interval: Duration) -> Duration {
+    poll_interval.max(BACKOFF_MAX) + Duration::from_secs(1)
+}
+
 /// What the poller publishes to: the broadcast, its own status, the state cache and the
 /// metrics. `Hub` makes them and shares the same handles with the HTTP side.
 #[derive(Clone, Default)]
@@ -135,6 +142,8 @@ impl Poller {
         // A nudge arrived within SPECULATIVE_EVERY of the last speculative dispatch.
         let mut deferred = false;
         loop {
+            // Idle or busy, each round is a beat; a step stuck in a busy wait is not.
+            self.out.status.beat();
             emitter::take_queued(&self.jobs, &mut self.group);
             if !pending && self.group.is_empty() {
                 // A nudge (the WAL watcher's, on another process's writes) means "dispatch
@@ -194,6 +203,8 @@ impl Poller {
                 continue;
             }
             let outcome = self.drain();
+            // Back from the database, whatever it said: not stuck.
+            self.out.status.beat();
             // The step took the write lock, so it saw every commit a held-back nudge was
             // about (a commit in progress holds that lock until it is visible).
             deferred = false;
@@ -233,6 +244,8 @@ impl Poller {
                         recv(self.stop) -> _ => break,
                         default(backoff) => {}
                     }
+                    // Retrying with backoff is alive.
+                    status.beat();
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -266,6 +279,8 @@ impl Poller {
     fn drain(&mut self) -> Result<bool> {
         loop {
             let full = self.step()?;
+            // A long backlog is many quick steps: each one is progress.
+            self.out.status.beat();
             emitter::take_queued(&self.jobs, &mut self.group);
             if !full && self.group.is_empty() {
                 return Ok(true);

@@ -75,6 +75,10 @@ const LIVENESS_IDLE_MAX: Duration = Duration::from_secs(16);
 const LIVENESS_WAIT: Duration = Duration::from_millis(1500);
 /// Pump connects tried before an unanswered check counts as a dead accept thread.
 const LIVENESS_PUMPS: usize = 64;
+/// The longest a working server goes without a worker taking a request: an idle one still
+/// takes the pump's liveness check at least every [`LIVENESS_IDLE_MAX`], noticed within a
+/// [`LIVENESS_IDLE`] tick and answered within [`LIVENESS_WAIT`]; 2 s of slack on top.
+const ACCEPT_QUIET_MAX_MS: u64 = 16_000 + 1_000 + 1_500 + 2_000;
 /// Pause before rebuilding the server after an accept error.
 const REBUILD_PAUSE: Duration = Duration::from_millis(250);
 
@@ -101,6 +105,8 @@ struct Shared {
     pump: Sender<()>,
     /// When a worker last took a request, in ms since `epoch` (for the liveness probe).
     last_request_ms: AtomicU64,
+    /// When a liveness check last went unanswered, in ms since `epoch` (0: never).
+    unanswered_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -116,6 +122,34 @@ impl Listener {
     pub(crate) fn bind(config: &Config) -> Result<Listener> {
         bind(config).map(Listener)
     }
+}
+
+/// Whether a [`Server`]'s accept path works, for another thread (the systemd watchdog
+/// pinger, stopped before the server).
+pub(crate) struct Liveness(Arc<Shared>);
+
+impl Liveness {
+    /// True while connections are being accepted and answered: a worker took a request
+    /// (anyone's, or the pump's own liveness check) recently, and no check has gone
+    /// unanswered since. False from an unanswered check until the next request is taken
+    /// (a rebuilt accept thread answers the next check, a second later).
+    pub(crate) fn alive(&self) -> bool {
+        let s = &self.0;
+        accept_alive(
+            s.now_ms(),
+            s.last_request_ms.load(Ordering::Relaxed),
+            s.unanswered_ms.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Whether the accept path works, from the times (ms since `epoch`) a worker last took a
+/// request and a liveness check last went unanswered: no check unanswered since the last
+/// request, and a request within [`ACCEPT_QUIET_MAX_MS`] (the pump's checks are requests,
+/// so a pump that no longer checks counts as dead too).
+fn accept_alive(now_ms: u64, last_request_ms: u64, unanswered_ms: u64) -> bool {
+    unanswered_ms <= last_request_ms
+        && now_ms.saturating_sub(last_request_ms) <= ACCEPT_QUIET_MAX_MS
 }
 
 impl Server {
@@ -147,6 +181,7 @@ impl Server {
             fatal,
             pump: pump_tx,
             last_request_ms: AtomicU64::new(0),
+            unanswered_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         let mut workers = Vec::new();
@@ -173,6 +208,11 @@ impl Server {
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A [`Liveness`] handle: whether this server still accepts, from another thread.
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness(self.shared.clone())
     }
 
     /// Stops taking requests, joins the workers and the pump, and waits until `deadline`
@@ -500,6 +540,8 @@ fn pump(shared: &Shared, addr: SocketAddr, nudges: &Receiver<()>, stop: &Receive
                 if answered == Probe::Unknown {
                     continue;
                 }
+                // Not alive until a worker takes a request again.
+                shared.unanswered_ms.store(shared.now_ms().max(1), Ordering::Relaxed);
                 // Starved pool threads look the same from outside: pump first (each
                 // connect frees one queued connection), and only then conclude that the
                 // accept thread is gone.
@@ -598,4 +640,29 @@ fn bind(config: &Config) -> Result<TcpListener> {
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_path_is_alive_only_with_recent_answered_requests() {
+        let quiet = ACCEPT_QUIET_MAX_MS;
+        // (now, last request, last unanswered check) → alive
+        for (now, request, unanswered, alive) in [
+            (0, 0, 0, true),                 // just started
+            (quiet, 0, 0, true),             // idle, within the checks' longest gap
+            (quiet + 1, 0, 0, false),        // no request, not even a check: pump gone
+            (5_000, 3_000, 4_500, false),    // a check went unanswered since
+            (5_000, 4_600, 4_500, true),     // ...and then a request was taken
+            (quiet + 4_600, 4_600, 0, true), // long idle, last check answered
+        ] {
+            assert_eq!(
+                accept_alive(now, request, unanswered),
+                alive,
+                "now {now}, request {request}, unanswered {unanswered}"
+            );
+        }
+    }
 }
