@@ -150,6 +150,11 @@ pub struct ServeArgs {
     /// Delete oldest events while the database uses more than this many MiB (0 = no limit).
     #[arg(long, env = "TIMELAPSE_EVENTS_RETAIN_MIB", default_value_t = 256)]
     pub retain_mib: u64,
+    /// How long the hub waits for another process's write lock before a write fails and
+    /// is retried (SQLite's busy timeout), in milliseconds.
+    #[arg(long, env = "TIMELAPSE_EVENTS_BUSY_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub busy_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -166,6 +171,7 @@ impl ServeArgs {
             token: self.token.clone(),
             cors_origins: self.cors_origins.clone(),
             synchronous: self.db.synchronous,
+            busy_timeout: Duration::from_millis(self.busy_timeout_ms),
             stale_floor: Duration::from_secs(self.stale_floor_secs),
             retention_age: (self.retain_days > 0)
                 .then(|| Duration::from_secs(self.retain_days.saturating_mul(86_400))),
