@@ -14,3 +14,4 @@ mod production;
 mod real_clients;
 mod state;
 mod stream;
+mod systemd;
