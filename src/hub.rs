@@ -76,6 +76,7 @@ impl Hub {
     pub fn start(config: Config) -> Result<Hub> {
         config.validate()?;
         let listener = Listener::bind(&config)?;
+        crate::store::create_with_umask(&config.db_path);
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);

@@ -54,6 +54,25 @@ pub(crate) enum OpenMode {
 /// A pooled connection.
 pub(crate) type Pooled = r2d2::PooledConnection<SqliteConnectionManager>;
 
+/// Creates the database file at `path` if it is missing, empty, as `open(2)` with mode 0666
+/// does: the umask decides, as for any Unix program, so `UMask=0002` in the unit gives a file
+/// its group may write. SQLite itself creates it 0644 whatever the umask
+/// (`SQLITE_DEFAULT_FILE_PERMISSIONS`); it takes an empty file as a new database, and gives
+/// the `-wal` and `-shm` files the database's own mode (sqlite3.c `robust_open`), so a group
+/// that may write the database may write them too. Only `serve` calls this. Errors are left
+/// to the open that follows, which reports them as before.
+pub(crate) fn create_with_umask(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(path);
+    if created.is_ok() {
+        log::debug!("created {} (mode 0666 less the umask)", path.display());
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`, migrates it to [`SCHEMA_VERSION`]
     /// and sets WAL mode.
