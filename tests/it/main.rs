@@ -8,6 +8,7 @@ mod cli;
 mod examples;
 mod faults;
 mod hostile;
+mod package;
 mod perf;
 mod pipeline;
 mod production;
