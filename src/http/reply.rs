@@ -116,33 +116,17 @@ mod tests {
             field: "type",
             reason: "empty".into(),
         };
+        let busy = "database is busy; retry shortly";
+        let full = "disk full: event not stored";
+        let internal = "internal error (see the hub's log)";
+        let shared = Error::Shared(Arc::new(db_error(SQLITE_FULL)));
         for (e, status, retry, message) in [
             (invalid, 400, None, "invalid event `type`: empty"),
-            (
-                db_error(SQLITE_BUSY),
-                503,
-                Some("1"),
-                "database is busy; retry shortly",
-            ),
-            (
-                db_error(SQLITE_FULL),
-                507,
-                None,
-                "disk full: event not stored",
-            ),
-            (
-                Error::Shared(Arc::new(db_error(SQLITE_FULL))),
-                507,
-                None,
-                "disk full: event not stored",
-            ),
+            (db_error(SQLITE_BUSY), 503, Some("1"), busy),
+            (db_error(SQLITE_FULL), 507, None, full),
+            (shared, 507, None, full),
             (Error::Closed, 503, Some("2"), "hub is shutting down"),
-            (
-                db_error(SQLITE_IOERR),
-                500,
-                None,
-                "internal error (see the hub's log)",
-            ),
+            (db_error(SQLITE_IOERR), 500, None, internal),
         ] {
             let h = HttpError::from(e);
             let retry_after = h

@@ -361,36 +361,20 @@ mod tests {
     #[test]
     fn each_route_answers_with_its_status_type_and_headers() {
         let f = fixture(|_| {});
-        let json = "application/json";
+        let (html, js) = ("text/html; charset=utf-8", "text/javascript; charset=utf-8");
+        let (json, text) = ("application/json", "text/plain; charset=utf-8");
+        let prom = "text/plain; version=0.0.4; charset=utf-8";
         for (method, target, status, content_type, must_have) in [
-            ("GET", "/", 200, "text/html; charset=utf-8", "ETag"),
-            ("HEAD", "/", 200, "text/html; charset=utf-8", "ETag"),
-            (
-                "GET",
-                "/dashboard-worker.js",
-                200,
-                "text/javascript; charset=utf-8",
-                "ETag",
-            ),
-            ("GET", "/favicon.ico", 204, "text/plain; charset=utf-8", ""),
+            ("GET", "/", 200, html, "ETag"),
+            ("HEAD", "/", 200, html, "ETag"),
+            ("GET", "/dashboard-worker.js", 200, js, "ETag"),
+            ("GET", "/favicon.ico", 204, text, ""),
             ("GET", "/health", 200, json, ""),
             ("HEAD", "/health", 200, json, ""),
             ("GET", "/api/state", 200, json, "ETag"),
             ("GET", "/api/events/stats", 200, json, ""),
-            (
-                "GET",
-                "/metrics",
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                "",
-            ),
-            (
-                "OPTIONS",
-                "/api/events",
-                204,
-                "text/plain; charset=utf-8",
-                "",
-            ),
+            ("GET", "/metrics", 200, prom, ""),
+            ("OPTIONS", "/api/events", 204, text, ""),
             ("PUT", "/health", 405, json, "Allow"),
             ("DELETE", "/api/events", 405, json, "Allow"),
             ("HEAD", "/api/events", 405, json, "Allow"),
