@@ -22,7 +22,7 @@
 mod cli;
 #[path = "common/http_url.rs"]
 mod http_url;
-#[allow(dead_code)] // the incremental Parser and Dechunker only
+#[allow(dead_code)] // the incremental Parser, Dechunker and Head only
 #[path = "common/sse.rs"]
 mod sse;
 #[path = "common/stop.rs"]
@@ -53,8 +53,6 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~')
     .remove(b',');
-/// Longest response-head line accepted.
-const MAX_LINE_BYTES: usize = 8 * 1024;
 /// Longest SSE line accepted (the hub's events are at most ~33 KiB).
 const MAX_EVENT_LINE_BYTES: usize = 1024 * 1024;
 
@@ -207,7 +205,7 @@ fn follow(target: &Target, session: &mut Session, stop: &Stop) -> Result<(), Dro
     (&stream).write_all(request.as_bytes())?;
 
     let mut reader = BufReader::new(&stream);
-    let head = Head::read(&mut reader)?;
+    let head = sse::Head::read(&mut reader)?;
     if head.status != 200 {
         let retry_after = head
             .header("retry-after")
@@ -312,7 +310,7 @@ fn print(m: &sse::Message) -> io::Result<()> {
 }
 
 /// The body of a refused request: the hub's `{"error": ...}`, or the raw text.
-fn error_message(reader: &mut impl BufRead, head: &Head) -> String {
+fn error_message(reader: &mut impl BufRead, head: &sse::Head) -> String {
     let mut body = Vec::new();
     let limit = head
         .header("content-length")
@@ -326,71 +324,6 @@ fn error_message(reader: &mut impl BufRead, head: &Head) -> String {
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| text.trim().to_owned())
-}
-
-/// A response's status and headers.
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn read(r: &mut impl BufRead) -> io::Result<Head> {
-        let status_line = read_line(r)?;
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| invalid("the answer is not HTTP"))?;
-        let mut headers = Vec::new();
-        loop {
-            let line = read_line(r)?;
-            if line.is_empty() {
-                return Ok(Head { status, headers });
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-            }
-            if headers.len() > 100 {
-                return Err(invalid("over 100 response headers"));
-            }
-        }
-    }
-
-    /// A header by lowercase name.
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn chunked(&self) -> bool {
-        self.header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    }
-}
-
-/// One CRLF- or LF-terminated line of a response head or a chunk size, without its
-/// terminator.
-fn read_line(r: &mut impl BufRead) -> io::Result<String> {
-    let mut line = Vec::new();
-    r.take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without ending the stream",
-        ));
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map_err(|_| invalid("response head is not UTF-8"))
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 /// Where to connect and what to ask for.

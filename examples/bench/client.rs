@@ -1,8 +1,8 @@
-//! One benchmark SSE client: a raw `TcpStream`, an HTTP/1.1 response-head reader, and the
-//! chunked-transfer decoder and SSE parser of examples/common/sse.rs, run on a thread of
-//! its own. It records, for every event, which producer sequence number `n`
-//! it carried and how long after its emit timestamp `t` (unix nanoseconds, taken by the
-//! producer just before it stored the event) the bytes arrived.
+//! One benchmark SSE client: a raw `TcpStream`, and the response-head reader, chunked-transfer
+//! decoder and SSE parser of examples/common/sse.rs, run on a thread of its own. It records,
+//! for every event, which producer sequence number `n` it carried and how long after its emit
+//! timestamp `t` (unix nanoseconds, taken by the producer just before it stored the event) the
+//! bytes arrived.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -196,19 +196,12 @@ impl Parser {
                 }
                 return Ok(());
             };
-            let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+            let head = sse::Head::read(&mut &self.raw[..end + 4]).map_err(|e| e.to_string())?;
             self.raw.drain(..end + 4);
-            let status = head.lines().next().unwrap_or("");
-            if status.split(' ').nth(1) != Some("200") {
-                return Err(format!("status line: {status}"));
+            if head.status != 200 {
+                return Err(format!("status {}", head.status));
             }
-            let chunked = head.lines().any(|l| {
-                l.split_once(':').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("transfer-encoding")
-                        && v.trim().eq_ignore_ascii_case("chunked")
-                })
-            });
-            self.chunks = chunked.then(sse::Dechunker::default);
+            self.chunks = head.chunked().then(sse::Dechunker::default);
             self.head_done = true;
         }
         let raw = std::mem::take(&mut self.raw);

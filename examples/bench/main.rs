@@ -35,7 +35,7 @@ mod client;
 mod procfs;
 mod report;
 mod roles;
-#[allow(dead_code)] // the incremental Parser and Dechunker only
+#[allow(dead_code)] // the incremental Parser, Dechunker and Head only
 #[path = "../common/sse.rs"]
 mod sse;
 

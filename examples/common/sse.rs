@@ -1,7 +1,10 @@
 //! An event stream as a client reads it: the WHATWG HTML standard's "interpreting an event
-//! stream", and the HTTP/1.1 chunked transfer coding that carries the hub's streams. The one
+//! stream", and the HTTP/1.1 response head and chunked transfer coding that carry the hub's
+//! streams. The one
 //! copy for the examples, the integration tests and src/sse.rs's property test, each of
 //! which includes this file with `#[path]`; so it uses std only.
+
+use std::io::{self, BufRead, Read};
 
 /// What one line of an event stream amounts to, when it amounts to something.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +206,84 @@ impl Dechunker {
     pub fn ended(&self) -> bool {
         self.ended
     }
+}
+
+/// Longest response-head line accepted.
+const MAX_HEAD_LINE_BYTES: usize = 8 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 100;
+
+/// A response's status and headers.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    /// Names and values as sent, trimmed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// Reads a response head up to and including its blank line; lines end in CRLF or LF.
+    ///
+    /// # Errors
+    /// The connection's, or: a line over 8 KiB or ended by EOF, a head that is not UTF-8, a
+    /// status line without a status code, over 100 headers.
+    pub fn read(r: &mut impl BufRead) -> io::Result<Head> {
+        let status_line = read_line(r)?;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("the answer is not HTTP"))?;
+        let mut headers = Vec::new();
+        loop {
+            let line = read_line(r)?;
+            if line.is_empty() {
+                return Ok(Head { status, headers });
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+            if headers.len() > MAX_HEADERS {
+                return Err(invalid("over 100 response headers"));
+            }
+        }
+    }
+
+    /// A header by name, in any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the body comes in the chunked transfer coding.
+    pub fn chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// One CRLF- or LF-terminated line of a response head, without its terminator.
+fn read_line(r: &mut impl BufRead) -> io::Result<String> {
+    let mut line = Vec::new();
+    r.take(MAX_HEAD_LINE_BYTES as u64)
+        .read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed without ending the stream",
+        ));
+    }
+    line.pop();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| invalid("response head is not UTF-8"))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 #[cfg(test)]

@@ -251,25 +251,11 @@ impl SseClient {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(end) = find(&self.raw, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+                let head = sse::Head::read(&mut &self.raw[..end + 4]).expect("a response head");
                 self.raw.drain(..end + 4);
-                let mut lines = head.split("\r\n");
-                let status_line = lines.next().unwrap_or("");
-                self.status = status_line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                for line in lines {
-                    if let Some((k, v)) = line.split_once(':') {
-                        self.headers
-                            .push((k.trim().to_owned(), v.trim().to_owned()));
-                    }
-                }
-                let chunked = self.header("Transfer-Encoding");
-                if chunked.is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-                    self.chunks = Some(sse::Dechunker::default());
-                }
+                self.status = head.status;
+                self.chunks = head.chunked().then(sse::Dechunker::default);
+                self.headers = head.headers;
                 return;
             }
             assert!(self.read_more(deadline), "no response head within {WAIT:?}");
@@ -443,55 +429,26 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> HttpResponse {
 
 pub fn read_response(s: &mut TcpStream) -> HttpResponse {
     let mut r = BufReader::new(s);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
+    let head = sse::Head::read(&mut r).expect("a response head");
     let mut body = Vec::new();
-    if let Some(len) = get("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = head.header("Content-Length").and_then(|v| v.parse().ok()) {
         body.resize(len, 0);
         r.read_exact(&mut body).expect("body");
-    } else if get("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).expect("chunk size");
-            let n = usize::from_str_radix(size.trim(), 16).expect("hex");
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).expect("chunk");
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
+    } else if head.chunked() {
+        let mut chunks = sse::Dechunker::default();
+        while !chunks.ended() {
+            let bytes = r.fill_buf().expect("chunked body");
+            assert!(!bytes.is_empty(), "connection closed in a chunked body");
+            body.extend(chunks.feed(bytes).expect("a valid chunked body"));
+            let n = bytes.len();
+            r.consume(n);
         }
     } else {
         let _ = r.read_to_end(&mut body);
     }
     HttpResponse {
-        status,
-        headers,
+        status: head.status,
+        headers: head.headers,
         body,
     }
 }
