@@ -19,6 +19,9 @@ mod cli;
 #[allow(dead_code)] // ProcStats only
 #[path = "common/procfs.rs"]
 mod procfs;
+#[allow(dead_code)] // the incremental Parser, Dechunker and Head only
+#[path = "common/sse.rs"]
+mod sse;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -282,22 +285,30 @@ fn client_loop(addr: SocketAddr, n: u32, stop: &AtomicBool, c: &Counters) {
         }
         let stay = Duration::from_millis(1000 + u64::from((n * 7919 + visit * 104_729) % 5000));
         let until = Instant::now() + stay;
+        // The head came at once; a client that stopped reading finds it waiting.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut reader = BufReader::new(&s);
+        let Ok(head) = sse::Head::read(&mut reader) else {
+            continue;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        // An HTTP/1.1 stream is chunked; a refusal's plain body holds no events.
+        let mut chunks = head.chunked().then(sse::Dechunker::default);
+        let mut parser = sse::Parser::default();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut carry = String::new();
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            match s.read(&mut buf) {
+            match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(k) => {
-                    carry.push_str(&String::from_utf8_lossy(&buf[..k]));
-                    for line in carry.split('\n') {
-                        if let Some(id) = line.strip_prefix("id: ") {
-                            last_id = Some(id.trim().to_owned());
+                    let Some(Ok(body)) = chunks.as_mut().map(|c| c.feed(&buf[..k])) else {
+                        break;
+                    };
+                    for item in parser.feed(&body) {
+                        if let sse::Item::Message(m) = item {
+                            last_id = Some(m.id);
                             c.events_read.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    let keep = carry.rfind('\n').map_or(0, |i| i + 1);
-                    carry.drain(..keep);
                 }
                 Err(_) => {}
             }
