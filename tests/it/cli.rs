@@ -13,7 +13,7 @@ use std::process::{Command, ExitStatus};
 
 use serde_json::Value;
 
-use crate::support::{ChildHub, Proc, WAIT, bin, run_bin};
+use crate::support::{ChildHub, Proc, WAIT, bin, run_bin, scribble_over_events_table};
 
 /// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
@@ -244,26 +244,7 @@ fn a_file_that_is_not_sqlite_is_named_so_and_left_alone() {
 fn a_backup_that_fails_midway_leaves_no_destination() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = new_db(dir.path(), 3);
-    let (root, page_size): (i64, i64) = {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        let q = |sql: &str| conn.query_row(sql, [], |r| r.get(0)).expect(sql);
-        (
-            q("SELECT rootpage FROM sqlite_master WHERE name = 'sse_events'"),
-            q("PRAGMA page_size"),
-        )
-    };
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&db)
-            .expect("open file");
-        let at = u64::try_from((root - 1) * page_size).expect("offset");
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.write_all(&[0x0D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
-            .expect("scribble");
-        f.write_all(&[0xAB; 64]).expect("scribble");
-    }
+    scribble_over_events_table(&db);
     let copy = dir.path().join("copy.db");
     let (status, out, err) = run_bin(&["backup", "--db", s(&db), "--to", s(&copy)]);
     assert_eq!(status.code(), Some(1), "{out}{err}");

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use timelapse_events::NewEvent;
 
 use crate::support::{
-    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, run_bin, sql_value, wait_until,
+    EmitOk, SseClient, TestHub, WAIT, http, hub_stats, run_bin, scribble_over_events_table,
+    wait_until,
 };
 
 /// The table of the design we replace: same columns, no CHECKs, no seq.
@@ -126,31 +127,7 @@ fn check_reports_a_healthy_database_and_fails_on_a_damaged_one() {
     assert_eq!(report["dispatched"], 5);
     assert!(report["wal_bytes"].as_u64().is_some());
     hub.stop().expect("stop");
-    // Damage: scribble over the first page of sse_events' b-tree.
-    let (root, page_size): (i64, i64) = {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        let root = sql_value(
-            &conn,
-            "SELECT rootpage FROM sqlite_master WHERE name = 'sse_events'",
-        );
-        (
-            root,
-            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
-                .expect("page size"),
-        )
-    };
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&db)
-            .expect("open file");
-        let at = u64::try_from((root - 1) * page_size).expect("offset");
-        f.seek(SeekFrom::Start(at)).expect("seek");
-        f.write_all(&[0x0D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
-            .expect("scribble");
-        f.write_all(&[0xAB; 64]).expect("scribble");
-    }
+    scribble_over_events_table(&db);
     let (status, out, err) = run_bin(&["check", "--db", &db_s]);
     assert_eq!(
         status.code(),

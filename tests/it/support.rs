@@ -541,6 +541,27 @@ pub fn sql_value<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: 
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// Damages `db` as a bad disk would: scribbles over the first page of sse_events' b-tree.
+pub fn scribble_over_events_table(db: &Path) {
+    use std::io::{Seek, SeekFrom};
+    let conn = rusqlite::Connection::open(db).expect("open");
+    let root: i64 = sql_value(
+        &conn,
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sse_events'",
+    );
+    let page_size: i64 = sql_value(&conn, "PRAGMA page_size");
+    drop(conn);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db)
+        .expect("open file");
+    let at = u64::try_from((root - 1) * page_size).expect("offset");
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(&[0x0D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+        .expect("scribble");
+    f.write_all(&[0xAB; 64]).expect("scribble");
+}
+
 /// A child process whose stdout lines arrive on a channel and whose stderr is collected;
 /// killed on drop.
 pub struct Proc {
