@@ -182,33 +182,8 @@ impl SseClient {
         headers: &[(&str, &str)],
         version: &str,
     ) -> SseClient {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).ok();
-        let mut req =
-            format!("GET {target} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).expect("send request");
-        let mut c = SseClient::fresh(stream);
-        c.read_head();
-        c
-    }
-
-    /// A client on `stream` that has sent its request and read nothing yet.
-    fn fresh(stream: TcpStream) -> SseClient {
-        SseClient {
-            stream,
-            raw: Vec::new(),
-            status: 0,
-            headers: Vec::new(),
-            chunks: None,
-            parser: sse::Parser::default(),
-            events: VecDeque::new(),
-            comments: 0,
-            ended: false,
-        }
+        SseClient::open(addr, target, headers, version, WAIT)
+            .unwrap_or_else(|e| panic!("GET {target} from {addr}: {e}"))
     }
 
     /// Like [`SseClient::connect_with`] (HTTP/1.1), but `None` instead of a panic when the
@@ -220,24 +195,55 @@ impl SseClient {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Option<SseClient> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+        SseClient::open(addr, target, headers, "HTTP/1.1", timeout).ok()
+    }
+
+    /// Connects, sends the request and reads the response head, all within `timeout`.
+    fn open(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+        version: &str,
+        timeout: Duration,
+    ) -> Result<SseClient, String> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).ok();
         let mut req =
-            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+            format!("GET {target} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).ok()?;
-        let mut c = SseClient::fresh(stream);
+        (&stream)
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("send request: {e}"))?;
+        let mut c = SseClient {
+            stream,
+            raw: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            chunks: None,
+            parser: sse::Parser::default(),
+            events: VecDeque::new(),
+            comments: 0,
+            ended: false,
+        };
         let deadline = Instant::now() + timeout;
-        while find(&c.raw, b"\r\n\r\n").is_none() {
-            if !c.read_more(deadline) {
-                return None;
+        let end = loop {
+            if let Some(end) = find(&c.raw, b"\r\n\r\n") {
+                break end + 4;
             }
-        }
-        c.read_head(); // the head is complete: this only parses it
-        Some(c)
+            if !c.read_more(deadline) {
+                return Err(format!("no response head within {timeout:?}"));
+            }
+        };
+        let head = sse::Head::read(&mut &c.raw[..end]).map_err(|e| e.to_string())?;
+        c.raw.drain(..end);
+        c.status = head.status;
+        c.chunks = head.chunked().then(sse::Dechunker::default);
+        c.headers = head.headers;
+        Ok(c)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -245,21 +251,6 @@ impl SseClient {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
-    }
-
-    fn read_head(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(end) = find(&self.raw, b"\r\n\r\n") {
-                let head = sse::Head::read(&mut &self.raw[..end + 4]).expect("a response head");
-                self.raw.drain(..end + 4);
-                self.status = head.status;
-                self.chunks = head.chunked().then(sse::Dechunker::default);
-                self.headers = head.headers;
-                return;
-            }
-            assert!(self.read_more(deadline), "no response head within {WAIT:?}");
-        }
     }
 
     /// Reads once; false on timeout or EOF.
