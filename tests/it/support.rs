@@ -639,7 +639,7 @@ pub fn reserve_port() -> SocketAddr {
 pub struct ChildHub {
     pub child: Child,
     pub addr: SocketAddr,
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    pub log: Arc<Mutex<String>>,
 }
 
 impl ChildHub {
@@ -661,33 +661,21 @@ impl ChildHub {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn hub");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split(' ').next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(a) => a.parse().expect("address parses"),
-            Err(_) => {
-                // Never leave a half-started hub behind a failed test.
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "hub did not start on {bind}:\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
+        let (log, _reader) = collect(child.stderr.take().expect("stderr"));
+        let listening = || {
+            let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            let rest = log.split("listening on http://").nth(1)?;
+            rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+        };
+        wait_until(WAIT, || listening().is_some());
+        let Some(addr) = listening() else {
+            // Never leave a half-started hub behind a failed test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "hub did not start on {bind}:\n{}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
         };
         ChildHub { child, addr, log }
     }
