@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
 use crate::support::{
-    ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, http, init_logging, lines_of, open_streams,
+    ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, exit_within, http, init_logging, lines_of,
+    open_streams,
 };
 
 /// Hang guard for a page to react (Chromium on 2 busy cores is slower than the hub).
@@ -184,12 +185,8 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // Best effort: if the driver is stuck, the kill below ends it.
         let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if exit_within(&mut self.child, Duration::from_secs(10)).is_some() {
+            return;
         }
         let _ = self.child.kill(); // the driver ignored quit; its Chromium dies with its pipe
         let _ = self.child.wait();

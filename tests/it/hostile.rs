@@ -9,8 +9,8 @@ use serde_json::json;
 use timelapse_events::NewEvent;
 
 use crate::support::{
-    EmitOk, SseClient, TestHub, WAIT, http, open_streams, post_json, raw_request, sql_value,
-    wait_until,
+    EmitOk, SseClient, TestHub, WAIT, exit_within, http, open_streams, post_json, raw_request,
+    sql_value, wait_until,
 };
 
 /// The hub still answers, streams and stores.
@@ -278,14 +278,7 @@ fn a_flood_of_absurd_bodies_makes_the_binary_exit_for_a_restart_instead_of_leaki
         assert_eq!(hub.child.try_wait().ok().flatten(), None, "still running");
         return;
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Ok(Some(status)) = hub.child.try_wait() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "hub did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut hub.child, WAIT).expect("hub did not exit");
     assert_eq!(
         status.code(),
         Some(1),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent};
 
-use crate::support::{ChildHub, EmitOk, Proc, TestHub, WAIT, post_json};
+use crate::support::{ChildHub, EmitOk, Proc, TestHub, WAIT, exit_within, post_json};
 
 /// Each client process exits by itself after this long, whatever happens.
 const CLIENT_SECS: u64 = 40;
@@ -73,17 +73,10 @@ fn probe(cmd: &mut Command) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("`{shown}` cannot start: {e}"))?;
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("`{shown}` did not finish within {WAIT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = exit_within(&mut child, WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("`{shown}` did not finish within {WAIT:?}"));
     };
     let (mut out, mut err) = (String::new(), String::new());
     if let Some(mut s) = child.stdout.take() {

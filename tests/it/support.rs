@@ -131,6 +131,16 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `child`'s exit status, or `None` if it still runs after `timeout`.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
 /// One parsed SSE event.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SseEvent {
@@ -601,17 +611,10 @@ impl Proc {
 
     /// Waits for the exit, killing the child (and failing) after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill(); // it hung; the panic below says so
-                panic!("child did not exit within {timeout:?}: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exit_within(&mut self.child, timeout).unwrap_or_else(|| {
+            let _ = self.child.kill(); // it hung; the panic below says so
+            panic!("child did not exit within {timeout:?}: {}", self.stderr());
+        })
     }
 }
 
@@ -690,14 +693,7 @@ impl ChildHub {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "hub did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        exit_within(&mut self.child, WAIT).expect("hub did not exit after SIGTERM")
     }
 
     pub fn kill(mut self) {
