@@ -76,7 +76,7 @@ fn an_unrepresentable_or_conflicting_content_length_gets_400() {
         let mut s = send(&hub, req.as_bytes());
         let r = crate::support::read_response(&mut s);
         assert_eq!(r.status, 400, "{lengths:?}: {}", r.text());
-        let message = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        let message = r.error();
         assert!(message.contains("Content-Length"), "{lengths:?}: {message}");
     }
     still_serves(&hub);

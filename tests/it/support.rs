@@ -397,6 +397,10 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+    /// The JSON body's `error` message, empty when it has none.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
 }
 
 /// Sends one request with `Connection: close` and reads the whole response.
