@@ -109,17 +109,24 @@ fn declared_but_unsent_bodies_do_not_pin_the_workers() {
     still_serves(&hub);
 }
 
-#[test]
-fn a_slow_body_finishes_on_its_own_thread_and_is_stored() {
-    let hub = TestHub::start();
+/// The head (with `extra` headers) and the 4 KiB JSON body of a POST of one `event_type`
+/// event: too long for tiny_http to read before the request is handed over.
+fn upload(event_type: &str, extra: &str) -> (String, String) {
     let body = format!(
-        r#"{{"type":"slow_upload","data":{{"pad":"{}"}}}}"#,
+        r#"{{"type":"{event_type}","data":{{"pad":"{}"}}}}"#,
         "y".repeat(4000)
     );
     let head = format!(
-        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
+    (head, body)
+}
+
+#[test]
+fn a_slow_body_finishes_on_its_own_thread_and_is_stored() {
+    let hub = TestHub::start();
+    let (head, body) = upload("slow_upload", "");
     let mut s = send(&hub, head.as_bytes());
     for chunk in body.as_bytes().chunks(1000) {
         still_serves(&hub); // while the upload trickles
@@ -134,14 +141,7 @@ fn a_slow_body_finishes_on_its_own_thread_and_is_stored() {
 #[test]
 fn an_upload_in_progress_at_shutdown_is_answered_and_stored() {
     let mut hub = TestHub::start_with(|c| c.shutdown_grace = Duration::from_secs(5));
-    let body = format!(
-        r#"{{"type":"upload_at_shutdown","data":{{"pad":"{}"}}}}"#,
-        "y".repeat(4000)
-    );
-    let head = format!(
-        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let (head, body) = upload("upload_at_shutdown", "Expect: 100-continue\r\n");
     let mut s = send(&hub, head.as_bytes());
     // tiny_http sends "100 Continue" when the handler starts reading the body: from then
     // on the upload is in the hub's hands.
