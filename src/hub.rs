@@ -337,10 +337,6 @@ mod procfs;
 mod tests {
     use super::*;
 
-    fn thread_cpu_s(name: &str) -> f64 {
-        super::procfs::threads_cpu_s(&[name]).expect("/proc/self/task")
-    }
-
     /// Without the WAL watcher (inotify unavailable, or turned off) the poller only
     /// polls: no wake-up channel may leave it spinning. The one Hub in this test binary,
     /// so its `tle-poller` is the only one. A spinning poller burns about a core-second
@@ -358,9 +354,10 @@ mod tests {
         hub.emitter()
             .emit(crate::NewEvent::new("warm_up", serde_json::json!({})))
             .expect("emit");
-        let before = thread_cpu_s("tle-poller");
+        let cpu_s = || super::procfs::threads_cpu_s(&["tle-poller"]).expect("/proc/self/task");
+        let before = cpu_s();
         std::thread::sleep(Duration::from_secs(1));
-        let used = thread_cpu_s("tle-poller") - before;
+        let used = cpu_s() - before;
         hub.shutdown().expect("shutdown");
         assert!(used < 0.25, "the idle poller used {used} s of CPU in 1 s");
     }
