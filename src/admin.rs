@@ -19,8 +19,7 @@ use crate::store::{self, OpenMode, Store, maintenance};
 /// [`Error::DbFile`] when there is no timelapse-events database at `db`;
 /// [`Error::SchemaTooOld`] for one no hub of this version has migrated yet; or the
 /// database cannot be read.
-pub fn stats(db: &Path, synchronous: Synchronous) -> Result<Map<String, Value>> {
-    let _ = synchronous; // a read-only connection never commits
+pub fn stats(db: &Path) -> Result<Map<String, Value>> {
     let conn = store::open_current_read_only(db)?;
     maintenance::stats(&conn, db)
 }

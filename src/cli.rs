@@ -237,7 +237,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stats(db) => {
-            let stats = admin::stats(&db.db, db.synchronous)?;
+            let stats = admin::stats(&db.db)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&stats).unwrap_or_default()
