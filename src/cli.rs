@@ -122,6 +122,28 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMELAPSE_EVENTS_MAX_CLIENTS", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=10000))]
     pub max_clients: u64,
+    /// Most client connections held at once, streams included (lowered to what the
+    /// descriptor limit allows); more are refused with 503 as they arrive.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_CONNS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_conns: u64,
+    /// Most connections from one client address (IPv4 address or IPv6 /64).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_CONNS_PER_ADDR", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_conns_per_addr: u64,
+    /// Most event streams from one client address; more get 429.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_STREAMS_PER_ADDR", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub max_streams_per_addr: u64,
+    /// Seconds a client has to send a whole request (head and body) once it starts, and
+    /// a new connection its first request; then 408 and the connection closes.
+    #[arg(long, env = "TIMELAPSE_EVENTS_HEAD_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub head_timeout_secs: u64,
+    /// Seconds an idle kept-alive connection stays open.
+    #[arg(long, env = "TIMELAPSE_EVENTS_IDLE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
     /// Bearer token required by POST /api/events (required for POST off loopback).
     #[arg(long, env = "TIMELAPSE_EVENTS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -168,6 +190,11 @@ impl ServeArgs {
             bind: self.bind,
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
             max_clients: usize::try_from(self.max_clients).unwrap_or(usize::MAX),
+            max_conns: usize::try_from(self.max_conns).unwrap_or(usize::MAX),
+            max_conns_per_addr: usize::try_from(self.max_conns_per_addr).unwrap_or(usize::MAX),
+            max_streams_per_addr: usize::try_from(self.max_streams_per_addr).unwrap_or(usize::MAX),
+            head_timeout: Duration::from_secs(self.head_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             token: self.token.clone(),
             cors_origins: self.cors_origins.clone(),
             synchronous: self.db.synchronous,

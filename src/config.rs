@@ -78,6 +78,21 @@ pub struct Config {
     pub batch_rows: usize,
     /// Threads answering HTTP requests (streams get threads of their own). Defaults to 4.
     pub http_workers: usize,
+    /// Most client connections held at once (streams included); more are refused with a
+    /// 503 as they arrive. Lowered to what the process's descriptor limit allows.
+    /// Defaults to 1,024.
+    pub max_conns: usize,
+    /// Most connections from one client address (an IPv4 address or an IPv6 /64).
+    /// Defaults to 64.
+    pub max_conns_per_addr: usize,
+    /// Most event streams from one client address; more get 429. Defaults to 32.
+    pub max_streams_per_addr: usize,
+    /// A request's head and body must arrive within this long of its first byte (and a
+    /// new connection's first request within this long of its accept); else 408 and the
+    /// connection closes. Defaults to 10 s.
+    pub head_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed. Defaults to 30 s.
+    pub idle_timeout: Duration,
     /// How long shutdown waits for streams to write their last bytes. Defaults to 1 s.
     pub shutdown_grace: Duration,
     /// The watchdog never calls a camera stale before this much silence, whatever its
@@ -109,6 +124,11 @@ impl Default for Config {
             watch_wal: true,
             batch_rows: 512,
             http_workers: 4,
+            max_conns: 1024,
+            max_conns_per_addr: 64,
+            max_streams_per_addr: 32,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
             stale_floor: Duration::from_secs(60),
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
@@ -148,6 +168,15 @@ impl Config {
         }
         if self.batch_rows == 0 {
             return bad("batch_rows", "must be above zero");
+        }
+        if self.max_conns == 0 || self.max_conns_per_addr == 0 || self.max_streams_per_addr == 0 {
+            return bad(
+                "max_conns",
+                "connection and stream limits must be above zero",
+            );
+        }
+        if self.head_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return bad("head_timeout", "timeouts must be above zero");
         }
         if self.http_workers == 0 {
             return bad("http_workers", "must be above zero");

@@ -75,6 +75,7 @@ impl Hub {
     /// newer than this binary; or a thread that cannot start.
     pub fn start(config: Config) -> Result<Hub> {
         config.validate()?;
+        crate::limits::raise_fd_limit();
         let listener = Listener::bind(&config)?;
         crate::store::create_with_umask(&config.db_path);
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
@@ -137,6 +138,7 @@ impl Hub {
             broadcast: out.broadcast.clone(),
             status: out.status.clone(),
             streams: streams.clone(),
+            stream_peers: http::stream_peers(&config),
             cache: out.cache.clone(),
             metrics: out.metrics.clone(),
         });

@@ -37,6 +37,7 @@ mod error;
 mod event;
 mod http;
 mod hub;
+mod limits;
 mod metrics;
 mod notify;
 mod poller;

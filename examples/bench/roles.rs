@@ -43,6 +43,10 @@ pub fn hub(db: &Path, p: &HubParams) -> Result<(), BoxError> {
         watch_wal: p.watch_wal,
         heartbeat_interval: Duration::from_millis(p.heartbeat_ms),
         max_clients: p.max_clients,
+        // Every bench client comes from loopback: one address may hold them all.
+        max_conns: 2 * p.max_clients + 64,
+        max_conns_per_addr: 2 * p.max_clients + 64,
+        max_streams_per_addr: p.max_clients,
         ..Config::default()
     };
     let t0 = Instant::now();

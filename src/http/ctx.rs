@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::peers::PeerSlots;
 use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::emitter::Emitter;
@@ -20,6 +21,8 @@ pub(crate) struct Ctx {
     pub(crate) status: Arc<PollerStatus>,
     /// The stream threads (`--max-clients` places); the hub waits for them at shutdown.
     pub(crate) streams: Arc<Group>,
+    /// Streams per client address (`--max-streams-per-addr`).
+    pub(crate) stream_peers: Arc<PeerSlots>,
     pub(crate) cache: Arc<StateCache>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -27,4 +30,10 @@ pub(crate) struct Ctx {
 /// The stream threads' group, sized by `--max-clients`.
 pub(crate) fn streams(config: &Config) -> Arc<Group> {
     Group::new("stream", config.max_clients)
+}
+
+/// The per-address stream places, sized by `--max-streams-per-addr` (the total is the
+/// streams' [`Group`]'s to keep).
+pub(crate) fn stream_peers(config: &Config) -> Arc<PeerSlots> {
+    PeerSlots::new(config.max_streams_per_addr, usize::MAX)
 }

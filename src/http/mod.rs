@@ -6,6 +6,7 @@
 
 mod ctx;
 mod dashboard;
+mod peers;
 mod reply;
 mod request;
 mod routes;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::thread::Fatal;
 
-pub(crate) use ctx::{Ctx, streams};
+pub(crate) use ctx::{Ctx, stream_peers, streams};
 pub(crate) use server::{Listener, Server};
 
 /// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]).

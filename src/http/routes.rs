@@ -326,6 +326,7 @@ mod tests {
         let emitter = Emitter::open(&config.db_path).expect("an emitter of its own");
         let ctx = Ctx {
             streams: crate::http::streams(&config),
+            stream_peers: crate::http::stream_peers(&config),
             config,
             store,
             emitter,
@@ -555,6 +556,24 @@ mod tests {
         assert_eq!((r.status, header(&r, "Vary")), (404, Some("Origin")));
     }
 
+    /// A taken-over connection in memory: its client never leaves.
+    struct Piped(std::io::PipeWriter);
+
+    impl std::io::Write for Piped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    impl crate::http::server::Client for Piped {
+        fn left(&self) -> bool {
+            false
+        }
+    }
+
     #[test]
     fn a_stream_takes_the_connection_writes_its_head_and_ends_with_the_hub() {
         let f = fixture(|c| c.max_clients = 1);
@@ -563,7 +582,7 @@ mod tests {
             panic!("a stream takes the connection");
         };
         let (mut wire, writer) = std::io::pipe().expect("a pipe");
-        start(Box::new(writer));
+        start(Box::new(Piped(writer)));
         let mut text = String::new();
         let mut buf = [0u8; 256];
         while !text.contains(": connected") {

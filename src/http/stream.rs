@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use super::ctx::Ctx;
+use super::peers::Full;
 use super::reply::HttpError;
 use super::request::Request;
-use super::server::Takeover;
+use super::server::{Client, EVERY_ANSWER, Takeover};
 use crate::broadcast::{Broadcast, Subscription};
 use crate::error::{Result, io};
 use crate::event::Cursor;
@@ -29,6 +30,8 @@ use crate::store::{Store, events};
 const STREAM_STACK_BYTES: usize = 256 * 1024;
 /// Rows read per back-fill query.
 const REPLAY_PAGE_ROWS: usize = 500;
+/// A stream with nothing to send checks this often whether its client has left.
+const LEFT_CHECK: Duration = Duration::from_secs(1);
 /// Most frames gathered into one write.
 const MAX_FRAMES_PER_WRITE: usize = 256;
 
@@ -52,6 +55,24 @@ pub(super) fn open(
 ) -> std::result::Result<Takeover, HttpError> {
     let filter = filter_from_query(&rq.query).map_err(|msg| HttpError::new(400, msg))?;
     let resume = sse::resume_from(rq.header("Last-Event-ID"), rq.query_value("last_event_id"));
+    let peer_place = match rq.peer.map(|p| ctx.stream_peers.take(p.ip())) {
+        None => None,
+        Some(Ok(place)) => Some(place),
+        Some(Err(Full::Peer | Full::All)) => {
+            let (per_peer, _) = ctx.stream_peers.limits();
+            log::warn!(
+                "refusing a stream from {}: {per_peer} open from that address (--max-streams-per-addr)",
+                rq.peer_text()
+            );
+            return Err(HttpError::new(
+                429,
+                format!(
+                    "too many event streams from your address (at most {per_peer}); retry later"
+                ),
+            )
+            .with_header("Retry-After", "5"));
+        }
+    };
     let Some(place) = ctx.streams.try_reserve() else {
         log::warn!(
             "refusing a stream: {} streams open (--max-clients)",
@@ -75,6 +96,7 @@ pub(super) fn open(
     let (heartbeat, send_timeout) = (ctx.config.heartbeat_interval, ctx.config.send_timeout);
     Ok(Box::new(move |writer| {
         let spawned = place.spawn("stream", STREAM_STACK_BYTES, move || {
+            let _peer_place = peer_place;
             let peer = plan.peer.clone();
             let mut out = Out::new(writer, plan.http10, send_timeout);
             match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
@@ -83,6 +105,7 @@ pub(super) fn open(
                     out.finish();
                 }
                 Ok(End::CutOff) => log::info!("stream to {peer} ended: too slow, cut off"),
+                Ok(End::Left) => log::debug!("stream to {peer} ended: the client left"),
                 Err(e) => log::debug!("stream to {peer} ended: {}", e.chain()),
             }
             Ok(())
@@ -137,19 +160,21 @@ enum Start {
 enum End {
     Closed,
     CutOff,
+    /// The client closed its end; its place is free at once, not at the next write.
+    Left,
 }
 
 /// The response body writer: chunked for HTTP/1.1, raw for HTTP/1.0 (then `Connection:
 /// close`). Every `send` is one write and one flush.
 struct Out {
-    w: Box<dyn Write + Send>,
+    w: Box<dyn Client>,
     chunked: bool,
     buf: Vec<u8>,
     send_timeout: Duration,
 }
 
 impl Out {
-    fn new(w: Box<dyn Write + Send>, http10: bool, send_timeout: Duration) -> Out {
+    fn new(w: Box<dyn Client>, http10: bool, send_timeout: Duration) -> Out {
         Out {
             w,
             chunked: !http10,
@@ -169,6 +194,9 @@ impl Out {
              Cache-Control: no-cache, no-transform\r\n\
              X-Accel-Buffering: no\r\n",
         );
+        for (name, value) in EVERY_ANSWER {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
         head.push_str(if plan.http10 {
             "Connection: close\r\n"
         } else {
@@ -352,11 +380,19 @@ fn follow(
     last_seq: &mut i64,
 ) -> Result<End> {
     let mut batch: Vec<u8> = Vec::with_capacity(4096);
+    let mut last_write = Instant::now();
     loop {
-        let first = match sub.rx.recv_timeout(heartbeat) {
+        let quiet = heartbeat.saturating_sub(last_write.elapsed());
+        let first = match sub.rx.recv_timeout(quiet.min(LEFT_CHECK)) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => {
-                out.send(sse::HEARTBEAT)?;
+                if out.w.left() {
+                    return Ok(End::Left);
+                }
+                if last_write.elapsed() >= heartbeat {
+                    out.send(sse::HEARTBEAT)?;
+                    last_write = Instant::now();
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -380,6 +416,7 @@ fn follow(
         }
         if !batch.is_empty() {
             out.send(&batch)?;
+            last_write = Instant::now();
             sub.info
                 .delivered
                 .store(*last_seq, std::sync::atomic::Ordering::Relaxed);

@@ -388,7 +388,7 @@ fn over_max_clients_streams_get_503_with_retry_after() {
 
 #[test]
 fn graceful_shutdown_ends_fifty_streams_cleanly_and_keeps_acknowledged_events() {
-    let mut hub = TestHub::start();
+    let mut hub = TestHub::start_with(|c| c.max_streams_per_addr = 50);
     let mut clients: Vec<SseClient> = (0..50)
         .map(|_| SseClient::connect(hub.addr(), "/api/events"))
         .collect();
