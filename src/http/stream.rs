@@ -31,7 +31,7 @@ const STREAM_STACK_BYTES: usize = 256 * 1024;
 /// Rows read per back-fill query.
 const REPLAY_PAGE_ROWS: usize = 500;
 /// A stream with nothing to send checks this often whether its client has left.
-const LEFT_CHECK: Duration = Duration::from_secs(1);
+const LEFT_CHECK: Duration = Duration::from_millis(500);
 /// Most frames gathered into one write.
 const MAX_FRAMES_PER_WRITE: usize = 256;
 
