@@ -177,6 +177,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMELAPSE_EVENTS_BUSY_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub busy_timeout_ms: u64,
+    /// Most cameras the live state holds (and 4 timelapses each); events about more are
+    /// stored and streamed, but not folded into /api/state (counted in stats and /metrics).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_CAMERAS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_cameras: u64,
+    /// Most event types counted one by one in stats and /metrics; events of more types
+    /// are stored and streamed, and counted together.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MAX_EVENT_TYPES", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_event_types: u64,
 }
 
 impl ServeArgs {
@@ -205,6 +215,8 @@ impl ServeArgs {
             retention_max_rows: (self.retain_rows > 0).then_some(self.retain_rows),
             retention_max_db_bytes: (self.retain_mib > 0)
                 .then(|| self.retain_mib.saturating_mul(1024 * 1024)),
+            max_cameras: usize::try_from(self.max_cameras).unwrap_or(usize::MAX),
+            max_event_types: usize::try_from(self.max_event_types).unwrap_or(usize::MAX),
             ..Config::default()
         };
         config.validate()?;

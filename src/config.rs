@@ -10,6 +10,15 @@ use crate::error::{Error, Result};
 /// The default database file, relative to the working directory.
 pub const DEFAULT_DB_PATH: &str = "timelapse-events.db";
 
+/// Default of [`Config::max_cameras`]: a home has a handful of cameras; 64 leaves room
+/// for ten times that, and 64 camera records are about 20 KiB of `/api/state`.
+pub const DEFAULT_MAX_CAMERAS: usize = 64;
+/// Default of [`Config::max_event_types`]: the hub itself reads five types and a home
+/// setup adds a few dozen; 256 per-type counters are a few KiB of `/metrics` and stats.
+pub const DEFAULT_MAX_EVENT_TYPES: usize = 256;
+/// Largest accepted [`Config::max_cameras`] and [`Config::max_event_types`].
+const MAX_DISTINCT_LIMIT: usize = 100_000;
+
 /// SQLite's `synchronous` setting for the event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
@@ -106,6 +115,14 @@ pub struct Config {
     pub retention_max_db_bytes: Option<u64>,
     /// How often retention runs. Defaults to 60 s.
     pub retention_interval: Duration,
+    /// Most cameras the live state holds (and 4 timelapses per camera). Events about a
+    /// camera beyond it are still stored and streamed, but not folded into the state; they
+    /// are counted. Defaults to [`DEFAULT_MAX_CAMERAS`] (64).
+    pub max_cameras: usize,
+    /// Most event types with counters of their own (`/metrics`, `/api/events/stats`).
+    /// Events of a type beyond it are still stored and streamed, and counted together.
+    /// Defaults to [`DEFAULT_MAX_EVENT_TYPES`] (256).
+    pub max_event_types: usize,
 }
 
 impl Default for Config {
@@ -135,6 +152,8 @@ impl Default for Config {
             retention_max_rows: Some(1_000_000),
             retention_max_db_bytes: Some(256 * 1024 * 1024),
             retention_interval: Duration::from_secs(60),
+            max_cameras: DEFAULT_MAX_CAMERAS,
+            max_event_types: DEFAULT_MAX_EVENT_TYPES,
         }
     }
 }
@@ -190,6 +209,12 @@ impl Config {
         if self.send_timeout.is_zero() {
             return bad("send_timeout", "must be above zero");
         }
+        if !(1..=MAX_DISTINCT_LIMIT).contains(&self.max_cameras) {
+            return bad("max_cameras", "must be between 1 and 100000");
+        }
+        if !(1..=MAX_DISTINCT_LIMIT).contains(&self.max_event_types) {
+            return bad("max_event_types", "must be between 1 and 100000");
+        }
         Ok(())
     }
 
@@ -215,7 +240,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        let cases: [(Config, &str); 3] = [
+        let cases: [(Config, &str); 5] = [
             (
                 Config {
                     max_clients: 0,
@@ -236,6 +261,20 @@ mod tests {
                     ..Config::default()
                 },
                 "heartbeat_interval",
+            ),
+            (
+                Config {
+                    max_cameras: 0,
+                    ..Config::default()
+                },
+                "max_cameras",
+            ),
+            (
+                Config {
+                    max_event_types: 100_001,
+                    ..Config::default()
+                },
+                "max_event_types",
             ),
         ];
         for (c, field) in cases {

@@ -12,9 +12,11 @@ use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
 use crate::http::{self, Ctx, Listener, Server};
+use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::poller::{self, Outputs, Pace, Poller};
 use crate::retention;
+use crate::state::Limits;
 use crate::store::{SCHEMA_VERSION, Store, events};
 use crate::thread::{Fatal, Group, join_thread, spawn_critical, spawn_named};
 use crate::watch::WalWatch;
@@ -83,7 +85,10 @@ impl Hub {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (fatal, failures) = Fatal::channel();
         let (emitter, intake) = Emitter::channel();
-        let out = Outputs::default();
+        let out = Outputs {
+            metrics: Arc::new(Metrics::new(config.max_event_types)),
+            ..Outputs::default()
+        };
         // File notifications when they work; fast polling when they do not.
         let watch = if config.watch_wal {
             WalWatch::new(&config.db_path)
@@ -103,6 +108,7 @@ impl Hub {
             },
             batch_rows: config.batch_rows,
             stale_floor: config.stale_floor,
+            limits: Limits::new(config.max_cameras, config.max_event_types),
         };
         let watcher = match watch {
             Some(w) => {

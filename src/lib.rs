@@ -50,7 +50,9 @@ mod thread;
 mod watch;
 mod watchdog;
 
-pub use config::{Config, DEFAULT_DB_PATH, Synchronous};
+pub use config::{
+    Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, Synchronous,
+};
 pub use emitter::Emitter;
 pub use error::{DbFileProblem, Error, Result};
 pub use event::{Cursor, Event, EventId, NewEvent, Priority};

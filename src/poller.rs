@@ -23,7 +23,7 @@ use crate::emitter::{self, Intake, Job};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sse::Frame;
-use crate::state::{self, State, StateCache, parse_utc_ms};
+use crate::state::{self, Limits, NotFolded, State, StateCache, parse_utc_ms};
 use crate::status::PollerStatus;
 use crate::store::{self, Store, events};
 use crate::watchdog::Watchdog;
@@ -32,6 +32,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// At most one dispatch every this long for a nudge whose commit is not visible yet.
 const SPECULATIVE_EVERY: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// At most one warning this often about events over the state's limits.
+const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The longest a live poller goes without [`PollerStatus::beat`]: its idle wait or its
 /// longest backoff, plus a second for the step between two beats. Longer means it is stuck
@@ -58,6 +60,45 @@ pub(crate) struct Pace {
     pub(crate) batch_rows: usize,
     /// The watchdog's floor (see [`Watchdog::new`]).
     pub(crate) stale_floor: Duration,
+    /// What the state holds at most.
+    pub(crate) limits: Limits,
+}
+
+/// Warns about events over the state's limits once when they start, then at most every
+/// [`OVER_LIMIT_WARN_EVERY`] (with the count since the last warning): never once per event,
+/// as a flood of names is exactly when a log line per event would hurt.
+#[derive(Default)]
+struct OverLimitWarning {
+    last: Option<Instant>,
+    since: NotFolded,
+}
+
+impl OverLimitWarning {
+    /// Adds `n`; returns the warning to log now, if one is due.
+    fn note(&mut self, n: NotFolded, now: Instant, limits: Limits) -> Option<String> {
+        self.since.camera_cap += n.camera_cap;
+        self.since.event_type_cap += n.event_type_cap;
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= OVER_LIMIT_WARN_EVERY);
+        if !due || !self.since.any() {
+            return None;
+        }
+        let first = self.last.is_none();
+        self.last = Some(now);
+        let since = std::mem::take(&mut self.since);
+        Some(format!(
+            "{} events about cameras beyond --max-cameras ({}) and {} events of types beyond \
+             --max-event-types ({}) were {}not folded into the state (they are stored and \
+             streamed; see not_folded in /api/events/stats); next warning in {}s at the soonest",
+            since.camera_cap,
+            limits.max_cameras,
+            since.event_type_cap,
+            limits.max_event_types,
+            if first { "" } else { "since the last warning " },
+            OVER_LIMIT_WARN_EVERY.as_secs()
+        ))
+    }
 }
 
 /// The poller thread's state: its connection, its wake-up channels, and what it carries from
@@ -84,6 +125,7 @@ pub(crate) struct Poller {
     state_version: u64,
     /// `PRAGMA data_version` at the last check.
     data_version: i64,
+    over_limit: OverLimitWarning,
     /// Emits taken from the queue, to be stored by the next step.
     group: Vec<Job>,
 }
@@ -103,10 +145,10 @@ impl Poller {
         wake: Receiver<()>,
         stop: Receiver<()>,
     ) -> Result<Poller> {
-        let conn = store.dedicated()?;
+        let mut conn = store.dedicated()?;
         events::disable_autocheckpoint(&conn)?;
         store::fast_busy_handler(&conn)?;
-        let state = store::state_rows::load(&conn)?;
+        let state = store::state_rows::load(&mut conn, pace.limits)?;
         out.cache.publish(&state, store.log_id(), 1);
         let head = events::head_seq(&conn)?;
         let data_version = events::data_version(&conn)?;
@@ -126,6 +168,7 @@ impl Poller {
             state,
             state_version: 1,
             data_version,
+            over_limit: OverLimitWarning::default(),
             group: Vec::with_capacity(64),
         })
     }
@@ -354,11 +397,62 @@ impl Poller {
                 started.elapsed()
             );
         }
+        let nf = batch.not_folded;
+        if nf.any() {
+            out.metrics.not_folded([nf.camera_cap, nf.event_type_cap]);
+            log::debug!(
+                "{} events over --max-cameras, {} over --max-event-types in this batch",
+                nf.camera_cap,
+                nf.event_type_cap
+            );
+            if let Some(w) = self.over_limit.note(nf, Instant::now(), self.state.limits) {
+                log::warn!("{w}");
+            }
+        }
         if batch.rejected > 0 {
             out.status
                 .rejected
                 .fetch_add(batch.rejected as u64, Ordering::Relaxed);
         }
         Ok(batch.events.len() + batch.rejected >= limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_limit_warnings_come_once_then_at_most_once_a_minute() {
+        let mut w = OverLimitWarning::default();
+        let limits = Limits::new(64, 256);
+        let t0 = Instant::now();
+        let cams = |n| NotFolded {
+            camera_cap: n,
+            ..NotFolded::default()
+        };
+        assert_eq!(w.note(NotFolded::default(), t0, limits), None);
+        let first = w.note(cams(3), t0, limits).unwrap_or_default();
+        assert!(
+            first.starts_with("3 events about cameras beyond --max-cameras (64)"),
+            "{first}"
+        );
+        for s in 1..60 {
+            assert_eq!(w.note(cams(1), t0 + Duration::from_secs(s), limits), None);
+        }
+        let later = w
+            .note(cams(1), t0 + OVER_LIMIT_WARN_EVERY, limits)
+            .unwrap_or_default();
+        assert!(later.starts_with("60 events about cameras"), "{later}");
+        assert!(later.contains("since the last warning"), "{later}");
+        // Quiet afterwards: nothing more to say, however long it has been.
+        assert_eq!(
+            w.note(
+                NotFolded::default(),
+                t0 + 10 * OVER_LIMIT_WARN_EVERY,
+                limits
+            ),
+            None
+        );
     }
 }

@@ -226,6 +226,14 @@ fn stats(ctx: &Ctx) -> Handled {
     body.insert("subscribers".into(), Value::from(subscribers));
     body.insert("streams".into(), ctx.streams.active().into());
     body.insert("cut_off_slow".into(), ctx.broadcast.cut_off_total().into());
+    let not_folded = ctx
+        .metrics
+        .not_folded_totals()
+        .map(|(r, n)| (r.to_owned(), n.into()));
+    body.insert(
+        "not_folded".into(),
+        Value::Object(not_folded.into_iter().collect()),
+    );
     body.insert(
         "rejected_rows".into(),
         ctx.status

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::state_rows;
 use crate::error::{Error, Result, db};
 use crate::event::{Cursor, Event, EventId, NewEvent, Priority, validate_type};
-use crate::state::State;
+use crate::state::{NotFolded, State};
 
 /// One event ready for INSERT: validated, payload serialised.
 pub(crate) struct Insert<'a> {
@@ -97,6 +97,8 @@ pub(crate) struct Dispatched {
     pub(crate) rejected: usize,
     /// True when the batch changed the state projection.
     pub(crate) state_changed: bool,
+    /// Events of the batch over the state's limits (stored and dispatched all the same).
+    pub(crate) not_folded: NotFolded,
 }
 
 /// The hub's step: in one IMMEDIATE transaction, stores `groups` (each atomic on its own,
@@ -122,6 +124,7 @@ pub(crate) fn store_and_dispatch(
     let mut seq = *head;
     let mut next_state: Option<State> = None;
     let mut changed = Vec::new();
+    let mut not_folded = NotFolded::default();
     {
         let mut select = tx
             .prepare_cached(SELECT_PENDING)
@@ -151,6 +154,9 @@ pub(crate) fn store_and_dispatch(
                     let c = next_state
                         .get_or_insert_with(|| state.clone())
                         .apply(&event);
+                    if c.over_cap {
+                        not_folded.camera_cap += 1;
+                    }
                     if c.any() {
                         changed.push(c);
                     }
@@ -172,7 +178,9 @@ pub(crate) fn store_and_dispatch(
         }
     }
     for (t, n) in per_type {
-        state_rows::bump_type(&tx, t, n)?;
+        if !state_rows::bump_type(&tx, t, n, state.limits.max_event_types)? {
+            not_folded.event_type_cap += n.unsigned_abs();
+        }
     }
     let state_changed = !changed.is_empty();
     if let (true, Some(next)) = (state_changed, &next_state) {
@@ -189,6 +197,7 @@ pub(crate) fn store_and_dispatch(
             events,
             rejected,
             state_changed,
+            not_folded,
         },
     ))
 }

@@ -148,6 +148,7 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
         )
         .map_err(db("find the oldest event"))?;
     let mut by_type = Map::new();
+    let mut typed = 0;
     {
         let mut stmt = conn
             .prepare_cached(
@@ -159,6 +160,7 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
             .map_err(db("read type counts"))?;
         for row in rows {
             let (t, n) = row.map_err(db("read type counts"))?;
+            typed += n;
             by_type.insert(t, n.into());
         }
     }
@@ -175,6 +177,8 @@ pub(crate) fn stats(conn: &Connection, path: &Path) -> Result<Map<String, Value>
         "last_hour": last_hour + counts.pending,
         "distinct_types": by_type.len(),
         "by_type": by_type,
+        // Dispatched events of the types beyond --max-event-types, which have no counter.
+        "other_types": (counts.dispatched - typed).max(0),
         "head": format!("{log_id:08x}-{head}"),
         "pruned_through_seq": pruned,
         "oldest_event_at": oldest,

@@ -1,23 +1,51 @@
-//! Persistence of the state projection and the per-type counters.
+//! Persistence of the state projection and the per-type counters, both bounded by
+//! [`Limits`]: the tables hold what the projection holds.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::error::{Result, db};
-use crate::state::{CameraState, Changed, State, TimelapseState};
+use crate::state::{CameraState, Changed, Limits, State, TimelapseState};
 
 const UPSERT_CAMERA: &str = "INSERT INTO camera_state (camera_id, state) VALUES (?1, ?2) \
      ON CONFLICT (camera_id) DO UPDATE SET state = excluded.state";
 const UPSERT_TIMELAPSE: &str = "INSERT INTO timelapse_state (timelapse_id, state) VALUES (?1, ?2) \
      ON CONFLICT (timelapse_id) DO UPDATE SET state = excluded.state";
-const BUMP_TYPE: &str = "INSERT INTO event_type_counts (event_type, dispatched) VALUES (?1, ?2) \
+const DELETE_TIMELAPSE: &str = "DELETE FROM timelapse_state WHERE timelapse_id = ?1";
+/// A type gets a row while there are fewer than `?3` (the cap); one that has a row keeps it.
+/// The table is small (at most the cap), so the count is a walk of a few pages.
+const BUMP_TYPE: &str = "INSERT INTO event_type_counts (event_type, dispatched) \
+     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM event_type_counts WHERE event_type = ?1) \
+        OR (SELECT count(*) FROM event_type_counts) < ?3 \
      ON CONFLICT (event_type) DO UPDATE SET dispatched = dispatched + excluded.dispatched";
+
+/// Keep the `?1` most recently updated cameras (updated_at is the folded event's
+/// created_at; the higher id wins a tie), as a restart on a database written with a higher
+/// cap (or before there was one) must load at most the cap.
+const TRIM_CAMERAS: &str = "DELETE FROM camera_state WHERE camera_id NOT IN \
+     (SELECT camera_id FROM camera_state \
+      ORDER BY json_extract(state, '$.updated_at') DESC, camera_id DESC LIMIT ?1)";
+/// Timelapses of cameras no longer held go with them.
+const TRIM_ORPHAN_TIMELAPSES: &str = "DELETE FROM timelapse_state \
+     WHERE json_extract(state, '$.camera_id') NOT IN (SELECT camera_id FROM camera_state)";
+const TRIM_TIMELAPSES: &str = "DELETE FROM timelapse_state WHERE timelapse_id NOT IN \
+     (SELECT timelapse_id FROM timelapse_state \
+      ORDER BY json_extract(state, '$.updated_at') DESC, timelapse_id DESC LIMIT ?1)";
+/// Keep the counters of the `?1` most dispatched types: a flood of one-off names has the
+/// smallest counts, the types a home really sends the largest.
+const TRIM_TYPES: &str = "DELETE FROM event_type_counts WHERE event_type NOT IN \
+     (SELECT event_type FROM event_type_counts ORDER BY dispatched DESC, event_type LIMIT ?1)";
 
 const SELECT_CAMERAS: &str = "SELECT state FROM camera_state ORDER BY camera_id";
 const SELECT_TIMELAPSES: &str = "SELECT state FROM timelapse_state ORDER BY timelapse_id";
 
-/// Loads the persisted projection.
-pub(crate) fn load(conn: &Connection) -> Result<State> {
-    let mut state = State::default();
+/// Trims the persisted projection and type counters to `limits` (in one transaction; what
+/// was dropped is logged), then loads it.
+pub(crate) fn load(conn: &mut Connection, limits: Limits) -> Result<State> {
+    trim(conn, limits)?;
+    let mut state = State {
+        limits,
+        ..State::default()
+    };
     for c in records::<CameraState>(conn, SELECT_CAMERAS, "load camera state")? {
         state.cameras.insert(c.camera_id, c);
     }
@@ -32,6 +60,36 @@ pub(crate) fn load(conn: &Connection) -> Result<State> {
         )
         .map_err(db("load state_seq"))?;
     Ok(state)
+}
+
+fn trim(conn: &mut Connection, limits: Limits) -> Result<()> {
+    let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin trimming the state"))?;
+    let cameras = tx
+        .execute(TRIM_CAMERAS, [cap(limits.max_cameras)])
+        .map_err(db("trim camera state"))?;
+    let timelapses = tx
+        .execute(TRIM_ORPHAN_TIMELAPSES, [])
+        .map_err(db("trim timelapse state"))?
+        + tx.execute(TRIM_TIMELAPSES, [cap(limits.max_timelapses)])
+            .map_err(db("trim timelapse state"))?;
+    let types = tx
+        .execute(TRIM_TYPES, [cap(limits.max_event_types)])
+        .map_err(db("trim event type counters"))?;
+    tx.commit().map_err(db("commit trimming the state"))?;
+    if cameras + timelapses + types > 0 {
+        log::info!(
+            "state over its limits: kept the {} most recently updated cameras (dropped \
+             {cameras}; --max-cameras), dropped {timelapses} older timelapses, and kept the \
+             counters of the {} most dispatched event types (dropped {types}; \
+             --max-event-types)",
+            limits.max_cameras,
+            limits.max_event_types
+        );
+    }
+    Ok(())
 }
 
 /// Writes the records `changed` names, and the seq the state reflects.
@@ -62,18 +120,35 @@ pub(crate) fn save(conn: &Connection, state: &State, changed: &[Changed]) -> Res
                 .map_err(db("save timelapse state"))?;
         }
     }
+    let mut gone = conn
+        .prepare_cached(DELETE_TIMELAPSE)
+        .map_err(db("delete timelapse state"))?;
+    for id in changed.iter().filter_map(|c| c.evicted) {
+        // Evicted, then perhaps folded in again by a later event of the same batch.
+        if !state.timelapses.contains_key(&id) {
+            gone.execute([id]).map_err(db("delete timelapse state"))?;
+        }
+    }
     conn.prepare_cached("UPDATE hub_meta SET value = ?1 WHERE key = 'state_seq'")
         .and_then(|mut s| s.execute([state.seq.to_string()]))
         .map_err(db("save state_seq"))?;
     Ok(())
 }
 
-/// Adds `n` dispatched events of `event_type` to the kept counters.
-pub(crate) fn bump_type(conn: &Connection, event_type: &str, n: i64) -> Result<()> {
-    conn.prepare_cached(BUMP_TYPE)
-        .and_then(|mut s| s.execute(params![event_type, n]))
+/// Adds `n` dispatched events of `event_type` to the kept counters. Returns false when
+/// the type has no counter and `max_types` others have one (the events are not counted).
+pub(crate) fn bump_type(
+    conn: &Connection,
+    event_type: &str,
+    n: i64,
+    max_types: usize,
+) -> Result<bool> {
+    let cap = i64::try_from(max_types).unwrap_or(i64::MAX);
+    let rows = conn
+        .prepare_cached(BUMP_TYPE)
+        .and_then(|mut s| s.execute(params![event_type, n, cap]))
         .map_err(db("count event types"))?;
-    Ok(())
+    Ok(rows > 0)
 }
 
 /// The JSON records `sql` selects; an unreadable one is logged and skipped.
@@ -94,4 +169,71 @@ fn records<T: serde::de::DeserializeOwned>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::Store;
+    use std::time::Duration;
+
+    fn camera_row(id: i64, at: &str) -> String {
+        serde_json::to_string(&CameraState {
+            camera_id: id,
+            updated_at: at.into(),
+            ..CameraState::default()
+        })
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_load_keeps_the_most_recent_cameras_and_the_most_dispatched_types() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let store = Store::open(
+            &dir.path().join("e.db"),
+            Synchronous::Normal,
+            Duration::from_secs(1),
+        )?;
+        let mut conn = store.dedicated()?;
+        let at = |s: i64| format!("2026-11-26T10:00:{s:02}.000Z");
+        for (id, second) in [(1, 5), (2, 9), (3, 1), (4, 9), (5, 7)] {
+            conn.execute(UPSERT_CAMERA, params![id, camera_row(id, &at(second))])
+                .map_err(db("test insert"))?;
+        }
+        let timelapse = |id: i64, camera: i64| {
+            serde_json::to_string(&TimelapseState {
+                timelapse_id: id,
+                camera_id: camera,
+                updated_at: at(id),
+                ..TimelapseState::default()
+            })
+            .unwrap_or_default()
+        };
+        for (id, camera) in [(10, 1), (11, 2), (12, 4), (13, 4), (14, 2), (15, 3)] {
+            conn.execute(UPSERT_TIMELAPSE, params![id, timelapse(id, camera)])
+                .map_err(db("test insert"))?;
+        }
+        for (t, n) in [("a", 5), ("b", 50), ("c", 1), ("d", 7)] {
+            assert!(bump_type(&conn, t, n, usize::MAX)?);
+        }
+        // Keeps 2 cameras (4 and 2 at :09), 2 × 4 timelapses but only theirs, 2 types.
+        let state = load(&mut conn, Limits::new(2, 2))?;
+        assert_eq!(state.cameras.keys().copied().collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(
+            state.timelapses.keys().copied().collect::<Vec<_>>(),
+            [11, 12, 13, 14]
+        );
+        let types: Vec<String> = conn
+            .prepare("SELECT event_type FROM event_type_counts ORDER BY event_type")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(db("test read"))?;
+        assert_eq!(types, ["b", "d"]);
+        // Full: a new type gets no counter, a known one still counts.
+        assert!(!bump_type(&conn, "e", 1, 2)?);
+        assert!(bump_type(&conn, "b", 1, 2)?);
+        let again = load(&mut conn, Limits::new(2, 2))?;
+        assert_eq!(again, state, "a second load finds nothing to trim");
+        Ok(())
+    }
 }
