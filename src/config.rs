@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 
 /// The default database file, relative to the working directory.
 pub const DEFAULT_DB_PATH: &str = "timelapse-events.db";
@@ -48,7 +48,7 @@ impl FromStr for Synchronous {
             "full" => Ok(Synchronous::Full),
             _ => Err(Error::Config {
                 field: "synchronous",
-                reason: format!("`{s}` is not `normal` or `full`"),
+                reason: format!("{} is not `normal` or `full`", quote(s)),
             }),
         }
     }

@@ -294,6 +294,38 @@ fn db_condition(e: &rusqlite::Error) -> Option<&'static str> {
     }
 }
 
+/// Most characters of client input an error message quotes ([`quote`]).
+pub(crate) const QUOTE_CHARS: usize = 64;
+
+/// The start of `text`: `Some` with its first `max_chars` characters (cut on a character
+/// boundary) when it is longer, else `None`.
+fn cut(text: &str, max_chars: usize) -> Option<&str> {
+    text.char_indices()
+        .nth(max_chars)
+        .map(|(at, _)| &text[..at])
+}
+
+/// Client input as an error message quotes it: in backticks, escaped (`escape_debug`, so
+/// no control character reaches a log or a body), and if longer than [`QUOTE_CHARS`]
+/// characters, only that many, then `…` and the whole length: `` `aaaa…` (1048576 bytes) ``.
+/// Whatever a client sends, the message stays short (measured before: a 1 MiB `camera_id`
+/// came back whole in the 400).
+pub(crate) fn quote(input: &str) -> String {
+    match cut(input, QUOTE_CHARS) {
+        None => format!("`{}`", input.escape_debug()),
+        Some(start) => format!("`{}…` ({} bytes)", start.escape_debug(), input.len()),
+    }
+}
+
+/// `message` cut to `max_chars` characters, then `…` and its whole length: the last guard
+/// for messages that carry what something else quoted (a parser's error, say).
+pub(crate) fn clip(message: String, max_chars: usize) -> String {
+    match cut(&message, max_chars) {
+        None => message,
+        Some(start) => format!("{start}… ({} bytes)", message.len()),
+    }
+}
+
 /// Tags a rusqlite error with what we were doing: `.map_err(db("insert event"))?`.
 pub(crate) fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
     move |source| Error::Db { op, source }
@@ -307,5 +339,36 @@ pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 impl From<r2d2::Error> for Error {
     fn from(source: r2d2::Error) -> Self {
         Error::Pool { source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_keep_a_short_escaped_prefix_and_the_length() {
+        let at_limit = "a".repeat(QUOTE_CHARS);
+        let over = format!("{at_limit}b");
+        let wide = "é".repeat(100); // 2 bytes each: the cut must fall between characters
+        for (input, want) in [
+            ("", "``".to_owned()),
+            ("urgent", "`urgent`".to_owned()),
+            ("a\nb\u{7}", "`a\\nb\\u{7}`".to_owned()),
+            (at_limit.as_str(), format!("`{at_limit}`")),
+            (over.as_str(), format!("`{at_limit}…` (65 bytes)")),
+            (wide.as_str(), format!("`{}…` (200 bytes)", "é".repeat(64))),
+        ] {
+            assert_eq!(quote(input), want, "{input:?}");
+        }
+        let huge = "7".repeat(1 << 20);
+        assert!(quote(&huge).len() < 100, "{}", quote(&huge).len());
+    }
+
+    #[test]
+    fn clipped_messages_end_with_their_length() {
+        assert_eq!(clip("short".into(), 10), "short");
+        assert_eq!(clip("0123456789ab".into(), 10), "0123456789… (12 bytes)");
+        assert_eq!(clip("ééé".into(), 2), "éé… (6 bytes)");
     }
 }

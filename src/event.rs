@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 
 /// Longest accepted event type, in bytes (the SQL CHECK agrees).
 pub const MAX_TYPE_BYTES: usize = 64;
@@ -61,10 +61,7 @@ impl FromStr for Priority {
             "critical" => Ok(Priority::Critical),
             other => Err(Error::Invalid {
                 field: "priority",
-                reason: format!(
-                    "`{}` is not one of low, normal, high, critical",
-                    other.escape_debug()
-                ),
+                reason: format!("{} is not one of low, normal, high, critical", quote(other)),
             }),
         }
     }
@@ -400,6 +397,13 @@ mod tests {
         }
         assert!(Priority::Critical > Priority::Low);
         assert!("urgent".parse::<Priority>().is_err());
+        let long = "u".repeat(60_000);
+        let said = long.parse::<Priority>().err().map(|e| e.to_string());
+        let want = format!(
+            "invalid event `priority`: `{}…` (60000 bytes) is not one of low, normal, high, critical",
+            "u".repeat(64)
+        );
+        assert_eq!(said, Some(want));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::error::quote;
 use crate::event::{Cursor, Event};
 
 /// Browser reconnect delay announced in the prelude, in milliseconds.
@@ -132,7 +133,8 @@ pub(crate) enum Resume {
     Live,
     /// Resume after this cursor (still to be checked against the database).
     After(Cursor),
-    /// The client sent something that is not a cursor: reset, then live.
+    /// The client sent something that is not a cursor (quoted, for the log: a short
+    /// prefix of it): reset, then live.
     Malformed(String),
 }
 
@@ -143,7 +145,7 @@ pub(crate) fn resume_from(header: Option<&str>, query: Option<&str>) -> Resume {
         None | Some("") => Resume::Live,
         Some(raw) => match raw.parse::<Cursor>() {
             Ok(c) => Resume::After(c),
-            Err(_) => Resume::Malformed(raw.chars().take(80).collect()),
+            Err(_) => Resume::Malformed(quote(raw)),
         },
     }
 }
@@ -217,6 +219,11 @@ mod tests {
             resume_from(Some("42"), None),
             Resume::Malformed(_)
         ));
+        let huge = "9".repeat(100_000);
+        let Resume::Malformed(quoted) = resume_from(Some(&huge), None) else {
+            panic!("100,000 digits are no cursor")
+        };
+        assert_eq!(quoted, format!("`{}…` (100000 bytes)", "9".repeat(64)));
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::error::Error;
+use crate::error::{Error, clip};
+
+/// Longest error message in a response body, in characters: the last guard against a
+/// message that quotes client input without [`crate::error::quote`].
+const MAX_MESSAGE_CHARS: usize = 256;
 
 /// A complete, small response.
 pub(crate) struct Reply {
@@ -54,7 +58,7 @@ impl HttpError {
     pub(crate) fn new(status: u16, message: impl Into<String>) -> HttpError {
         HttpError {
             status,
-            message: message.into(),
+            message: clip(message.into(), MAX_MESSAGE_CHARS),
             headers: Vec::new(),
         }
     }
@@ -138,5 +142,13 @@ mod tests {
             let body: Value = serde_json::from_slice(&h.into_reply().body).unwrap_or_default();
             assert_eq!(body["error"], message);
         }
+    }
+
+    #[test]
+    fn a_long_message_is_clipped() {
+        let h = HttpError::new(400, format!("camera_id: `{}`", "7".repeat(1 << 20)));
+        assert!(h.message.starts_with("camera_id: `777"), "{}", h.message);
+        assert!(h.message.ends_with("… (1048589 bytes)"), "{}", h.message);
+        assert!(h.into_reply().body.len() < 1024);
     }
 }

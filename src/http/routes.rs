@@ -12,6 +12,7 @@ use super::request::Request;
 use super::server::Answer;
 use super::stream;
 use crate::config::Config;
+use crate::error::{QUOTE_CHARS, clip, quote};
 use crate::event::{NewEvent, Priority};
 use crate::store::{self, events};
 
@@ -46,15 +47,12 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
         ("GET" | "HEAD", "/favicon.ico") => Ok(Reply::empty(204)),
         (method, p) if PATHS.contains(&p) => Err(HttpError::new(
             405,
-            format!("method {method} not allowed on {p}"),
+            format!("method {} not allowed on {p}", quote(method)),
         )
         .with_header("Allow", allowed(p))),
         _ => Err(HttpError::new(
             404,
-            format!(
-                "no such path: {}",
-                path.chars().take(200).collect::<String>()
-            ),
+            format!("no such path: {}", quote(&path)),
         )),
     };
     let mut reply = result.unwrap_or_else(|e| {
@@ -97,7 +95,11 @@ fn post_event(rq: &mut Request<'_>, ctx: &Ctx) -> Handled {
     }
     let body = rq.read_body()?;
     let parsed: PostBody = serde_json::from_slice(&body)
-        .map_err(|e| HttpError::new(400, format!("invalid JSON body: {e}")))?;
+        // serde_json's message may quote the input (an unknown field's name, whole).
+        .map_err(|e| {
+            let e = clip(e.to_string(), 2 * QUOTE_CHARS);
+            HttpError::new(400, format!("invalid JSON body: {e}"))
+        })?;
     let mut event = NewEvent::new(parsed.event_type, parsed.data);
     if let Some(p) = parsed.priority {
         event.priority = p.parse::<Priority>()?;
@@ -407,20 +409,17 @@ mod tests {
     fn refusals_name_what_is_wrong() {
         let f = fixture(|_| {});
         let r = reply(&f.ctx, Request::new("PUT", "/health"));
-        assert_eq!(json_of(&r)["error"], "method PUT not allowed on /health");
+        assert_eq!(json_of(&r)["error"], "method `PUT` not allowed on /health");
         assert_eq!(header(&r, "Allow"), Some("GET, HEAD, OPTIONS"));
         let r = reply(&f.ctx, Request::new("DELETE", "/api/events"));
         assert_eq!(header(&r, "Allow"), Some("GET, POST, OPTIONS"));
         let r = reply(&f.ctx, Request::new("GET", "/a%20b+c"));
-        assert_eq!(json_of(&r)["error"], "no such path: /a b+c");
+        assert_eq!(json_of(&r)["error"], "no such path: `/a b+c`");
         let long = format!("/{}", "x".repeat(1000));
         let r = reply(&f.ctx, Request::new("GET", &long));
         let text = json_of(&r)["error"].as_str().unwrap_or_default().to_owned();
-        assert_eq!(
-            text.len(),
-            "no such path: ".len() + 200,
-            "quoted at most 200 chars"
-        );
+        let want = format!("no such path: `/{}…` (1001 bytes)", "x".repeat(63));
+        assert_eq!(text, want, "quoted at most 64 chars");
     }
 
     #[test]
