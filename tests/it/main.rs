@@ -4,6 +4,7 @@
 mod support;
 
 mod browser;
+mod caps;
 mod cli;
 mod door;
 mod examples;
