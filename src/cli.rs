@@ -307,9 +307,18 @@ pub fn run(command: Command) -> Result<()> {
 pub fn hint(e: &Error) -> Option<&'static str> {
     match e {
         Error::DbFile { problem, .. } => Some(match problem {
+            DbFileProblem::InUse { .. } => {
+                "run one hub per database: stop the other one (`systemctl stop \
+                 timelapse-events` for the service), or give this one its own --db"
+            }
+            DbFileProblem::Deleted | DbFileProblem::Replaced => {
+                "the hub exits 1 so that its supervisor (systemd) starts it again on the file \
+                 now at that path"
+            }
             DbFileProblem::PermissionDenied
             | DbFileProblem::ReadOnly
-            | DbFileProblem::ReadOnlyDir => {
+            | DbFileProblem::ReadOnlyDir
+            | DbFileProblem::ReadOnlyWal => {
                 "run as the hub's user (or one in its group), or fix the owner and mode of \
                  the database, its -wal and -shm files and its directory"
             }

@@ -28,6 +28,19 @@ pub enum DbFileProblem {
     /// The directory may not be written by this user, and SQLite must create the `-wal` and
     /// `-shm` files beside the database there.
     ReadOnlyDir,
+    /// The database file may be written, but its `-wal` or `-shm` file may not (say, left
+    /// behind by another user): SQLite then refuses every write.
+    ReadOnlyWal,
+    /// Another hub serves this database: it holds the lock on `<db>.lock` (only one `serve`
+    /// may run on a file; producers, `emit` and the read-only subcommands need no lock).
+    InUse {
+        /// The process id the holder wrote into the lock file, when it could be read.
+        holder: Option<u32>,
+    },
+    /// The file the hub opened is no longer at the path: it was deleted while the hub ran.
+    Deleted,
+    /// Another file is at the path now (moved or copied over it) while the hub ran.
+    Replaced,
 }
 
 /// Everything that can fail inside the hub.
@@ -192,7 +205,36 @@ impl fmt::Display for Error {
                     DbFileProblem::ReadOnlyDir => write!(
                         f,
                         "cannot write in directory {dir}: SQLite must create {path}-wal and \
-                         {path}-shm (or a new database) there, and this user may not"
+                         {path}-shm (or a new database) there, and `serve` {path}.lock, and \
+                         this user may not"
+                    ),
+                    DbFileProblem::ReadOnlyWal => write!(
+                        f,
+                        "the database at {path} cannot be written by this user: {path}-wal or \
+                         {path}-shm is read-only for it (check their owner and mode)"
+                    ),
+                    DbFileProblem::InUse { holder } => {
+                        write!(f, "the database at {path} is in use by another hub")?;
+                        if let Some(pid) = holder {
+                            write!(f, " (pid {pid})")?;
+                        }
+                        write!(
+                            f,
+                            ": it holds the lock on {path}.lock, and only one `serve` may run \
+                             on a database"
+                        )
+                    }
+                    DbFileProblem::Deleted => write!(
+                        f,
+                        "the database file {path} was deleted while the hub had it open: \
+                         nothing more is acknowledged, and the hub stops so that it starts \
+                         again on the file at that path"
+                    ),
+                    DbFileProblem::Replaced => write!(
+                        f,
+                        "the database file {path} was replaced by another file while the hub \
+                         had it open: nothing more is acknowledged, and the hub stops so that \
+                         it starts again on the new file"
                     ),
                 }
             }
@@ -228,7 +270,85 @@ impl std::error::Error for Error {
 impl Error {
     /// True when SQLite gave up waiting for another connection's lock (busy timeout).
     pub fn is_busy(&self) -> bool {
-        self.sqlite_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+
+    /// True when the database cannot take writes for a reason outside the hub, neither a
+    /// busy lock nor a full disk: read-only, an I/O error, a file that cannot be opened or
+    /// is damaged, no pooled connection, or the file gone from under the hub.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self.root() {
+            Error::Pool { .. } | Error::DbFile { .. } => true,
+            e => matches!(
+                e.sqlite_code(),
+                Some(
+                    C::ReadOnly
+                        | C::SystemIoFailure
+                        | C::CannotOpen
+                        | C::DatabaseCorrupt
+                        | C::NotADatabase
+                        | C::PermissionDenied
+                        | C::FileLockingProtocolFailed
+                )
+            ),
+        }
+    }
+
+    /// True when the database file was deleted or replaced under the running hub
+    /// ([`DbFileProblem::Deleted`], [`DbFileProblem::Replaced`]): the hub must stop.
+    pub fn is_identity_lost(&self) -> bool {
+        matches!(
+            self.root(),
+            Error::DbFile {
+                problem: DbFileProblem::Deleted | DbFileProblem::Replaced,
+                ..
+            }
+        )
+    }
+
+    /// For a lost database file ([`Error::is_identity_lost`]), what happened in words
+    /// without the path, for HTTP bodies (which never carry file paths).
+    pub(crate) fn identity_reason(&self) -> Option<&'static str> {
+        match self.root() {
+            Error::DbFile {
+                problem: DbFileProblem::Deleted,
+                ..
+            } => Some("the database file was deleted under the hub; it is restarting"),
+            Error::DbFile {
+                problem: DbFileProblem::Replaced,
+                ..
+            } => Some("the database file was replaced under the hub; it is restarting"),
+            _ => None,
+        }
+    }
+
+    /// True when `serve` cannot use its database as set up, which no restart fixes: another
+    /// hub holds it, or this user may not write it, its `-wal` and `-shm` or its directory.
+    /// `serve` exits 2 on these, as on a bad setting.
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self.root(),
+            Error::DbFile {
+                problem: DbFileProblem::InUse { .. }
+                    | DbFileProblem::ReadOnly
+                    | DbFileProblem::ReadOnlyDir
+                    | DbFileProblem::ReadOnlyWal
+                    | DbFileProblem::PermissionDenied,
+                ..
+            }
+        )
+    }
+
+    /// The error a [`Error::Shared`] stands for (itself otherwise).
+    fn root(&self) -> &Error {
+        match self {
+            Error::Shared(e) => e.root(),
+            e => e,
+        }
     }
 
     /// True when the disk (or SQLite's `max_page_count`) is full.
@@ -289,6 +409,7 @@ fn db_condition(e: &rusqlite::Error) -> Option<&'static str> {
         rusqlite::ErrorCode::DiskFull => Some("disk full"),
         rusqlite::ErrorCode::ConstraintViolation => Some("rejected by a CHECK constraint"),
         rusqlite::ErrorCode::ReadOnly => Some("database is read-only"),
+        rusqlite::ErrorCode::SystemIoFailure => Some("I/O error"),
         rusqlite::ErrorCode::DatabaseCorrupt => Some("database file is corrupt"),
         _ => None,
     }

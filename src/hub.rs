@@ -17,7 +17,8 @@ use crate::notify::{self, Notifier};
 use crate::poller::{self, Outputs, Pace, Poller};
 use crate::retention;
 use crate::state::Limits;
-use crate::store::{SCHEMA_VERSION, Store, events};
+use crate::store::identity::DbLock;
+use crate::store::{OpenMode, SCHEMA_VERSION, Store, events};
 use crate::thread::{Fatal, Group, join_thread, spawn_critical, spawn_named};
 use crate::watch::WalWatch;
 
@@ -55,6 +56,9 @@ pub struct Hub {
     pinger: Option<(Sender<()>, JoinHandle<Result<()>>)>,
     /// Set once stop_all has run (Drop calls it again after `shutdown`).
     stopped: bool,
+    /// This hub's lock on its database; the last field, so it is released only after
+    /// everything above has stopped and dropped.
+    _lock: DbLock,
 }
 
 impl std::fmt::Debug for Hub {
@@ -73,13 +77,18 @@ impl Hub {
     /// # Errors
     /// A bad config; an address that cannot be bound ([`Error::Bind`](crate::Error::Bind),
     /// found before the database is touched, so nothing is created or migrated); a database
-    /// that cannot be opened or written ([`Error::DbFile`](crate::Error::DbFile)) or is
+    /// that cannot be opened or written ([`Error::DbFile`](crate::Error::DbFile)), that
+    /// another hub serves (its `<db>.lock` is held: `DbFileProblem::InUse`), or that is
     /// newer than this binary; or a thread that cannot start.
     pub fn start(config: Config) -> Result<Hub> {
         config.validate()?;
         crate::limits::raise_fd_limit();
         let listener = Listener::bind(&config)?;
+        crate::store::preflight(&config.db_path, OpenMode::Create)?;
         crate::store::create_with_umask(&config.db_path);
+        // Before the database is opened (and maybe migrated): a second hub touches nothing.
+        let lock = DbLock::acquire(&config.db_path)?;
+        log::debug!("holding the lock on {}", lock.path().display());
         let store = Store::open(&config.db_path, config.synchronous, config.busy_timeout)?;
         let (wake_tx, wake_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
@@ -166,6 +175,7 @@ impl Hub {
             notifier: None,
             pinger: None,
             stopped: false,
+            _lock: lock,
         };
         // On failure here, `hub` drops and stops what already runs.
         let server = http::start(ctx, listener, fatal)?;

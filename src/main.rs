@@ -11,6 +11,7 @@ use timelapse_events::{Error, Hub};
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits 2 with a usage message on bad flags
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let serving = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         other => cli::run(other),
@@ -22,7 +23,9 @@ fn main() -> ExitCode {
             if let Some(hint) = cli::hint(&e) {
                 eprintln!("hint: {hint}");
             }
-            if matches!(e, Error::Config { .. }) {
+            // A database another hub serves, or one this user may not write, is a bad
+            // setup for `serve`, like a bad setting: no restart fixes it.
+            if matches!(e, Error::Config { .. }) || (serving && e.is_setup()) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -11,6 +11,7 @@
 //! No transaction or statement is held open between polls: an open read would pin the WAL
 //! and stop checkpoints (measured: 4 MB to 183 MB over 20k commits).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::sse::Frame;
 use crate::state::{self, Limits, NotFolded, State, StateCache, parse_utc_ms};
 use crate::status::PollerStatus;
+use crate::store::identity::{self, FileId};
 use crate::store::{self, Store, events};
 use crate::watchdog::Watchdog;
 
@@ -34,6 +36,9 @@ const SPECULATIVE_EVERY: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// At most one warning this often about events over the state's limits.
 const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
+/// How often an idle poller checks that the database file is still at its path (one
+/// `stat`); every commit checks too, before anything is acknowledged or published.
+const IDENTITY_EVERY: Duration = Duration::from_millis(250);
 
 /// The longest a live poller goes without [`PollerStatus::beat`]: its idle wait or its
 /// longest backoff, plus a second for the step between two beats. Longer means it is stuck
@@ -128,6 +133,11 @@ pub(crate) struct Poller {
     over_limit: OverLimitWarning,
     /// Emits taken from the queue, to be stored by the next step.
     group: Vec<Job>,
+    /// The database's path and the file opened there, checked after every commit.
+    db_path: PathBuf,
+    identity: FileId,
+    /// When the identity was last checked.
+    identity_checked: Instant,
 }
 
 impl Poller {
@@ -170,6 +180,9 @@ impl Poller {
             data_version,
             over_limit: OverLimitWarning::default(),
             group: Vec::with_capacity(64),
+            db_path: store.path().to_owned(),
+            identity: store.identity(),
+            identity_checked: Instant::now(),
         })
     }
 
@@ -204,7 +217,7 @@ impl Poller {
                 let timeout = if deferred {
                     SPECULATIVE_EVERY.saturating_sub(speculated.elapsed())
                 } else {
-                    self.poll_interval
+                    self.poll_interval.min(IDENTITY_EVERY)
                 };
                 let nudged = select! {
                     recv(self.jobs) -> job => {
@@ -240,6 +253,11 @@ impl Poller {
                     Err(_) => pending = true, // let the step report it
                 }
                 emitter::take_queued(&self.jobs, &mut self.group);
+                if self.identity_checked.elapsed() >= IDENTITY_EVERY
+                    && let Err(e) = self.verify_identity()
+                {
+                    return Err(self.lost(e));
+                }
             }
             self.watchdog.poll(&self.state, &mut self.group);
             if !pending && self.group.is_empty() {
@@ -263,6 +281,8 @@ impl Poller {
                     }
                 }
                 Ok(false) => break, // stopping
+                // Not retried: every commit from now on would go into a file nobody opens.
+                Err(e) if e.is_identity_lost() => return Err(self.lost(e)),
                 Err(e) => {
                     pending = true;
                     status.errors.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +337,24 @@ impl Poller {
         Ok(())
     }
 
+    /// One `stat`: is the file at the database's path still the one this hub opened?
+    fn verify_identity(&mut self) -> Result<()> {
+        self.identity_checked = Instant::now();
+        identity::verify(&self.db_path, self.identity)
+    }
+
+    /// Reports a lost database file (deleted or replaced) and gives the error back for the
+    /// thread to end with: `/health` shows it until the hub stops, and the emits still
+    /// queued are never stored (they fail with `Closed` when the queue drops with this
+    /// thread).
+    fn lost(&self, e: Error) -> Error {
+        log::error!("poller: {}", e.chain());
+        let reason = e.identity_reason().unwrap_or("the database file is gone");
+        self.out.status.set_error(Some(reason.to_owned()));
+        self.out.status.set_writes(Some(reason.to_owned()));
+        e
+    }
+
     /// Steps until no batch is full and no emit waits. Returns false if asked to stop
     /// between steps.
     fn drain(&mut self) -> Result<bool> {
@@ -352,6 +390,9 @@ impl Poller {
                 &mut self.state,
             )
         };
+        // Committed, but perhaps into a file deleted or replaced meanwhile: then nothing of
+        // this step is acknowledged or published (one stat per transaction).
+        let outcome = outcome.and_then(|done| self.verify_identity().map(|()| done));
         let out = &self.out;
         let (stored, batch) = match outcome {
             Ok(done) => done,

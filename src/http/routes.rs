@@ -168,13 +168,21 @@ fn preflight(rq: &Request<'_>, ctx: &Ctx) -> Reply {
 }
 
 fn health(ctx: &Ctx) -> Handled {
-    let counts = ctx.store.conn().and_then(|c| events::counts(&c));
+    // A deleted or replaced file first: the pool's connections still read the old one.
+    let counts = ctx
+        .store
+        .verify_identity()
+        .and_then(|()| ctx.store.conn())
+        .and_then(|c| events::counts(&c));
     let poller = ctx.status.failing();
     let writes = ctx.status.writes_failing();
     let healthy = counts.is_ok() && poller.is_none() && writes.is_none();
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
-        "database": counts.as_ref().err().map_or_else(|| "ok".to_owned(), ToString::to_string),
+        "database": counts.as_ref().err().map_or_else(
+            || "ok".to_owned(),
+            |e| e.identity_reason().map_or_else(|| e.to_string(), str::to_owned),
+        ),
         "poller": poller.as_deref().unwrap_or("ok"),
         // The last step that stored emits, if it failed: e.g. "... (disk full)".
         "writes": writes.as_deref().unwrap_or("ok"),

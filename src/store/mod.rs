@@ -7,6 +7,7 @@
 //! handlers and stream threads borrow pooled ones for short reads.
 
 pub(crate) mod events;
+pub(crate) mod identity;
 pub(crate) mod maintenance;
 mod schema;
 pub(crate) mod state_rows;
@@ -20,6 +21,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::config::Synchronous;
 use crate::error::{DbFileProblem, Error, Result, db};
+use identity::FileId;
 
 pub use schema::SCHEMA_VERSION;
 
@@ -38,6 +40,8 @@ pub(crate) struct Store {
     synchronous: Synchronous,
     busy_timeout: Duration,
     log_id: u32,
+    /// The file opened, for noticing one deleted or replaced at `path` later.
+    identity: FileId,
 }
 
 /// Whether [`Store::open_as`] may create the database file.
@@ -101,6 +105,9 @@ impl Store {
         };
         let mut first = Connection::open_with_flags(path, flags)
             .map_err(|e| classify(path, e, "open the database"))?;
+        // Right after the open: SQLite keeps no handle we could ask (no unsafe here).
+        let identity =
+            FileId::of(path).map_err(|e| Error::db_file_from(path, DbFileProblem::Deleted, e))?;
         first
             .busy_timeout(busy_timeout)
             .map_err(db("set the busy timeout"))?;
@@ -120,6 +127,7 @@ impl Store {
         }
         apply_pragmas(&first, synchronous, busy_timeout)
             .map_err(|e| classify(path, e, "configure the database"))?;
+        probe_write(&first, path)?;
         schema::migrate(&mut first, path, tables.is_empty())?;
         let log_id = events::log_id(&first)?;
         drop(first);
@@ -137,7 +145,21 @@ impl Store {
             synchronous,
             busy_timeout,
             log_id,
+            identity,
         })
+    }
+
+    /// Checks that the file at the database's path is still the one opened: one `stat`.
+    ///
+    /// # Errors
+    /// [`DbFileProblem::Deleted`] or [`DbFileProblem::Replaced`].
+    pub(crate) fn verify_identity(&self) -> Result<()> {
+        identity::verify(&self.path, self.identity)
+    }
+
+    /// The identity of the file opened (see [`Store::verify_identity`]).
+    pub(crate) fn identity(&self) -> FileId {
+        self.identity
     }
 
     /// A pooled connection for a short read.
@@ -271,7 +293,7 @@ fn immutable_uri(path: &Path) -> PathBuf {
 
 /// Finds, before SQLite touches anything, a missing file (unless `mode` creates it) or
 /// directory, and a directory this user may not search.
-fn preflight(path: &Path, mode: OpenMode) -> Result<()> {
+pub(crate) fn preflight(path: &Path, mode: OpenMode) -> Result<()> {
     use std::io::ErrorKind;
     let problem = match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => DbFileProblem::NotSqlite,
@@ -336,6 +358,36 @@ fn classify(path: &Path, e: rusqlite::Error, op: &'static str) -> Error {
     };
     Error::db_file_from(path, problem, e)
 }
+
+/// Takes the write lock and gives it back (`BEGIN IMMEDIATE; ROLLBACK`), writing nothing:
+/// the one sure test that this user may write the database, its `-wal` and `-shm` (SQLite
+/// opens a `-wal` or `-shm` it may not write read-only, and then fails every write with
+/// "attempt to write a readonly database"). Another process holding the write lock past the
+/// busy timeout proves nothing either way, and is left to the writes that follow.
+fn probe_write(conn: &Connection, path: &Path) -> Result<()> {
+    match conn.execute_batch(PROBE_WRITE) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            ) =>
+        {
+            log::warn!(
+                "{}: could not check that the database takes writes: {e}",
+                path.display()
+            );
+            Ok(())
+        }
+        // The file itself was found writable (`is_readonly`) before this.
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+            Err(Error::db_file_from(path, DbFileProblem::ReadOnlyWal, e))
+        }
+        Err(e) => Err(classify(path, e, "write the database")),
+    }
+}
+
+const PROBE_WRITE: &str = "BEGIN IMMEDIATE; ROLLBACK";
 
 /// Opens one connection with the hub's pragmas (no migration).
 pub(crate) fn open_connection(
