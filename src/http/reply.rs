@@ -93,6 +93,19 @@ impl From<Error> for HttpError {
             Error::Closed => {
                 HttpError::new(503, "hub is shutting down").with_header("Retry-After", "2")
             }
+            _ if e.is_identity_lost() => {
+                log::error!("{}", e.chain());
+                let reason = e.identity_reason().unwrap_or("database file lost");
+                HttpError::new(503, format!("{reason}; event not stored"))
+                    .with_header("Retry-After", "5")
+            }
+            // A write the database refused for a reason outside this request (read-only,
+            // an I/O error, a damaged file): the service is unavailable, not broken.
+            _ if e.is_unavailable() => {
+                log::error!("{}", e.chain());
+                HttpError::new(503, "database unavailable (see the hub's log)")
+                    .with_header("Retry-After", "5")
+            }
             _ => {
                 log::error!("{}", e.chain());
                 HttpError::new(500, "internal error (see the hub's log)")
@@ -104,6 +117,7 @@ impl From<Error> for HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DbFileProblem;
     use std::sync::Arc;
 
     fn db_error(code: i32) -> Error {
@@ -113,24 +127,58 @@ mod tests {
         }
     }
 
+    fn lost(problem: DbFileProblem) -> Error {
+        Error::DbFile {
+            path: "/var/lib/timelapse-events/events.db".into(),
+            problem,
+            source: None,
+        }
+    }
+
     #[test]
     fn errors_map_to_statuses_without_internals() {
-        use rusqlite::ffi::{SQLITE_BUSY, SQLITE_FULL, SQLITE_IOERR};
+        use rusqlite::ffi::{
+            SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_CONSTRAINT, SQLITE_CORRUPT, SQLITE_FULL,
+            SQLITE_IOERR, SQLITE_IOERR_FSYNC, SQLITE_LOCKED, SQLITE_READONLY,
+            SQLITE_READONLY_CANTINIT,
+        };
         let invalid = Error::Invalid {
             field: "type",
             reason: "empty".into(),
         };
         let busy = "database is busy; retry shortly";
         let full = "disk full: event not stored";
+        let unavailable = "database unavailable (see the hub's log)";
         let internal = "internal error (see the hub's log)";
+        let deleted = "the database file was deleted under the hub; it is restarting; \
+                       event not stored";
+        let replaced = "the database file was replaced under the hub; it is restarting; \
+                        event not stored";
         let shared = Error::Shared(Arc::new(db_error(SQLITE_FULL)));
+        let shared_lost = Error::Shared(Arc::new(lost(DbFileProblem::Deleted)));
         for (e, status, retry, message) in [
             (invalid, 400, None, "invalid event `type`: empty"),
             (db_error(SQLITE_BUSY), 503, Some("1"), busy),
+            (db_error(SQLITE_LOCKED), 503, Some("1"), busy),
             (db_error(SQLITE_FULL), 507, None, full),
             (shared, 507, None, full),
             (Error::Closed, 503, Some("2"), "hub is shutting down"),
-            (db_error(SQLITE_IOERR), 500, None, internal),
+            (db_error(SQLITE_READONLY), 503, Some("5"), unavailable),
+            (
+                db_error(SQLITE_READONLY_CANTINIT),
+                503,
+                Some("5"),
+                unavailable,
+            ),
+            (db_error(SQLITE_IOERR), 503, Some("5"), unavailable),
+            (db_error(SQLITE_IOERR_FSYNC), 503, Some("5"), unavailable),
+            (db_error(SQLITE_CANTOPEN), 503, Some("5"), unavailable),
+            (db_error(SQLITE_CORRUPT), 503, Some("5"), unavailable),
+            (lost(DbFileProblem::Deleted), 503, Some("5"), deleted),
+            (lost(DbFileProblem::Replaced), 503, Some("5"), replaced),
+            (shared_lost, 503, Some("5"), deleted),
+            // A CHECK the hub's own validation should have caught first: a bug.
+            (db_error(SQLITE_CONSTRAINT), 500, None, internal),
         ] {
             let h = HttpError::from(e);
             let retry_after = h
@@ -141,6 +189,7 @@ mod tests {
             assert_eq!((h.status, retry_after), (status, retry), "{message}");
             let body: Value = serde_json::from_slice(&h.into_reply().body).unwrap_or_default();
             assert_eq!(body["error"], message);
+            assert!(!body.to_string().contains("/var/lib"), "a path in {body}");
         }
     }
 
