@@ -51,7 +51,7 @@ fn new_db(dir: &Path, events: usize) -> PathBuf {
 
 /// How to run the binary as a user that file modes apply to: `runuser -u nobody --` when
 /// we are root, nothing when we are not; None (with a message) when root cannot switch.
-fn unprivileged() -> Option<Vec<&'static str>> {
+pub(crate) fn unprivileged() -> Option<Vec<&'static str>> {
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some(Vec::new());
@@ -72,7 +72,7 @@ fn unprivileged() -> Option<Vec<&'static str>> {
 
 /// Runs the binary through `prefix`; (status, stdout, stderr). A `serve` that does not
 /// exit within the hang guard fails the test.
-fn run_via(prefix: &[&str], args: &[&str]) -> (ExitStatus, String, String) {
+pub(crate) fn run_via(prefix: &[&str], args: &[&str]) -> (ExitStatus, String, String) {
     let mut cmd = match prefix.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -99,8 +99,18 @@ fn shared_dir(writable: bool) -> tempfile::TempDir {
 }
 
 /// Asserts a refusal: exit 1, no output, the message holding every piece of `needles`.
-fn assert_refused(what: &str, (status, out, err): &(ExitStatus, String, String), needles: &[&str]) {
-    assert_eq!(status.code(), Some(1), "{what}: {out}{err}");
+fn assert_refused(what: &str, got: &(ExitStatus, String, String), needles: &[&str]) {
+    assert_refused_with(1, what, got, needles);
+}
+
+/// [`assert_refused`] with exit `code`: 2 for a `serve` this user may not write with.
+fn assert_refused_with(
+    code: i32,
+    what: &str,
+    (status, out, err): &(ExitStatus, String, String),
+    needles: &[&str],
+) {
+    assert_eq!(status.code(), Some(code), "{what}: {out}{err}");
     assert_eq!(out, "", "{what} prints nothing on stdout: {err}");
     for n in needles {
         assert!(err.contains(n), "{what}: `{n}` missing from: {err}");
@@ -342,7 +352,8 @@ fn directory_and_permission_problems_have_messages_of_their_own() {
 
     let got = serve(&locked.path().join("events.db"));
     let dir_msg = format!("cannot write in directory {}", locked.path().display());
-    assert_refused(
+    assert_refused_with(
+        2,
         "serve in a locked directory",
         &got,
         &[&dir_msg, "hub's user"],
@@ -354,7 +365,8 @@ fn directory_and_permission_problems_have_messages_of_their_own() {
     let db = new_db(open.path(), 1);
     chmod(&db, 0o444);
     let got = serve(&db);
-    assert_refused(
+    assert_refused_with(
+        2,
         "serve on a read-only file",
         &got,
         &["is read-only for this user", "hub's user"],

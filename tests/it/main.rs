@@ -10,6 +10,7 @@ mod door;
 mod examples;
 mod faults;
 mod hostile;
+mod identity;
 mod package;
 mod perf;
 mod pipeline;
