@@ -269,7 +269,7 @@ fn client_loop(addr: SocketAddr, n: u32, stop: &AtomicBool, c: &Counters) {
             thread::sleep(Duration::from_secs(1));
             continue;
         };
-        let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: soak\r\n");
+        let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: localhost\r\n");
         if visit.is_multiple_of(2)
             && let Some(id) = &last_id
         {

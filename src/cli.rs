@@ -155,6 +155,20 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Token every read needs (API, event stream, dashboard): as a Bearer header, or the
+    /// cookie the dashboard's login form sets. --token also grants reads; this one never
+    /// grants writes.
+    #[arg(long, env = "TIMELAPSE_EVENTS_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// Another name (or address) requests may carry in Host, e.g. a reverse proxy's
+    /// (repeatable; in the environment, comma-separated). Loopback, localhost and, when
+    /// listening beyond loopback, this machine's names and addresses are always allowed.
+    #[arg(
+        long = "allowed-host",
+        env = "TIMELAPSE_EVENTS_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// The watchdog never calls a camera stale before this many seconds of silence.
     #[arg(long, env = "TIMELAPSE_EVENTS_STALE_FLOOR_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -207,6 +221,8 @@ impl ServeArgs {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             token: self.token.clone(),
             cors_origins: self.cors_origins.clone(),
+            read_token: self.read_token.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
             synchronous: self.db.synchronous,
             busy_timeout: Duration::from_millis(self.busy_timeout_ms),
             stale_floor: Duration::from_secs(self.stale_floor_secs),

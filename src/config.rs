@@ -67,8 +67,18 @@ pub struct Config {
     pub max_clients: usize,
     /// When set, `POST /api/events` needs `Authorization: Bearer <token>`. Defaults to none.
     pub token: Option<String>,
-    /// Origins allowed by CORS (exact match, e.g. `http://192.168.1.20:3000`). Defaults to none.
+    /// Origins allowed by CORS (exact match, e.g. `http://192.168.1.20:3000`); a write from
+    /// a page of any other origin gets `403`. Defaults to none.
     pub cors_origins: Vec<String>,
+    /// When set, every read (`/api/state`, `/api/events`, `/api/events/stats`, `/metrics`,
+    /// the dashboard and its files) needs this token, or `token`: as
+    /// `Authorization: Bearer <token>`, or the cookie the dashboard's login form sets. It
+    /// never authorises a write. Defaults to none (reads are open).
+    pub read_token: Option<String>,
+    /// More names (or addresses) a request's `Host` may carry, beyond loopback, `localhost`
+    /// and, when listening beyond loopback, this machine's own names and addresses: e.g.
+    /// the name a reverse proxy forwards. Others get `421`. Defaults to none.
+    pub allowed_hosts: Vec<String>,
     /// SQLite `synchronous`. Defaults to [`Synchronous::Normal`].
     pub synchronous: Synchronous,
     /// How long a write waits for another connection's lock. Defaults to 5 s.
@@ -134,6 +144,8 @@ impl Default for Config {
             max_clients: 256,
             token: None,
             cors_origins: Vec::new(),
+            read_token: None,
+            allowed_hosts: Vec::new(),
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
@@ -182,6 +194,23 @@ impl Config {
         {
             return bad("token", "must be non-empty printable ASCII without spaces");
         }
+        if let Some(t) = &self.read_token
+            && (t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return bad(
+                "read_token",
+                "must be non-empty printable ASCII without spaces",
+            );
+        }
+        if self.read_token.is_some() && self.read_token == self.token {
+            return bad("read_token", "must differ from token (it grants less)");
+        }
+        if let Some(h) = self.allowed_hosts.iter().find(|h| !plain_host(h)) {
+            return bad(
+                "allowed_hosts",
+                &format!("`{h}` is not a host name or address (no scheme, port or path)"),
+            );
+        }
         if self.poll_interval.is_zero() {
             return bad("poll_interval", "must be above zero");
         }
@@ -224,6 +253,20 @@ impl Config {
     }
 }
 
+/// A name or IP literal as `Host` carries it, without a port: `pi.example`, `10.0.0.9`,
+/// `[fd00::1]`.
+fn plain_host(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    match h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,7 +283,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        let cases: [(Config, &str); 5] = [
+        let cases: [(Config, &str); 8] = [
             (
                 Config {
                     max_clients: 0,
@@ -275,6 +318,28 @@ mod tests {
                     ..Config::default()
                 },
                 "max_event_types",
+            ),
+            (
+                Config {
+                    read_token: Some(String::new()),
+                    ..Config::default()
+                },
+                "read_token",
+            ),
+            (
+                Config {
+                    token: Some("same".into()),
+                    read_token: Some("same".into()),
+                    ..Config::default()
+                },
+                "read_token",
+            ),
+            (
+                Config {
+                    allowed_hosts: vec!["http://pi.example:8080".into()],
+                    ..Config::default()
+                },
+                "allowed_hosts",
             ),
         ];
         for (c, field) in cases {

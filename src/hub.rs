@@ -156,6 +156,8 @@ impl Hub {
             stream_peers: http::stream_peers(&config),
             cache: out.cache.clone(),
             metrics: out.metrics.clone(),
+            bound: std::sync::OnceLock::new(),
+            machine: crate::host::Machine::read(),
         });
         let mut hub = Hub {
             config,

@@ -35,6 +35,7 @@ mod config;
 mod emitter;
 mod error;
 mod event;
+mod host;
 mod http;
 mod hub;
 mod limits;

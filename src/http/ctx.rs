@@ -1,11 +1,13 @@
 //! [`Ctx`]: the handles every request handler may use.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use super::peers::PeerSlots;
 use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::emitter::Emitter;
+use crate::host::Machine;
 use crate::metrics::Metrics;
 use crate::state::StateCache;
 use crate::status::PollerStatus;
@@ -25,6 +27,11 @@ pub(crate) struct Ctx {
     pub(crate) stream_peers: Arc<PeerSlots>,
     pub(crate) cache: Arc<StateCache>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The listener's address, set by [`super::start`] once the server runs (with port 0,
+    /// only the socket knows the port a `Host` header must name).
+    pub(crate) bound: OnceLock<SocketAddr>,
+    /// This machine's names and addresses, for the `Host` check beyond loopback.
+    pub(crate) machine: Machine,
 }
 
 /// The stream threads' group, sized by `--max-clients`.

@@ -2,10 +2,12 @@
 //! workarounds); [`routes`] turns a [`request::Request`] into an answer; [`stream`] runs
 //! each event stream on a thread of its own; [`reply`] holds responses as values and the
 //! one mapping from errors to statuses; [`dashboard`] serves the compiled-in page; [`ctx`]
-//! holds what handlers share.
+//! holds what handlers share; [`guard`] holds the pure checks against other sites' pages
+//! (`Host`, `Origin`, tokens).
 
 mod ctx;
 mod dashboard;
+mod guard;
 mod peers;
 mod reply;
 mod request;
@@ -27,10 +29,15 @@ pub(crate) use server::{Listener, Server};
 /// A thread cannot start.
 pub(crate) fn start(ctx: Arc<Ctx>, listener: Listener, fatal: Fatal) -> Result<Server> {
     let config = ctx.config.clone();
-    Server::start(
+    let handler_ctx = ctx.clone();
+    let server = Server::start(
         &config,
         listener,
-        Box::new(move |rq| routes::handle(rq, &ctx)),
+        Box::new(move |rq| routes::handle(rq, &handler_ctx)),
         fatal,
-    )
+    )?;
+    // Set once, here; a request taken before this line is answered by `routes` from the
+    // configured address (or 503 with port 0, which only tests use).
+    let _ = ctx.bound.set(server.addr()); // Err: already set, to the same listener
+    Ok(server)
 }

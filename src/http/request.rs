@@ -69,6 +69,14 @@ impl<'a> Request<'a> {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every header called `name` (case-insensitive), in order.
+    pub(crate) fn headers_named<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first query parameter called `key`.
     pub(crate) fn query_value(&self, key: &str) -> Option<&str> {
         self.query

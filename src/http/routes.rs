@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::ctx::Ctx;
 use super::dashboard;
+use super::guard;
 use super::reply::{HttpError, Reply};
 use super::request::Request;
 use super::server::Answer;
@@ -16,13 +17,34 @@ use crate::error::{QUOTE_CHARS, clip, quote};
 use crate::event::{NewEvent, Priority};
 use crate::store::{self, events};
 
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 8] = [
     "/",
     "/api/events",
     "/health",
     "/favicon.ico",
     "/dashboard-worker.js",
+    "/dashboard.js",
+    "/dashboard.css",
+    "/login",
 ];
+
+/// Routes that answer with the hub's data: with `--read-token`, each needs it (or the
+/// write token). `/health` (counts only, for monitors), `/favicon.ico`, preflights and
+/// `/login` stay open; every route, these too, passes the `Host` check first.
+const READS: [&str; 8] = [
+    "/",
+    "/api/events",
+    "/api/state",
+    "/api/events/stats",
+    "/metrics",
+    "/dashboard-worker.js",
+    "/dashboard.js",
+    "/dashboard.css",
+];
+
+/// How long the dashboard's read cookie lasts: a wall-mounted tablet should not ask
+/// every week (browsers cap it at 400 days anyway).
+const READ_COOKIE_SECS: u32 = 365 * 24 * 3600;
 
 type Handled = Result<Reply, HttpError>;
 
@@ -31,29 +53,48 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
     let cors = cors_headers(rq, ctx);
     log::debug!("{} {} from {}", rq.method, rq.target, rq.peer_text());
     let path = rq.path.clone();
-    let result = match (rq.method.as_str(), path.as_str()) {
-        ("GET", "/api/events") => match stream::open(rq, ctx, cors.clone()) {
-            Ok(takeover) => return Answer::Takeover(takeover),
-            Err(e) => Err(e),
-        },
-        ("POST", "/api/events") => post_event(rq, ctx),
-        ("OPTIONS", p) if PATHS.contains(&p) => Ok(preflight(rq, ctx)),
-        ("GET" | "HEAD", "/health") => health(ctx),
-        ("GET" | "HEAD", "/api/state") => Ok(state(rq, ctx)),
-        ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
-        ("GET" | "HEAD", "/metrics") => metrics(ctx),
-        ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
-        ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
-        ("GET" | "HEAD", "/favicon.ico") => Ok(Reply::empty(204)),
-        (method, p) if PATHS.contains(&p) => Err(HttpError::new(
-            405,
-            format!("method {} not allowed on {p}", quote(method)),
-        )
-        .with_header("Allow", allowed(p))),
-        _ => Err(HttpError::new(
-            404,
-            format!("no such path: {}", quote(&path)),
-        )),
+    let read = matches!(rq.method.as_str(), "GET" | "HEAD") && READS.contains(&path.as_str());
+    let result = if let Err(e) = check_host(rq, ctx) {
+        Err(e)
+    } else if read && !read_allowed(rq, &ctx.config) {
+        if path == "/" {
+            Ok(dashboard::login(401, None))
+        } else {
+            Err(HttpError::new(
+                401,
+                "reading needs the read token: send Authorization: Bearer <token>, \
+                 or log in on the dashboard",
+            )
+            .with_header("WWW-Authenticate", "Bearer"))
+        }
+    } else {
+        match (rq.method.as_str(), path.as_str()) {
+            ("GET", "/api/events") => match stream::open(rq, ctx, cors.clone()) {
+                Ok(takeover) => return Answer::Takeover(takeover),
+                Err(e) => Err(e),
+            },
+            ("POST", "/api/events") => post_event(rq, ctx),
+            ("POST", "/login") => login(rq, ctx),
+            ("OPTIONS", p) if PATHS.contains(&p) => Ok(preflight(rq, ctx)),
+            ("GET" | "HEAD", "/health") => health(ctx),
+            ("GET" | "HEAD", "/api/state") => Ok(state(rq, ctx)),
+            ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
+            ("GET" | "HEAD", "/metrics") => metrics(ctx),
+            ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
+            ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
+            ("GET" | "HEAD", "/dashboard.js") => Ok(dashboard::script(rq)),
+            ("GET" | "HEAD", "/dashboard.css") => Ok(dashboard::style(rq)),
+            ("GET" | "HEAD", "/favicon.ico") => Ok(Reply::empty(204)),
+            (method, p) if PATHS.contains(&p) => Err(HttpError::new(
+                405,
+                format!("method {} not allowed on {p}", quote(method)),
+            )
+            .with_header("Allow", allowed(p))),
+            _ => Err(HttpError::new(
+                404,
+                format!("no such path: {}", quote(&path)),
+            )),
+        }
     };
     let mut reply = result.unwrap_or_else(|e| {
         if e.status >= 500 {
@@ -67,9 +108,142 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
     Answer::Reply(reply)
 }
 
+/// The `Host` check (see [`guard`]): `421 Misdirected Request` unless the request names
+/// this hub. A request with no `Host` at all passes only for `GET /favicon.ico` from
+/// loopback: the server's own liveness probe.
+fn check_host(rq: &Request<'_>, ctx: &Ctx) -> Result<(), HttpError> {
+    let bound = match ctx.bound.get() {
+        Some(addr) => *addr,
+        None if ctx.config.bind.port() != 0 => ctx.config.bind,
+        None => {
+            return Err(HttpError::new(503, "starting").with_header("Retry-After", "1"));
+        }
+    };
+    let hosts: Vec<&str> = rq.headers_named("Host").collect();
+    let host = match hosts.as_slice() {
+        [] if matches!(rq.method.as_str(), "GET" | "HEAD")
+            && rq.path == "/favicon.ico"
+            && rq.peer.is_some_and(|p| p.ip().is_loopback()) =>
+        {
+            return Ok(());
+        }
+        [] => {
+            return Err(HttpError::new(
+                421,
+                "misdirected request: no Host header; send the name or address you reach \
+                 the hub at, e.g. Host: 127.0.0.1:PORT",
+            ));
+        }
+        [host] => *host,
+        _ => {
+            return Err(HttpError::new(
+                421,
+                "misdirected request: several Host headers",
+            ));
+        }
+    };
+    let beyond_loopback = !ctx.config.is_loopback();
+    let allows = |machine: &crate::host::Names| {
+        guard::host_allowed(
+            host,
+            &guard::Names {
+                bound,
+                beyond_loopback,
+                machine: &machine.names,
+                addrs: &machine.addrs,
+                allowed: &ctx.config.allowed_hosts,
+            },
+        )
+    };
+    if allows(&ctx.machine.names())
+        || (beyond_loopback && ctx.machine.reread().is_some_and(|m| allows(&m)))
+    {
+        return Ok(());
+    }
+    let shown: String = host.chars().take(100).collect();
+    Err(HttpError::new(
+        421,
+        format!(
+            "misdirected request: this hub does not answer to Host `{shown}`; start it \
+             with --allowed-host NAME to add a name"
+        ),
+    ))
+}
+
+/// Whether the request may read: no `--read-token`, or it carries that token or the write
+/// token, as a Bearer header or the dashboard's cookie.
+fn read_allowed(rq: &Request<'_>, config: &Config) -> bool {
+    let Some(read) = &config.read_token else {
+        return true;
+    };
+    let cookie = guard::cookie(rq.headers_named("Cookie"), guard::READ_COOKIE);
+    [guard::bearer(rq.header("Authorization")), cookie.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|given| grants_read(given, read, config.token.as_deref()))
+}
+
+/// Whether `given` is the read token or the write token (both compared in full, in
+/// constant time).
+fn grants_read(given: &str, read: &str, write: Option<&str>) -> bool {
+    let is_read = guard::constant_time_eq(given.as_bytes(), read.as_bytes());
+    let is_write = write.is_some_and(|w| guard::constant_time_eq(given.as_bytes(), w.as_bytes()));
+    is_read | is_write
+}
+
+/// `403` for a write sent by another site's page (see [`guard::cross_site_write`]).
+fn refuse_cross_site(rq: &Request<'_>, ctx: &Ctx) -> Result<(), HttpError> {
+    match guard::cross_site_write(
+        rq.header("Origin"),
+        rq.header("Sec-Fetch-Site"),
+        rq.header("Host"),
+        &ctx.config.cors_origins,
+    ) {
+        Some(why) => Err(HttpError::new(403, why)),
+        None => Ok(()),
+    }
+}
+
+/// `POST /login`: the dashboard's form (`token=...`, form-encoded). The read or write
+/// token sets the read cookie and goes back to `/` (`303`); a wrong one gets the form
+/// again (`401`).
+fn login(rq: &mut Request<'_>, ctx: &Ctx) -> Handled {
+    let Some(read) = &ctx.config.read_token else {
+        return Err(HttpError::new(404, "no read token is set: reads are open"));
+    };
+    refuse_cross_site(rq, ctx)?;
+    let content_type = rq.header("Content-Type").unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(HttpError::new(
+            415,
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let body = rq.read_body()?;
+    let given = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !grants_read(&given, read, ctx.config.token.as_deref()) {
+        log::info!("wrong read token from {}", rq.peer_text());
+        return Ok(dashboard::login(401, Some("That is not the hub's token.")));
+    }
+    let cookie = format!(
+        "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={READ_COOKIE_SECS}",
+        guard::READ_COOKIE,
+        guard::cookie_value(&given)
+    );
+    Ok(Reply::empty(303)
+        .with_header("Location", "/")
+        .with_header("Set-Cookie", cookie)
+        .with_header("Cache-Control", "no-store"))
+}
+
 fn allowed(path: &str) -> &'static str {
     match path {
         "/api/events" => "GET, POST, OPTIONS",
+        "/login" => "POST, OPTIONS",
         _ => "GET, HEAD, OPTIONS",
     }
 }
@@ -86,13 +260,17 @@ struct PostBody {
     source: Option<String>,
 }
 
+/// Refusals come in this order: `415` for any type but JSON (what a page's *simple*
+/// cross-site POST, sent without a preflight, always gets: forms, `text/plain`, no type),
+/// `403` for another site's page, then `401`/`403` for the token.
 fn post_event(rq: &mut Request<'_>, ctx: &Ctx) -> Handled {
-    authorize(rq, &ctx.config)?;
     let content_type = rq.header("Content-Type").unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(HttpError::new(415, "Content-Type must be application/json"));
     }
+    refuse_cross_site(rq, ctx)?;
+    authorize(rq, &ctx.config)?;
     let body = rq.read_body()?;
     let parsed: PostBody = serde_json::from_slice(&body)
         // serde_json's message may quote the input (an unknown field's name, whole).
@@ -114,12 +292,8 @@ fn post_event(rq: &mut Request<'_>, ctx: &Ctx) -> Handled {
 fn authorize(rq: &Request<'_>, config: &Config) -> Result<(), HttpError> {
     match &config.token {
         Some(token) => {
-            let given = rq
-                .header("Authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim)
-                .unwrap_or("");
-            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            let given = guard::bearer(rq.header("Authorization")).unwrap_or("");
+            if guard::constant_time_eq(given.as_bytes(), token.as_bytes()) {
                 Ok(())
             } else {
                 Err(HttpError::new(401, "missing or wrong bearer token")
@@ -134,13 +308,6 @@ fn authorize(rq: &Request<'_>, config: &Config) -> Result<(), HttpError> {
         )),
         None => Ok(()),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn cors_headers(rq: &Request<'_>, ctx: &Ctx) -> Vec<(&'static str, String)> {
@@ -352,13 +519,21 @@ mod tests {
             status: Arc::default(),
             cache: Arc::default(),
             metrics: Arc::default(),
+            bound: std::sync::OnceLock::new(),
+            machine: crate::host::Machine::read(),
         };
+        let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
+        ctx.bound.set(bound).expect("set once");
         ctx.cache.publish(&State::default(), ctx.store.log_id(), 1);
         Fixture { ctx, _dir: dir }
     }
 
+    /// Answers `rq`, sent to `localhost:8080` unless it names a `Host` of its own.
     fn reply(ctx: &Ctx, rq: Request<'_>) -> Reply {
-        let mut rq = rq;
+        let mut rq = match rq.header("Host") {
+            Some(_) => rq,
+            None => rq.with_header("Host", "localhost:8080"),
+        };
         match handle(&mut rq, ctx) {
             Answer::Reply(r) => r,
             Answer::Takeover(_) => panic!("{} {} took the connection", rq.method, rq.target),
@@ -590,9 +765,190 @@ mod tests {
     }
 
     #[test]
+    fn every_route_refuses_a_host_that_is_not_the_hub_with_421() {
+        let f = fixture(|_| {});
+        let loopback = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000)));
+        for target in PATHS.iter().chain(&READS).chain(&["/nope"]) {
+            for method in ["GET", "POST", "OPTIONS"] {
+                for host in [
+                    Some("evil.example:8080"),
+                    Some(""),
+                    Some("localhost:9"),
+                    None,
+                ] {
+                    let rq = Request::new(method, target).with_peer(loopback, false);
+                    let rq = match host {
+                        Some(h) => rq.with_header("Host", h),
+                        None if *target == "/favicon.ico" && method == "GET" => continue,
+                        None => rq.with_header("X-No-Host", "1"),
+                    };
+                    let mut rq = rq;
+                    let what = format!("{method} {target} Host {host:?}");
+                    let r = match handle(&mut rq, &f.ctx) {
+                        Answer::Reply(r) => r,
+                        Answer::Takeover(_) => panic!("{what} took the connection"),
+                    };
+                    assert_eq!(r.status, 421, "{what}");
+                    let text = json_of(&r)["error"].as_str().unwrap_or_default().to_owned();
+                    assert!(text.starts_with("misdirected request"), "{what}: {text}");
+                }
+            }
+        }
+        // The liveness probe: no Host, from loopback, for the icon only.
+        let mut probe = Request::new("GET", "/favicon.ico").with_peer(loopback, true);
+        let Answer::Reply(r) = handle(&mut probe, &f.ctx) else {
+            panic!("the probe took the connection");
+        };
+        assert_eq!(r.status, 204);
+        let far = Some(std::net::SocketAddr::from(([192, 168, 1, 9], 40000)));
+        let mut probe = Request::new("GET", "/favicon.ico").with_peer(far, true);
+        let Answer::Reply(r) = handle(&mut probe, &f.ctx) else {
+            panic!("the probe took the connection");
+        };
+        assert_eq!(r.status, 421, "no Host from the LAN");
+    }
+
+    #[test]
+    fn reads_need_the_read_token_or_the_write_token_and_writes_never_the_read_one() {
+        let f = fixture(|c| {
+            c.read_token = Some("r34d".into());
+            c.token = Some("wr1te".into());
+        });
+        let get = |target: &str, auth: Option<(&str, &str)>| {
+            let rq = Request::new("GET", target);
+            reply(
+                &f.ctx,
+                match auth {
+                    Some((k, v)) => rq.with_header(k, v),
+                    None => rq,
+                },
+            )
+        };
+        for target in [
+            "/api/state",
+            "/api/events/stats",
+            "/metrics",
+            "/dashboard.js",
+        ] {
+            let r = get(target, None);
+            assert_eq!(
+                (r.status, header(&r, "WWW-Authenticate")),
+                (401, Some("Bearer")),
+                "{target}"
+            );
+            assert!(
+                json_of(&r)["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("read token")
+            );
+            for auth in [
+                ("Authorization", "Bearer r34d"),
+                ("Authorization", "Bearer wr1te"),
+                ("Cookie", "tle_read=r34d"),
+            ] {
+                assert_eq!(
+                    get(target, Some(auth)).status,
+                    200,
+                    "{target} with {auth:?}"
+                );
+            }
+            for auth in [
+                ("Authorization", "Bearer r34"),
+                ("Cookie", "tle_read=wrong"),
+                ("Cookie", "other=r34d"),
+            ] {
+                assert_eq!(
+                    get(target, Some(auth)).status,
+                    401,
+                    "{target} with {auth:?}"
+                );
+            }
+        }
+        let page = get("/", None);
+        assert_eq!(
+            (page.status, page.content_type),
+            (401, "text/html; charset=utf-8")
+        );
+        assert!(String::from_utf8_lossy(&page.body).contains("action=\"/login\""));
+        assert_eq!(get("/health", None).status, 200, "health stays open");
+        let post = |auth: &str| {
+            let rq = Request::new("POST", "/api/events")
+                .with_header("Content-Type", "application/json")
+                .with_header("Authorization", auth)
+                .with_body(&br#"{"type":"a","data":{}}"#[..]);
+            reply(&f.ctx, rq).status
+        };
+        assert_eq!((post("Bearer r34d"), post("Bearer wr1te")), (401, 201));
+        let login = |body: &'static str| {
+            let rq = Request::new("POST", "/login")
+                .with_header("Content-Type", "application/x-www-form-urlencoded")
+                .with_header("Origin", "http://localhost:8080")
+                .with_body(body.as_bytes());
+            reply(&f.ctx, rq)
+        };
+        let ok = login("token=r34d");
+        assert_eq!((ok.status, header(&ok, "Location")), (303, Some("/")));
+        let cookie = header(&ok, "Set-Cookie").unwrap_or_default();
+        assert!(
+            cookie.starts_with("tle_read=r34d; HttpOnly; SameSite=Strict; Path=/"),
+            "{cookie}"
+        );
+        let wrong = login("token=r34");
+        assert_eq!((wrong.status, header(&wrong, "Set-Cookie")), (401, None));
+        assert!(String::from_utf8_lossy(&wrong.body).contains("not the hub's token"));
+        let open = fixture(|_| {});
+        let r = reply(&open.ctx, Request::new("POST", "/login"));
+        assert_eq!(r.status, 404, "no read token, no login");
+    }
+
+    #[test]
+    fn the_page_allows_only_its_own_files_and_no_framing() {
+        let f = fixture(|_| {});
+        let r = reply(&f.ctx, Request::new("GET", "/"));
+        let csp = header(&r, "Content-Security-Policy").unwrap_or_default();
+        for part in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{part} in {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(header(&r, "X-Frame-Options"), Some("DENY"));
+        let page = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(
+            !page.contains("<script>") && !page.contains("<style>") && !page.contains(" style=")
+        );
+        assert_eq!(
+            reply(&f.ctx, Request::new("GET", "/dashboard.css")).content_type,
+            "text/css; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn cross_site_posts_get_403_and_simple_ones_still_415() {
+        let f = fixture(|c| c.cors_origins = vec!["http://pi.local:3000".into()]);
+        let post = |ct: &str, extra: (&str, &str)| {
+            let rq = Request::new("POST", "/api/events")
+                .with_header("Content-Type", ct)
+                .with_header(extra.0, extra.1)
+                .with_body(&br#"{"type":"a","data":{}}"#[..]);
+            reply(&f.ctx, rq).status
+        };
+        let json = "application/json";
+        assert_eq!(post(json, ("Origin", "http://evil.example")), 403);
+        assert_eq!(post(json, ("Sec-Fetch-Site", "cross-site")), 403);
+        assert_eq!(post(json, ("Origin", "http://localhost:8080")), 201);
+        assert_eq!(post(json, ("Origin", "http://pi.local:3000")), 201);
+        assert_eq!(post("text/plain", ("Origin", "http://evil.example")), 415);
+    }
+
+    #[test]
     fn a_stream_takes_the_connection_writes_its_head_and_ends_with_the_hub() {
         let f = fixture(|c| c.max_clients = 1);
-        let mut rq = Request::new("GET", "/api/events?types=a");
+        let mut rq = Request::new("GET", "/api/events?types=a").with_header("Host", "[::1]:8080");
         let Answer::Takeover(start) = handle(&mut rq, &f.ctx) else {
             panic!("a stream takes the connection");
         };

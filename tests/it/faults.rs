@@ -51,7 +51,7 @@ fn python3() -> bool {
 fn try_health(addr: SocketAddr) -> Option<(u16, serde_json::Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .ok()?;
     let mut text = Vec::new();
     s.read_to_end(&mut text).ok()?;
@@ -104,7 +104,7 @@ impl RawClient {
 
     /// Sends the request on a connected `s`.
     fn on(mut s: TcpStream, last_id: Option<&str>) -> std::io::Result<RawClient> {
-        let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: x\r\n");
+        let mut req = String::from("GET /api/events HTTP/1.1\r\nHost: localhost\r\n");
         if let Some(id) = last_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
         }
@@ -638,7 +638,7 @@ def stream():
     global retries
     for _ in range(5):
         s = socket.create_connection((host, port), timeout=3)
-        s.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        s.sendall(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         data = b""
         try:
             while b"\r\n\r\n" not in data:

@@ -51,7 +51,7 @@ fn an_absurd_content_length_is_answered_413_and_does_not_abort_the_process() {
     for target in ["/health", "/api/events", "/nope"] {
         for method in ["GET", "POST"] {
             let req = format!(
-                "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000000000\r\n\r\n"
+                "{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000000000000\r\n\r\n"
             );
             let mut s = send(&hub, req.as_bytes());
             assert_eq!(read_status(&mut s), Some(413), "{method} {target}");
@@ -72,7 +72,7 @@ fn an_unrepresentable_or_conflicting_content_length_gets_400() {
         "Content-Length: 1e3\r\n",
         "Content-Length: -6\r\n",
     ] {
-        let req = format!("POST /api/events HTTP/1.1\r\nHost: x\r\n{lengths}\r\nhello!");
+        let req = format!("POST /api/events HTTP/1.1\r\nHost: localhost\r\n{lengths}\r\nhello!");
         let mut s = send(&hub, req.as_bytes());
         let r = crate::support::read_response(&mut s);
         assert_eq!(r.status, 400, "{lengths:?}: {}", r.text());
@@ -90,7 +90,7 @@ fn declared_but_unsent_bodies_do_not_pin_the_workers() {
     for i in 0..80 {
         let len = if i % 2 == 0 { 10_000_000 } else { 50_000 };
         let req = format!(
-            "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"ty"
+            "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"ty"
         );
         held.push(send(&hub, req.as_bytes()));
     }
@@ -117,7 +117,7 @@ fn upload(event_type: &str, extra: &str) -> (String, String) {
         "y".repeat(4000)
     );
     let head = format!(
-        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     (head, body)
@@ -198,19 +198,19 @@ fn huge_header_lines_and_header_floods_get_431_and_do_not_stop_the_hub() {
     // Just over each limit: answered 431 (the head is read to its end, so the answer
     // is not lost to a reset).
     let mut long = format!(
-        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}",
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}",
         "a".repeat(16 * 1024)
     );
     long.push_str("\r\n\r\n");
     assert_eq!(status_of_oversized(&hub, long.into_bytes()), Some(431));
-    let mut many = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    let mut many = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..100 {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
     many.push_str("\r\n");
     assert_eq!(status_of_oversized(&hub, many.into_bytes()), Some(431));
     // At the limits: served.
-    let mut fits = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    let mut fits = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..98 {
         fits.push_str(&format!("X-H{i}: v\r\n"));
     }
@@ -218,7 +218,7 @@ fn huge_header_lines_and_header_floods_get_431_and_do_not_stop_the_hub() {
     assert_eq!(raw_request(hub.addr(), fits.as_bytes()).status, 200);
     // Far over: 431, or a closed connection once the hub stops reading.
     let big = format!(
-        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(4 << 20)
     );
     let status = status_of_oversized(&hub, big.into_bytes());
@@ -226,7 +226,7 @@ fn huge_header_lines_and_header_floods_get_431_and_do_not_stop_the_hub() {
         matches!(status, Some(431) | None),
         "4 MiB header: {status:?}"
     );
-    let mut flood = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    let mut flood = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..20_000 {
         flood.push_str(&format!("X-H{i}: v\r\n"));
     }
@@ -245,12 +245,12 @@ fn malformed_requests_get_an_error_and_the_hub_carries_on() {
     let cases: [&[u8]; 8] = [
         b"\x00\x01\x02garbage\r\n\r\n",
         b"GET\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
-        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
-        b"GET /api/events?types=%ZZ%00 HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"POST /api/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n",
-        b"GET /api/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \xff\xff\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",
+        b"GET /api/events?types=%ZZ%00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"POST /api/events HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n",
+        b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: \xff\xff\r\n\r\n",
     ];
     for case in cases {
         let mut s = send(&hub, case);
@@ -265,7 +265,7 @@ fn malformed_requests_get_an_error_and_the_hub_carries_on() {
 #[test]
 fn chunked_bodies_over_the_limit_are_refused() {
     let hub = TestHub::start();
-    let mut req = b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut req = b"POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
     let chunk = vec![b' '; 16 * 1024];
     for _ in 0..5 {
         req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
@@ -314,7 +314,7 @@ fn a_flood_of_absurd_bodies_is_refused_at_once_without_a_restart_or_a_leak() {
     for i in 0..1000 {
         let mut s = TcpStream::connect(hub.addr).expect("connect");
         s.write_all(
-            b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000000\r\n\r\n",
+            b"POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000000000\r\n\r\n",
         )
         .expect("send");
         s.set_read_timeout(Some(WAIT)).ok();

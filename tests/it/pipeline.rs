@@ -284,7 +284,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_others_get_everything() {
         s.connect(&hub.addr().into()).expect("connect");
         let mut s: std::net::TcpStream = s.into();
         use std::io::Write;
-        s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .expect("request");
         s
     };

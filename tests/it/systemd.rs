@@ -114,7 +114,7 @@ fn ready_after_bind_watchdog_only_while_the_poller_lives_and_stopping_on_sigterm
     let body = r#"{"type":"wedge","data":{}}"#;
     write!(
         post,
-        "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send POST");

@@ -1,0 +1,359 @@
+// The dashboard page's view (GET /dashboard.js): cards, log and the core's messages. A
+// file of its own so that the page's Content-Security-Policy can say script-src 'self'.
+'use strict';
+(() => {
+  const LOG_ROWS = 200;
+  const $ = (id) => document.getElementById(id);
+  const cardsEl = $('cards'), logEl = $('log'), connEl = $('conn'), filterEl = $('type-filter');
+  const pauseEl = $('pause'), heldEl = $('held');
+
+  // View state. The core (shared worker or leader tab) sends sync / delta / conn messages.
+  const cams = new Map(); // camera_id -> { data, el, fields }
+  let rows = []; // log rows, oldest first, at most LOG_ROWS
+  let viewSeq = -1; // highest event seq shown: never show one twice
+  let conn = { state: 'connecting', attempt: 0, nextRetryAt: null, since: Date.now(), detail: '' };
+  let skewMs = 0;
+  let paused = false, held = 0, filter = '';
+  const types = new Set();
+  const dirtyCams = new Set();
+  let newRows = [];
+  let rebuildLog = false, connDirty = true, frameQueued = false, cardsMoved = true;
+
+  function tone(value) {
+    const v = String(value || '').toLowerCase();
+    if (/^(online|healthy|ok|running|capturing|active|good)$/.test(v)) return 'good';
+    if (/^(degraded|warning|warn|paused|starting|idle|unknown_warn|low_disk)$/.test(v)) return 'warn';
+    if (/^(offline|unhealthy|error|failed|critical|stopped|down)$/.test(v)) return 'bad';
+    return 'none';
+  }
+
+  function ago(ms) {
+    if (!Number.isFinite(ms)) return '—';
+    const s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return s + ' s ago';
+    if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s ago';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min ago';
+    return Math.floor(s / 86400) + ' d ' + Math.floor((s % 86400) / 3600) + ' h ago';
+  }
+
+  function clock(t) {
+    const d = new Date(t);
+    return Number.isFinite(d.getTime()) ? d.toLocaleTimeString([], { hour12: false }) : '';
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function makeCard(id) {
+    const card = el('article', 'card');
+    card.dataset.cameraId = id;
+    const head = el('header');
+    head.append(el('h3', '', 'Camera ' + id));
+    const badge = el('span', 'badge', 'Stale');
+    badge.dataset.field = 'stale';
+    badge.hidden = true;
+    head.append(badge);
+    const dl = el('dl');
+    const fields = { stale: badge };
+    for (const [key, label] of [['status', 'Status'], ['health', 'Health'], ['ago', 'Last capture'],
+      ['image_count', 'Images'], ['day_number', 'Day'], ['timelapse', 'Timelapse']]) {
+      const dd = el('dd');
+      dd.dataset.field = key;
+      dl.append(el('dt', '', label), dd);
+      fields[key] = dd;
+    }
+    card.append(head, dl);
+    return { el: card, fields, data: null };
+  }
+
+  function put(node, text, cls) {
+    if (node.textContent !== text) node.textContent = text;
+    if (cls !== undefined && node.className !== cls) node.className = cls;
+  }
+
+  function renderCard(c) {
+    const d = c.data, f = c.fields;
+    put(f.status, d.status || 'unknown', 'pill tone-' + tone(d.status));
+    put(f.health, d.health_status || 'unknown', 'pill tone-' + tone(d.health_status));
+    put(f.image_count, d.image_count == null ? '—' : String(d.image_count));
+    put(f.day_number, d.day_number == null ? '—' : String(d.day_number));
+    put(f.timelapse, d.timelapse_id == null ? 'none'
+      : '#' + d.timelapse_id + (d.timelapse_status ? ' · ' + d.timelapse_status : ''));
+    f.status.title = 'status: ' + (d.status || 'unknown');
+    f.health.title = 'health: ' + (d.health_status || 'unknown');
+    f.ago.title = d.last_capture_at || 'no capture yet';
+    renderAgo(c, Date.now());
+    f.stale.hidden = !d.stale;
+    put(f.stale, d.silent_secs ? 'Stale · silent ' + ago(d.silent_secs * 1000).replace(/ \d+ s ago| ago/, '') : 'Stale');
+    c.el.classList.toggle('stale', !!d.stale);
+  }
+
+  function renderAgo(c, now) {
+    const t = Date.parse(c.data.last_capture_at || '');
+    put(c.fields.ago, Number.isFinite(t) ? ago(now + skewMs - t) : 'never');
+  }
+
+  function placeCards() {
+    // Cards sorted by camera id; only moved when a new camera appears.
+    const sorted = [...cams.keys()].sort((a, b) => a - b);
+    sorted.forEach((id, i) => {
+      const node = cams.get(id).el;
+      if (cardsEl.children[i] !== node) cardsEl.insertBefore(node, cardsEl.children[i] || null);
+    });
+    $('cam-count').textContent = cams.size ? '(' + cams.size + ')' : '';
+    $('no-cams').hidden = cams.size > 0;
+  }
+
+  function summary(env) {
+    const data = env && env.data && typeof env.data === 'object' ? { ...env.data } : {};
+    delete data.camera_id;
+    const s = JSON.stringify(data);
+    return s === '{}' ? '' : s.length > 160 ? s.slice(0, 157) + '…' : s;
+  }
+
+  function makeRow(r) {
+    const li = el('li', r.local ? 'local' : '');
+    const type = String(r.env && r.env.type);
+    li.dataset.type = type;
+    if (r.seq != null) li.dataset.seq = r.seq;
+    if (r.env && r.env.id != null) li.dataset.id = r.env.id;
+    const t = el('time', '', clock(r.env && r.env.timestamp));
+    t.dateTime = (r.env && r.env.timestamp) || '';
+    const cam = r.env && r.env.data && r.env.data.camera_id != null ? 'camera ' + r.env.data.camera_id : '';
+    li.append(t, el('span', 'type', type), el('span', 'cam', cam));
+    const s = r.local ? 'stream reset: ' + ((r.env.data && r.env.data.reason) || '') + '; state reloaded' : summary(r.env);
+    if (s) li.append(el('span', 'data', s));
+    return li;
+  }
+
+  function shown(r) {
+    return !filter || (r.env && r.env.type === filter);
+  }
+
+  function addTypes(list) {
+    for (const r of list) {
+      const t = r.env && r.env.type;
+      if (typeof t === 'string' && !types.has(t)) {
+        types.add(t);
+        const o = el('option', '', t);
+        o.value = t;
+        const before = [...filterEl.options].find((x) => x.value && x.value > t);
+        filterEl.insertBefore(o, before || null);
+      }
+    }
+  }
+
+  function renderLog() {
+    if (paused) {
+      put(heldEl, held ? held + ' new event' + (held === 1 ? '' : 's') + ' held' : '');
+      newRows = [];
+      return;
+    }
+    put(heldEl, '');
+    if (rebuildLog) {
+      rebuildLog = false;
+      newRows = [];
+      const frag = document.createDocumentFragment();
+      for (let i = rows.length - 1; i >= 0; i--) if (shown(rows[i])) frag.append(makeRow(rows[i]));
+      logEl.replaceChildren(frag);
+      return;
+    }
+    if (!newRows.length) return;
+    const frag = document.createDocumentFragment();
+    for (let i = newRows.length - 1; i >= 0; i--) if (shown(newRows[i])) frag.append(makeRow(newRows[i]));
+    newRows = [];
+    logEl.prepend(frag);
+    while (logEl.children.length > LOG_ROWS) logEl.lastElementChild.remove();
+  }
+
+  function renderConn(now) {
+    const c = conn;
+    let text;
+    if (c.state === 'live') text = 'Live';
+    else if (c.state === 'connecting') text = 'Connecting…';
+    else {
+      const next = c.nextRetryAt ? ', next try ' + clock(c.nextRetryAt) + ' (in ' +
+        Math.max(0, Math.ceil((c.nextRetryAt - now) / 1000)) + ' s)' : '';
+      text = c.state === 'offline'
+        ? 'Offline: ' + (c.detail || 'hub unreachable') + ' since ' + clock(c.since) + ' · attempt ' + c.attempt + next
+        : 'Reconnecting: attempt ' + c.attempt + next;
+    }
+    connEl.dataset.state = c.state;
+    connEl.dataset.attempt = c.attempt;
+    put(connEl, text);
+    document.title = (c.state === 'live' ? '' : '⚠ ') + 'Cameras · timelapse-events';
+  }
+
+  // DOM passes and the script time they took, for tests and the curious (window.tleStats).
+  const stats = (window.tleStats = { frames: 0, ms: 0, maxMs: 0 });
+
+  function frame() {
+    const t0 = performance.now();
+    frameQueued = false;
+    for (const id of dirtyCams) renderCard(cams.get(id));
+    dirtyCams.clear();
+    if (cardsMoved) placeCards();
+    cardsMoved = false;
+    renderLog();
+    if (connDirty) renderConn(Date.now());
+    connDirty = false;
+    const ms = performance.now() - t0;
+    stats.frames += 1;
+    stats.ms += ms;
+    stats.maxMs = Math.max(stats.maxMs, ms);
+  }
+
+  // One DOM pass per animation frame, however many messages came in. A hidden tab gets
+  // no frames, so a timer stands in (the tab still catches up before it is shown).
+  function queueFrame() {
+    if (frameQueued) return;
+    frameQueued = true;
+    let done = false;
+    const run = () => { if (!done) { done = true; frame(); } };
+    requestAnimationFrame(run);
+    setTimeout(run, 500);
+  }
+
+  function upsertCamera(d) {
+    const id = Number(d.camera_id);
+    if (!Number.isFinite(id)) return;
+    let c = cams.get(id);
+    if (!c) {
+      c = makeCard(id);
+      cams.set(id, c);
+      cardsMoved = true;
+    }
+    c.data = d;
+    dirtyCams.add(id);
+  }
+
+  function takeRows(list) {
+    const fresh = [];
+    for (const r of list) {
+      if (r.seq != null) {
+        if (r.seq <= viewSeq) continue;
+        viewSeq = r.seq;
+      }
+      fresh.push(r);
+    }
+    if (!fresh.length) return;
+    rows = rows.concat(fresh);
+    if (rows.length > LOG_ROWS) rows = rows.slice(rows.length - LOG_ROWS);
+    addTypes(fresh);
+    if (paused) held += fresh.filter(shown).length;
+    else newRows = newRows.concat(fresh);
+  }
+
+  function handle(msg) {
+    if (!msg || typeof msg !== 'object') return;
+    if (msg.t === 'sync') {
+      const keep = new Set(msg.cameras.map((c) => Number(c.camera_id)));
+      for (const [id, c] of cams) if (!keep.has(id)) { c.el.remove(); cams.delete(id); }
+      msg.cameras.forEach(upsertCamera);
+      rows = [];
+      viewSeq = -1;
+      takeRows(msg.log || []);
+      rebuildLog = true;
+      held = 0;
+      skewMs = msg.skewMs || 0;
+      conn = msg.conn || conn;
+      connDirty = true;
+      cardsMoved = true;
+    } else if (msg.t === 'delta') {
+      msg.cameras.forEach(upsertCamera);
+      takeRows(msg.events);
+    } else if (msg.t === 'conn') {
+      conn = msg.conn;
+      connDirty = true;
+    }
+    queueFrame();
+  }
+
+  filterEl.addEventListener('change', () => {
+    filter = filterEl.value;
+    rebuildLog = true;
+    queueFrame();
+  });
+  pauseEl.addEventListener('click', () => {
+    paused = !paused;
+    pauseEl.setAttribute('aria-pressed', String(paused));
+    pauseEl.textContent = paused ? 'Resume' : 'Pause';
+    held = 0;
+    rebuildLog = !paused;
+    queueFrame();
+  });
+
+  setInterval(() => {
+    if (document.hidden) return;
+    const now = Date.now();
+    for (const c of cams.values()) renderAgo(c, now);
+    if (conn.state !== 'live') renderConn(now);
+  }, 1000);
+
+  // Who owns the stream: ?share=worker (default), locks (leader tab), own (this tab).
+  const want = new URLSearchParams(location.search).get('share') || 'worker';
+  const modeEl = $('mode');
+  const setMode = (m, text) => { document.documentElement.dataset.mode = m; modeEl.textContent = text; };
+
+  function ownCore() {
+    setMode('own', 'This tab has its own stream.');
+    self.TLE.createCore(location.origin, handle);
+  }
+
+  // Leader election where SharedWorker is missing: a Web Lock picks the one tab that runs the
+  // core; a BroadcastChannel carries its messages to the other tabs. A heartbeat election
+  // would break in hidden tabs, whose timers Chrome throttles to once a minute; the lock is
+  // released by the browser the moment its tab closes, and the next waiting tab takes over.
+  function leaderTab() {
+    const ch = new BroadcastChannel('tle-dashboard');
+    let core = null;
+    ch.onmessage = (e) => {
+      const m = e.data || {};
+      if (core) {
+        if (m.k === 'hello') ch.postMessage({ k: 'msg', msg: core.sync() });
+      } else if (m.k === 'msg') {
+        handle(m.msg);
+      }
+    };
+    setMode('follower', 'Following the stream of another tab.');
+    ch.postMessage({ k: 'hello' });
+    navigator.locks.request('tle-dashboard-leader', () => new Promise(() => {
+      setMode('leader', 'This tab holds the stream for the other tabs.');
+      core = self.TLE.createCore(location.origin, (msg) => {
+        handle(msg);
+        ch.postMessage({ k: 'msg', msg });
+      });
+    }));
+  }
+
+  function sharedWorker() {
+    const w = new SharedWorker('/dashboard-worker.js', { name: 'tle-dashboard' });
+    let heard = false;
+    w.port.onmessage = (e) => { heard = true; handle(e.data); };
+    w.onerror = () => { if (!heard) fallback(); };
+    w.port.start();
+    w.port.postMessage({ t: 'hello' });
+    addEventListener('pagehide', () => w.port.postMessage({ t: 'bye' }));
+    addEventListener('pageshow', (e) => { if (e.persisted) w.port.postMessage({ t: 'hello' }); });
+    setMode('shared-worker', 'Tabs share one stream (shared worker).');
+  }
+
+  function fallback() {
+    if (self.BroadcastChannel && navigator.locks && want !== 'own') leaderTab();
+    else ownCore();
+  }
+
+  if (!self.TLE) {
+    conn = { state: 'offline', attempt: 0, nextRetryAt: null, since: Date.now(), detail: 'dashboard script missing; reload' };
+    queueFrame();
+  } else if (want === 'worker' && self.SharedWorker) {
+    try { sharedWorker(); } catch (e) { fallback(); }
+  } else {
+    fallback();
+  }
+  queueFrame();
+})();
