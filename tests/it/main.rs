@@ -11,6 +11,7 @@ mod examples;
 mod faults;
 mod hostile;
 mod identity;
+mod lan;
 mod package;
 mod perf;
 mod pipeline;

@@ -656,7 +656,13 @@ impl ChildHub {
 
     /// `serve` on a given address (e.g. a port reserved earlier, to restart in place).
     pub fn start_on(db: &Path, bind: &str, extra: &[&str]) -> ChildHub {
+        ChildHub::start_env(db, bind, extra, &[])
+    }
+
+    /// `serve` on `bind` with `extra` flags and `env` variables set.
+    pub fn start_env(db: &Path, bind: &str, extra: &[&str], env: &[(&str, &str)]) -> ChildHub {
         let mut child = Command::new(bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--db")
             .arg(db)
