@@ -28,9 +28,10 @@ pub(super) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-
     connect-src 'self'; worker-src 'self'; img-src data:; base-uri 'none'; \
     form-action 'self'; frame-ancestors 'none'";
 
-/// The login form: no script or style at all; it posts to this hub only.
-const LOGIN_CSP: &str =
-    "default-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+/// The login form: no script or style at all (only the empty `data:` icon); it posts to
+/// this hub only.
+const LOGIN_CSP: &str = "default-src 'none'; img-src data:; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
 
 /// The login form; `{message}` is a fixed sentence of ours (never request text).
 const LOGIN: &str = r#"<!doctype html>

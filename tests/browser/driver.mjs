@@ -83,11 +83,23 @@ async function run(c) {
     case 'eval':
       return await tab(c.tab).evaluate(c.js);
     case 'wait': {
-      const handle = await tab(c.tab).waitForFunction(c.js, null, {
-        timeout: bounded(c.timeout_ms),
-        polling: 50,
-      });
-      return await handle.jsonValue();
+      // Polled from here, not with page.waitForFunction: that polls inside the page with
+      // eval, which the dashboard's Content-Security-Policy (no 'unsafe-eval') forbids,
+      // while evaluate() goes through the DevTools protocol. A navigation (a form's
+      // submit) destroys the page's context mid-wait: the next poll runs in the new page.
+      const ms = bounded(c.timeout_ms);
+      const deadline = Date.now() + ms;
+      for (;;) {
+        let value;
+        try {
+          value = await tab(c.tab).evaluate(c.js);
+        } catch (e) {
+          if (!/context was destroyed|navigat/i.test(String(e && e.message))) throw e;
+        }
+        if (value) return value;
+        if (Date.now() > deadline) throw new Error(`Timeout ${ms}ms exceeded waiting for ${c.js}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
     }
     case 'screenshot':
       mkdirSync(dirname(c.path), { recursive: true });

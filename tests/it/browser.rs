@@ -862,3 +862,89 @@ fn fifty_cameras_at_a_hundred_events_per_second() {
     );
     b.assert_no_page_errors("no errors in the page");
 }
+
+#[test]
+fn with_a_read_token_the_page_asks_for_it_once_then_streams_with_the_cookie() {
+    let Some(mut b) =
+        browser_or_skip("with_a_read_token_the_page_asks_for_it_once_then_streams_with_the_cookie")
+    else {
+        return;
+    };
+    let hub = TestHub::start_with(|c| c.read_token = Some("r34d;t0k3n".into()));
+    let em = hub.emitter();
+    let before = em.emit_ok(NewEvent::camera_status_changed(1, "online", "healthy"));
+    let url = format!("http://{}/", hub.addr());
+    let tab = b.open(&url, 1)[0];
+    let asked = b.eval(
+        tab,
+        "document.getElementById('login') !== null && !document.getElementById('cards')",
+    );
+    assert_eq!(asked, json!(true), "the page asks for the token first");
+    // A wrong token: the form again, with a message, and no cookie.
+    b.eval(
+        tab,
+        "document.getElementById('token').value = 'wrong'; \
+         document.getElementById('login').requestSubmit(); true",
+    );
+    b.wait(
+        tab,
+        "document.getElementById('login-message')?.textContent.includes('not the hub')",
+        "the form says the token was wrong",
+    );
+    b.eval(
+        tab,
+        "document.getElementById('token').value = 'r34d;t0k3n'; \
+         document.getElementById('login').requestSubmit(); true",
+    );
+    b.wait(
+        tab,
+        "document.getElementById('conn')?.dataset.state === 'live'",
+        "the dashboard is live after the login",
+    );
+    wait_event(
+        &mut b,
+        tab,
+        before,
+        "the event stored before the login is shown",
+    );
+    let live = em.emit_ok(NewEvent::image_captured(1, 3, 42, 2));
+    wait_event(
+        &mut b,
+        tab,
+        live,
+        "a live event arrives on the cookie's stream",
+    );
+    let cookie = b.eval(tab, "document.cookie");
+    assert_eq!(
+        cookie,
+        json!(""),
+        "the read cookie is HttpOnly: no script sees it"
+    );
+    // A second tab is not asked again: the cookie is kept.
+    let again = b.open(&url, 1)[0];
+    wait_live(&mut b, again);
+    let asked_again = b.eval(again, "document.getElementById('login') !== null");
+    assert_eq!(asked_again, json!(false), "asked once only");
+    let next = em.emit_ok(NewEvent::image_captured(1, 3, 43, 2));
+    wait_event(&mut b, again, next, "the second tab follows the stream too");
+    let _ = writeln!(
+        std::io::stderr(),
+        "browser login: the form was shown once (plus once after a wrong token), then 2 tabs \
+         live on the cookie, events {} {} {} shown",
+        before.0,
+        live.0,
+        next.0
+    );
+    // CSP violations are console errors: none means the pages run under their policies.
+    // The two 401s are the form's own answers (before the login, after the wrong token).
+    let (refusals, errors): (Vec<String>, Vec<String>) = b
+        .page_errors()
+        .into_iter()
+        .partition(|e| e.ends_with("the server responded with a status of 401 (Unauthorized)"));
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "no errors (and no CSP violations)"
+    );
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+}
