@@ -29,15 +29,12 @@ pub(crate) use server::{Listener, Server};
 /// A thread cannot start.
 pub(crate) fn start(ctx: Arc<Ctx>, listener: Listener, fatal: Fatal) -> Result<Server> {
     let config = ctx.config.clone();
-    let handler_ctx = ctx.clone();
-    let server = Server::start(
+    // Before the first request can arrive: the Host check needs the bound port.
+    let _ = ctx.bound.set(listener.addr()?); // Err: already set, to the same listener
+    Server::start(
         &config,
         listener,
-        Box::new(move |rq| routes::handle(rq, &handler_ctx)),
+        Box::new(move |rq| routes::handle(rq, &ctx)),
         fatal,
-    )?;
-    // Set once, here; a request taken before this line is answered by `routes` from the
-    // configured address (or 503 with port 0, which only tests use).
-    let _ = ctx.bound.set(server.addr()); // Err: already set, to the same listener
-    Ok(server)
+    )
 }

@@ -138,10 +138,9 @@ pub(super) fn filter_from_query(pairs: &[(String, String)]) -> std::result::Resu
                 filter.types = Some(types);
             }
             "camera_id" => {
-                let id = v
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| format!("camera_id: `{}` is not an integer", v.escape_debug()))?;
+                let id = v.trim().parse::<i64>().map_err(|_| {
+                    format!("camera_id: {} is not an integer", crate::error::quote(v))
+                })?;
                 filter.camera_id = Some(id);
             }
             _ => {}

@@ -259,6 +259,7 @@ fn twenty_thousand_distinct_cameras_and_types_cost_the_hub_no_memory() {
 fn a_huge_value_in_a_request_comes_back_as_a_short_prefix() {
     let dir = tempfile::tempdir().expect("temp dir");
     let hub = ChildHub::start(&dir.path().join("events.db"), &[]);
+    // A 1 MiB request target is over the 16 KiB head limit: 431 before any parsing.
     let mib = "7".repeat(1 << 20);
     let r = http(
         hub.addr,
@@ -269,6 +270,23 @@ fn a_huge_value_in_a_request_comes_back_as_a_short_prefix() {
     );
     println!(
         "GET ?camera_id= of 1 MiB: {} with {} bytes: {}",
+        r.status,
+        r.body.len(),
+        r.error()
+    );
+    assert_eq!(r.status, 431);
+    assert!(r.body.len() < 1024, "{} bytes", r.body.len());
+    // The longest value a head can carry still comes back as a short prefix.
+    let long = "7".repeat(15_000);
+    let r = http(
+        hub.addr,
+        "GET",
+        &format!("/api/events?camera_id={long}x"),
+        &[],
+        b"",
+    );
+    println!(
+        "GET ?camera_id= of 15,000 bytes: {} with {} bytes: {}",
         r.status,
         r.body.len(),
         r.error()

@@ -219,7 +219,7 @@ fn four_64_mib_headers_at_once_cost_a_few_mib() {
                 let mut s = connect_from(ATTACKER, addr).expect("connect");
                 let mut w = s.try_clone().expect("clone");
                 let writer = std::thread::spawn(move || {
-                    let _ = w.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ");
+                    let _ = w.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ");
                     let block = vec![b'a'; 64 * 1024];
                     let mut sent = 0usize;
                     while sent < 64 << 20 && w.write_all(&block).is_ok() {
@@ -384,11 +384,11 @@ fn ambiguous_lengths_get_400_at_once_and_every_answer_says_nosniff() {
     for (case, rq) in [
         (
             "Content-Length with Transfer-Encoding",
-            "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         ),
         (
             "conflicting Content-Length headers",
-            "POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+            "POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
         ),
     ] {
         let t0 = Instant::now();

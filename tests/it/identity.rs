@@ -47,7 +47,7 @@ fn try_post(addr: SocketAddr, n: usize) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let head = format!(
-        "POST /api/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        "POST /api/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );

@@ -106,6 +106,16 @@ impl Listener {
     pub(crate) fn bind(config: &Config) -> Result<Listener> {
         bind(config).map(Listener)
     }
+
+    /// The address it is bound to (the port chosen, for port 0).
+    ///
+    /// # Errors
+    /// The socket cannot say (it always can once bound).
+    pub(crate) fn addr(&self) -> Result<SocketAddr> {
+        self.0
+            .local_addr()
+            .map_err(crate::error::io("read the bound address"))
+    }
 }
 
 /// Whether a [`Server`]'s accept path works, for another thread (the systemd watchdog
