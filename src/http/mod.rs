@@ -1,5 +1,5 @@
-//! The HTTP side: [`server`] is the one wall around tiny_http (listener, workers, and its
-//! workarounds); [`routes`] turns a [`request::Request`] into an answer; [`stream`] runs
+//! The HTTP side: [`server`] is the one wall between the network and our handlers (listener,
+//! door, workers, limits); [`routes`] turns a [`request::Request`] into an answer; [`stream`] runs
 //! each event stream on a thread of its own; [`reply`] holds responses as values and the
 //! one mapping from errors to statuses; [`dashboard`] serves the compiled-in page; [`ctx`]
 //! holds what handlers share; [`guard`] holds the pure checks against other sites' pages

@@ -1,5 +1,5 @@
 //! [`Request`]: what a handler sees of an HTTP request, as plain data (the server builds it
-//! from tiny_http's; tests build it in memory), and the request target's parsing: the
+//! from what the door read; tests build it in memory), and the request target's parsing: the
 //! percent-decoded path and the query pairs.
 
 use std::io::Read;

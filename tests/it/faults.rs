@@ -1128,9 +1128,8 @@ fn under_a_256_fd_limit_extra_clients_wait_or_are_refused_and_the_hub_serves_aft
          {refused} refused with a status, {closed} closed, {silent} waiting"
     );
     assert!(hub_alive(&hub), "the hub died");
-    // How many are served before the limit bites varies from run to run (measured 28 to
-    // 116 of 300): tiny_http's accept thread dies at the first accept() or try_clone()
-    // that hits EMFILE, and is rebuilt only once the hub can open a socket to check on it.
+    // How many are served before the limit bites depends on what else holds descriptors;
+    // past it, the door sheds each new connection through its reserved descriptor.
     assert!(ok >= 1, "the hub served clients up to its limit");
     assert!(
         ok < 300,
@@ -1174,8 +1173,7 @@ fn hub_alive(hub: &ChildHub) -> bool {
             .contains("State:\tZ")
 }
 
-/// The log's panics (tiny_http 0.12's accept thread unwraps a failed socket clone, so
-/// EMFILE right after an accept kills it without an error reaching `recv()`), then its end.
+/// The log's panics (there should be none), then its end.
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let panics = lines.iter().filter(|l| l.contains("panicked"));
