@@ -23,6 +23,18 @@ use crate::support::{
     stream_id, wait_until,
 };
 
+/// A hub for tests of many clients, all from loopback: one address may hold them all.
+const MANY_CLIENTS: [&str; 8] = [
+    "--heartbeat-secs",
+    "1",
+    "--max-clients",
+    "1000",
+    "--max-conns-per-addr",
+    "2000",
+    "--max-streams-per-addr",
+    "1000",
+];
+
 // ---------------------------------------------------------------------------------------
 // helpers
 
@@ -778,16 +790,7 @@ fn stuck_and_vanished_clients_are_released_and_healthy_ones_get_everything() {
     } else {
         "127.0.0.1:0"
     };
-    let flags = [
-        "--heartbeat-secs",
-        "1",
-        "--max-clients",
-        "1000",
-        "--max-conns-per-addr",
-        "2000",
-        "--max-streams-per-addr",
-        "1000",
-    ];
+    let flags = MANY_CLIENTS;
     let hub = ChildHub::start_on(&db, bind, &flags);
     let addr = SocketAddr::from(([127, 0, 0, 1], hub.addr.port()));
     let pid = hub.child.id();
@@ -973,19 +976,7 @@ fn five_storms_of_500_simultaneous_reconnects_are_all_served() {
         .unwrap_or(5);
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("events.db");
-    let hub = ChildHub::start(
-        &db,
-        &[
-            "--heartbeat-secs",
-            "1",
-            "--max-clients",
-            "1000",
-            "--max-conns-per-addr",
-            "2000",
-            "--max-streams-per-addr",
-            "1000",
-        ],
-    );
+    let hub = ChildHub::start(&db, &MANY_CLIENTS);
     let addr = hub.addr;
     let emitter = Emitter::open(&db).expect("emitter");
     let mut last_id: Option<String> = None;
@@ -1076,19 +1067,7 @@ fn five_storms_of_500_simultaneous_reconnects_are_all_served() {
 fn under_a_256_fd_limit_extra_clients_wait_or_are_refused_and_the_hub_serves_after() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("events.db");
-    let hub = ChildHub::start(
-        &db,
-        &[
-            "--heartbeat-secs",
-            "1",
-            "--max-clients",
-            "1000",
-            "--max-conns-per-addr",
-            "2000",
-            "--max-streams-per-addr",
-            "1000",
-        ],
-    );
+    let hub = ChildHub::start(&db, &MANY_CLIENTS);
     let (addr, pid) = (hub.addr, hub.child.id());
     let limited = Command::new("prlimit")
         .args(["--pid", &pid.to_string(), "--nofile=256:256"])
