@@ -70,6 +70,9 @@ fn follow(addr: std::net::SocketAddr, want: usize) -> mpsc::Receiver<Result<(i64
                         return;
                     }
                 }
+                // Nothing yet: the flood may still be being written (slowly, under
+                // emulation); wait on, up to the test's own deadline.
+                None if last.is_none() && !client.ended => {}
                 // Cut off (an end or a reset), or quiet for WAIT: resume where it was.
                 None => {
                     let Some(id) = &last else { return };

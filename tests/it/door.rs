@@ -251,7 +251,11 @@ fn four_64_mib_headers_at_once_cost_a_few_mib() {
             "answered {status:?}"
         );
     }
-    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    assert!(peak - before < 16 * 1024, "peak RSS {before} → {peak} KiB");
+    // Under qemu-user the emulator's own memory (near 60 MiB) is in the hub's RSS.
+    let emulated = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| exe.to_string_lossy().contains("qemu"));
+    assert!(emulated || peak < 64 * 1024, "peak RSS {peak} KiB");
     assert!(health_from(NEIGHBOUR, addr).is_some());
 }
 

@@ -180,6 +180,7 @@ pub(crate) fn run(
         waiting: VecDeque::new(),
         reserve: File::open("/dev/null").ok(),
         quiet: Quiet::default(),
+        chunk: vec![0; 8192],
     };
     let mut drain = [0u8; 64];
     let mut ready: Vec<bool> = Vec::new();
@@ -280,6 +281,8 @@ struct Door<'a> {
     /// A descriptor given up when the process has none left, to accept and close with.
     reserve: Option<File>,
     quiet: Quiet,
+    /// Every read lands here first.
+    chunk: Vec<u8>,
 }
 
 impl Door<'_> {
@@ -388,18 +391,31 @@ impl Door<'_> {
     /// Reads what has arrived and moves the request on; `None`: the connection is done
     /// with here (handed to a worker, refused, or gone).
     fn read(&mut self, mut h: Held, now: Instant) -> Option<Held> {
-        let mut chunk = [0u8; 8192];
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let h = self.read_into(&mut h, &mut chunk, now).then_some(h);
+        self.chunk = chunk;
+        let h = h?;
+        match h.stage {
+            Stage::Closing { drained } if drained >= LINGER_BYTES => None,
+            Stage::Closing { .. } => Some(h),
+            _ => self.progress(h, now),
+        }
+    }
+
+    /// Reads what `h`'s client has sent into its buffer, through `chunk` (one buffer for
+    /// every read, never zeroed again); false when the connection is gone.
+    fn read_into(&self, h: &mut Held, chunk: &mut [u8], now: Instant) -> bool {
         loop {
             let room = match h.stage {
                 Stage::Closing { drained } => LINGER_BYTES.saturating_sub(drained),
                 _ => MAX_REQUEST_BYTES.saturating_sub(h.buf.len()),
             };
             if room == 0 {
-                break;
+                return true;
             }
             let want = room.min(chunk.len());
             match (&h.conn.stream).read(&mut chunk[..want]) {
-                Ok(0) => return None,
+                Ok(0) => return false,
                 Ok(n) => {
                     if let Stage::Closing { drained } = &mut h.stage {
                         *drained += n;
@@ -411,15 +427,10 @@ impl Door<'_> {
                     }
                     h.buf.extend_from_slice(&chunk[..n]);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return None,
+                Err(_) => return false,
             }
-        }
-        match h.stage {
-            Stage::Closing { drained } if drained >= LINGER_BYTES => None,
-            Stage::Closing { .. } => Some(h),
-            _ => self.progress(h, now),
         }
     }
 
