@@ -1,4 +1,4 @@
--- timelapse-events database schema, version 3 (PRAGMA user_version = 3).
+-- timelapse-events database schema, version 4 (PRAGMA user_version = 4).
 --
 -- PUBLIC CONTRACT: any local process may produce an event with one statement,
 --
@@ -94,3 +94,19 @@ CREATE INDEX IF NOT EXISTS sse_events_rejected ON sse_events (created_at)
     WHERE seq IS NULL AND processed_at IS NOT NULL;
 
 INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('state_seq', '0');
+
+-- Version 4 ------------------------------------------------------------------------------
+-- One row per outbound sink (webhook, ntfy): the seq it has delivered through (advanced
+-- only after the far side acknowledged), its counters, and the gaps retention forced on it
+-- (events deleted by the size limit before it delivered them). Written by the hub only.
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    name       TEXT    PRIMARY KEY,
+    kind       TEXT    NOT NULL,
+    target     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    delivered  INTEGER NOT NULL DEFAULT 0,
+    skipped    INTEGER NOT NULL DEFAULT 0,
+    gaps       INTEGER NOT NULL DEFAULT 0,
+    lost       INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) WITHOUT ROWID;

@@ -1,5 +1,5 @@
-//! Maintenance of a database file without a running hub: what the `stats`, `cleanup`,
-//! `check` and `backup` subcommands of the binary call. Each opens the file itself; a hub
+//! Maintenance of a database file without a running hub: what the `stats`, `sinks`,
+//! `cleanup`, `check` and `backup` subcommands of the binary call. Each opens the file itself; a hub
 //! may be running on it meanwhile.
 
 use std::path::Path;
@@ -24,6 +24,16 @@ pub fn stats(db: &Path) -> Result<Map<String, Value>> {
     maintenance::stats(&conn, db)
 }
 
+/// The stored cursor of every sink (also of sinks no longer configured), by name. Opens the
+/// file read-only.
+///
+/// # Errors
+/// As [`stats`].
+pub fn sinks(db: &Path) -> Result<Vec<store::sinks::SinkCursor>> {
+    let conn = store::open_current_read_only(db)?;
+    store::sinks::list(&conn)
+}
+
 /// Deletes dispatched events (never pending ones) older than `older_than`, or, without it,
 /// what the hub's default retention policy would delete. Returns how many.
 ///
@@ -36,6 +46,9 @@ pub fn cleanup(db: &Path, synchronous: Synchronous, older_than: Option<Duration>
             max_age_secs: Some(age.as_secs()),
             max_rows: None,
             max_db_bytes: None,
+            // Without a hub there is no list of enabled sinks: an explicit cleanup is the
+            // operator's word, and a sink that falls behind it records the gap.
+            hold_after: None,
         },
         None => crate::retention::policy(&Config::default()),
     };

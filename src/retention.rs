@@ -1,5 +1,6 @@
 //! The retention thread (`tle-retention`): deletes old dispatched events by age, count and
-//! database size, in small chunks (see store/maintenance.rs). Pending rows are never touched.
+//! database size, in small chunks (see store/maintenance.rs). Pending rows are never touched,
+//! nor (but by the size limit) rows an enabled sink has not delivered.
 
 use std::time::Duration;
 
@@ -16,21 +17,33 @@ pub(crate) fn policy(config: &Config) -> Policy {
         max_age_secs: config.retention_age.map(|d| d.as_secs()),
         max_rows: config.retention_max_rows,
         max_db_bytes: config.retention_max_db_bytes,
+        hold_after: None,
     }
 }
 
 /// Runs `prune` now and every `interval` until `stop` is dropped; errors are logged (once
-/// per streak) and retried at the next round.
+/// per streak) and retried at the next round. Each round first reads the lowest cursor of
+/// the enabled `sinks`, so age and count never delete what one has not delivered.
 pub(crate) fn run(
     store: &Store,
     policy: Policy,
+    sinks: &[String],
     interval: Duration,
     stop: &Receiver<()>,
 ) -> Result<()> {
     let mut conn = store.dedicated()?;
     let mut failing = false;
     loop {
-        match prune(&mut conn, policy) {
+        let round = crate::store::sinks::hold(&conn, sinks).and_then(|hold_after| {
+            prune(
+                &mut conn,
+                Policy {
+                    hold_after,
+                    ..policy
+                },
+            )
+        });
+        match round {
             Ok(_) => failing = false,
             Err(e) if !failing => {
                 log::warn!("retention: {}", e.chain());

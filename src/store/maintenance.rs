@@ -20,6 +20,9 @@ pub(crate) struct Policy {
     pub(crate) max_rows: Option<u64>,
     /// Events go (oldest first) while the database's used pages exceed this.
     pub(crate) max_db_bytes: Option<u64>,
+    /// Events after this seq stay whatever their age and count: the lowest cursor of the
+    /// enabled sinks. Only `max_db_bytes` may delete past it (the sink then records a gap).
+    pub(crate) hold_after: Option<i64>,
 }
 
 /// Deletes dispatched events per `policy`, oldest first, in chunks; never a pending row.
@@ -55,6 +58,14 @@ pub(crate) fn prune(conn: &mut Connection, policy: Policy) -> Result<u64> {
         if head - pruned > max {
             boundary = boundary.max(head - max);
         }
+    }
+    if let Some(hold) = policy.hold_after
+        && hold < boundary
+    {
+        log::debug!(
+            "retention keeps seqs after {hold} for a sink (age and count would go to {boundary})"
+        );
+        boundary = hold.max(pruned);
     }
     let mut at = pruned;
     while at < boundary {

@@ -10,6 +10,7 @@ pub(crate) mod events;
 pub(crate) mod identity;
 pub(crate) mod maintenance;
 mod schema;
+pub(crate) mod sinks;
 pub(crate) mod state_rows;
 
 use std::cell::Cell;
