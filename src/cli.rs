@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use timelapse_events::{
-    Config, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result,
+    Config, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result, SinkConfig,
     Synchronous, admin,
 };
 
@@ -25,11 +25,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub: HTTP API, event streams and dashboard.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Store one event in an existing database (the hub dispatches it).
     Emit(EmitArgs),
     /// Print event statistics of a database as JSON (read-only).
     Stats(DbArgs),
+    /// Print the outbound sinks' stored cursors and counts as JSON (read-only).
+    Sinks(CheckArgs),
     /// Delete old dispatched events now (never pending ones).
     Cleanup(CleanupArgs),
     /// Check a database: integrity, schema version, counts, WAL size. Exits 1 on a problem.
@@ -201,9 +203,114 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMELAPSE_EVENTS_MAX_EVENT_TYPES", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_event_types: u64,
+    /// POST every event (its JSON envelope, as the stream sends it) to this http:// URL,
+    /// at least once and in order (repeatable; in the environment, space-separated).
+    #[arg(
+        long = "webhook",
+        env = "TIMELAPSE_EVENTS_WEBHOOKS",
+        value_delimiter = ' '
+    )]
+    pub webhooks: Vec<String>,
+    /// An extra header for every webhook request, as 'Name: value', e.g. 'Authorization:
+    /// Bearer ...' (repeatable; in the environment, one per line). Prefer
+    /// --webhook-header-file for secrets: a command line is visible to every local user.
+    #[arg(
+        long = "webhook-header",
+        env = "TIMELAPSE_EVENTS_WEBHOOK_HEADERS",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub webhook_headers: Vec<String>,
+    /// A file of extra webhook headers, one 'Name: value' per line (blank lines and lines
+    /// starting with # are ignored).
+    #[arg(long, env = "TIMELAPSE_EVENTS_WEBHOOK_HEADER_FILE")]
+    pub webhook_header_file: Option<PathBuf>,
+    /// Only these event types go to the webhooks (comma-separated; default: all).
+    #[arg(long, env = "TIMELAPSE_EVENTS_WEBHOOK_TYPES", value_delimiter = ',')]
+    pub webhook_types: Vec<String>,
+    /// Only events of at least this priority go to the webhooks: low, normal, high or
+    /// critical.
+    #[arg(
+        long,
+        env = "TIMELAPSE_EVENTS_WEBHOOK_MIN_PRIORITY",
+        default_value = "low"
+    )]
+    pub webhook_min_priority: String,
+    /// Push stale and offline cameras to this ntfy topic, as http://server/topic
+    /// (repeatable; in the environment, space-separated).
+    #[arg(long = "ntfy", env = "TIMELAPSE_EVENTS_NTFY", value_delimiter = ' ')]
+    pub ntfy: Vec<String>,
+    /// The dashboard's address as a phone opens it, for ntfy's click action (default:
+    /// http://<bind>/, with this machine's name for 0.0.0.0).
+    #[arg(long, env = "TIMELAPSE_EVENTS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// `Name: value` as a header: a token name, a value of visible ASCII and spaces.
+fn parse_header(line: &str) -> Result<(String, String)> {
+    let bad = |reason: &str| Error::Config {
+        field: "webhook_header",
+        // The value may be a secret: name only the header.
+        reason: format!(
+            "`{}`: {reason}",
+            line.split(':').next().unwrap_or("").trim()
+        ),
+    };
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| bad("not `Name: value`"))?;
+    let (name, value) = (name.trim(), value.trim());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(bad("not a header name"));
+    }
+    if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(bad("the value must be non-empty printable ASCII"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 impl ServeArgs {
+    /// The sinks these flags describe: `hook1`, `hook2`… in order, then `ntfy1`…
+    fn sinks(&self) -> Result<Vec<SinkConfig>> {
+        let mut lines = self.webhook_headers.clone();
+        if let Some(path) = &self.webhook_header_file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                op: "read the --webhook-header-file",
+                source,
+            })?;
+            lines.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        let headers = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| parse_header(l))
+            .collect::<Result<Vec<_>>>()?;
+        let min_priority: Priority = self.webhook_min_priority.parse()?;
+        let types: Vec<String> = self
+            .webhook_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut sinks = Vec::new();
+        for (i, url) in self.webhooks.iter().filter(|u| !u.is_empty()).enumerate() {
+            let mut sink = SinkConfig::webhook(&format!("hook{}", i + 1), url, headers.clone());
+            sink.min_priority = min_priority;
+            sink.types = (!types.is_empty()).then(|| types.clone());
+            sinks.push(sink);
+        }
+        for (i, url) in self.ntfy.iter().filter(|u| !u.is_empty()).enumerate() {
+            sinks.push(SinkConfig::ntfy(&format!("ntfy{}", i + 1), url)?);
+        }
+        Ok(sinks)
+    }
+
     /// The hub config these flags describe.
     ///
     /// # Errors
@@ -233,6 +340,8 @@ impl ServeArgs {
                 .then(|| self.retain_mib.saturating_mul(1024 * 1024)),
             max_cameras: usize::try_from(self.max_cameras).unwrap_or(usize::MAX),
             max_event_types: usize::try_from(self.max_event_types).unwrap_or(usize::MAX),
+            sinks: self.sinks()?,
+            public_url: self.public_url.clone(),
             ..Config::default()
         };
         config.validate()?;
@@ -296,6 +405,14 @@ pub fn run(command: Command) -> Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&stats).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Sinks(args) => {
+            let cursors = admin::sinks(&args.db)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&cursors).unwrap_or_default()
             );
             Ok(())
         }
@@ -369,6 +486,95 @@ mod tests {
         for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn headers_parse_as_name_and_value_and_errors_hide_the_value() {
+        assert_eq!(
+            parse_header("Authorization:  Bearer s3cret ").ok(),
+            Some(("Authorization".into(), "Bearer s3cret".into()))
+        );
+        assert_eq!(
+            parse_header("X-A: b:c").ok(),
+            Some(("X-A".into(), "b:c".into()))
+        );
+        for bad in ["no colon", ": v", "Bad Name: v", "X-Empty:", "X: a\u{7f}"] {
+            assert!(parse_header(bad).is_err(), "{bad}");
+        }
+        let e = parse_header("X-Token: s3cret\u{1}").expect_err("control char");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn webhook_and_ntfy_flags_make_named_sinks_with_their_filters() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Io { op: "tmp", source })?;
+        let file = dir.path().join("headers");
+        std::fs::write(&file, "# secrets\n\nAuthorization: Bearer from-file\n").map_err(
+            |source| Error::Io {
+                op: "write",
+                source,
+            },
+        )?;
+        let cli = Cli::try_parse_from([
+            "timelapse-events",
+            "serve",
+            "--webhook",
+            "http://a/x",
+            "--webhook",
+            "http://b/y",
+            "--webhook-header",
+            "X-One: 1",
+            "--webhook-header-file",
+            file.to_str().unwrap_or(""),
+            "--webhook-types",
+            "camera_stale,image_captured",
+            "--webhook-min-priority",
+            "high",
+            "--ntfy",
+            "http://ntfy.local/camera-alerts",
+        ])
+        .map_err(|e| Error::Config {
+            field: "cli",
+            reason: e.to_string(),
+        })?;
+        let Command::Serve(args) = cli.command else {
+            return Err(Error::Config {
+                field: "cli",
+                reason: "not serve".into(),
+            });
+        };
+        let sinks = args.config()?.sinks;
+        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["hook1", "hook2", "ntfy1"]);
+        let want_headers = vec![
+            ("X-One".to_owned(), "1".to_owned()),
+            ("Authorization".to_owned(), "Bearer from-file".to_owned()),
+        ];
+        assert_eq!(
+            sinks[1].target,
+            timelapse_events::SinkTarget::Webhook {
+                url: "http://b/y".into(),
+                headers: want_headers
+            }
+        );
+        assert_eq!(sinks[0].min_priority, Priority::High);
+        assert_eq!(
+            sinks[0].types.as_deref(),
+            Some(&["camera_stale".to_owned(), "image_captured".to_owned()][..])
+        );
+        assert_eq!(
+            sinks[2].target,
+            timelapse_events::SinkTarget::Ntfy {
+                server: "http://ntfy.local/".into(),
+                topic: "camera-alerts".into()
+            }
+        );
+        assert_eq!(
+            sinks[2].min_priority,
+            Priority::Low,
+            "webhook filters are the webhooks' only"
+        );
+        Ok(())
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::{Error, Result, quote};
+use crate::event::Priority;
 
 /// The default database file, relative to the working directory.
 pub const DEFAULT_DB_PATH: &str = "timelapse-events.db";
@@ -133,6 +134,162 @@ pub struct Config {
     /// Events of a type beyond it are still stored and streamed, and counted together.
     /// Defaults to [`DEFAULT_MAX_EVENT_TYPES`] (256).
     pub max_event_types: usize,
+    /// Outbound sinks (webhooks, ntfy), each with a cursor of its own in the database.
+    /// Defaults to none.
+    pub sinks: Vec<SinkConfig>,
+    /// The dashboard's address as a phone should open it (ntfy's `click`). Defaults to
+    /// none: `http://<bind>/`, with this machine's name for an unspecified address.
+    pub public_url: Option<String>,
+}
+
+/// Where a sink delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    /// POST each event's JSON envelope (as the stream sends it) to `url`.
+    Webhook {
+        /// An `http://` URL.
+        url: String,
+        /// Extra request headers, e.g. `Authorization: Bearer ...` (values are secrets).
+        headers: Vec<(String, String)>,
+    },
+    /// Publish to ntfy (JSON to the server root) on `topic`.
+    Ntfy {
+        /// The server's root, e.g. `http://ntfy.local/`.
+        server: String,
+        /// The topic, e.g. `camera-alerts`.
+        topic: String,
+    },
+}
+
+/// One outbound sink: a target, a filter and its delivery settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Names its cursor in the database (`sink_cursors.name`) and its thread
+    /// (`tle-sink-<name>`): at most 6 characters of a-z 0-9, e.g. `hook1`.
+    pub name: String,
+    /// Where it delivers.
+    pub target: SinkTarget,
+    /// Only these event types. Defaults to all (ntfy: `camera_stale` and
+    /// `camera_status_changed`, of which only `offline`).
+    pub types: Option<Vec<String>>,
+    /// Only events of at least this priority. Defaults to [`Priority::Low`] (all).
+    pub min_priority: Priority,
+    /// Only events about these cameras (`data.camera_id`). Defaults to all.
+    pub camera_ids: Option<Vec<i64>>,
+    /// One delivery's whole time (connect, send, answer). Defaults to 10 s.
+    pub timeout: Duration,
+    /// Most events delivered but not yet recorded in the cursor: after a crash at most this
+    /// many are sent again. Defaults to 32.
+    pub window: usize,
+    /// The first retry's delay (then doubled, jittered). Defaults to 0.5 s.
+    pub retry_min: Duration,
+    /// The longest retry delay. Defaults to 60 s.
+    pub retry_max: Duration,
+}
+
+impl SinkConfig {
+    /// A webhook sink named `name` posting to `url`, with the default settings.
+    pub fn webhook(name: &str, url: &str, headers: Vec<(String, String)>) -> SinkConfig {
+        SinkConfig::with_target(
+            name,
+            SinkTarget::Webhook {
+                url: url.to_owned(),
+                headers,
+            },
+        )
+    }
+
+    /// An ntfy sink named `name` from `http://server/topic`, with the default settings.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `url` has no topic after the server.
+    pub fn ntfy(name: &str, url: &str) -> Result<SinkConfig> {
+        let (server, topic) = split_ntfy_url(url)?;
+        let mut sink = SinkConfig::with_target(name, SinkTarget::Ntfy { server, topic });
+        sink.types = Some(vec![
+            "camera_stale".to_owned(),
+            "camera_status_changed".to_owned(),
+        ]);
+        Ok(sink)
+    }
+
+    fn with_target(name: &str, target: SinkTarget) -> SinkConfig {
+        SinkConfig {
+            name: name.to_owned(),
+            target,
+            types: None,
+            min_priority: Priority::Low,
+            camera_ids: None,
+            timeout: Duration::from_secs(10),
+            window: 32,
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::Config {
+                field: "sinks",
+                reason: format!("sink {}: {reason}", quote(&self.name)),
+            })
+        };
+        if self.name.is_empty()
+            || self.name.len() > 6
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return bad("a name is 1 to 6 characters of a-z and 0-9".into());
+        }
+        let url = match &self.target {
+            SinkTarget::Webhook { url, .. } => url,
+            SinkTarget::Ntfy { server, .. } => server,
+        };
+        if !url.starts_with("http://") {
+            return bad(format!(
+                "{} is not an http:// URL (this build has no TLS)",
+                quote(url)
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
+            return bad("timeout must be between 1 ms and 10 minutes".into());
+        }
+        if self.window == 0 || self.window > 1024 {
+            return bad("window must be between 1 and 1024".into());
+        }
+        if self.retry_min.is_zero() || self.retry_min > self.retry_max {
+            return bad("retry delays must be positive, the first no longer than the last".into());
+        }
+        Ok(())
+    }
+}
+
+/// `http://ntfy.local/camera-alerts` → (`http://ntfy.local/`, `camera-alerts`).
+fn split_ntfy_url(url: &str) -> Result<(String, String)> {
+    let no_topic = || Error::Config {
+        field: "ntfy",
+        reason: format!("{} has no topic: use http://server/topic", quote(url)),
+    };
+    let rest = url.strip_prefix("http://").ok_or_else(|| Error::Config {
+        field: "ntfy",
+        reason: format!(
+            "{} is not an http:// URL (this build has no TLS)",
+            quote(url)
+        ),
+    })?;
+    let rest = rest.trim_end_matches('/');
+    let (host_path, topic) = rest.rsplit_once('/').ok_or_else(no_topic)?;
+    let topic_ok = !topic.is_empty()
+        && topic.len() <= 64
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !topic_ok || host_path.is_empty() {
+        return Err(no_topic());
+    }
+    Ok((format!("http://{host_path}/"), topic.to_owned()))
 }
 
 impl Default for Config {
@@ -166,6 +323,8 @@ impl Default for Config {
             retention_interval: Duration::from_secs(60),
             max_cameras: DEFAULT_MAX_CAMERAS,
             max_event_types: DEFAULT_MAX_EVENT_TYPES,
+            sinks: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -244,6 +403,15 @@ impl Config {
         if !(1..=MAX_DISTINCT_LIMIT).contains(&self.max_event_types) {
             return bad("max_event_types", "must be between 1 and 100000");
         }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            sink.validate()?;
+            if self.sinks[..i].iter().any(|s| s.name == sink.name) {
+                return Err(Error::Config {
+                    field: "sinks",
+                    reason: format!("two sinks are named {}", quote(&sink.name)),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -270,6 +438,58 @@ fn plain_host(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ntfy_url_splits_into_server_and_topic() {
+        for (url, server, topic) in [
+            (
+                "http://ntfy.local/camera-alerts",
+                "http://ntfy.local/",
+                "camera-alerts",
+            ),
+            (
+                "http://10.0.0.2:8080/cams/",
+                "http://10.0.0.2:8080/",
+                "cams",
+            ),
+            ("http://host/sub/path/t_1", "http://host/sub/path/", "t_1"),
+        ] {
+            let got = split_ntfy_url(url).expect(url);
+            assert_eq!(got, (server.to_owned(), topic.to_owned()), "{url}");
+        }
+        for bad in [
+            "http://ntfy.local",
+            "http://ntfy.local/",
+            "https://n/t",
+            "n/t",
+            "http://h/a b",
+        ] {
+            assert!(split_ntfy_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sinks_are_validated_by_name_url_and_settings() {
+        let ok = SinkConfig::webhook("hook1", "http://127.0.0.1:9/x", vec![]);
+        let config = |sinks: Vec<SinkConfig>| Config {
+            sinks,
+            ..Config::default()
+        };
+        assert!(config(vec![ok.clone()]).validate().is_ok());
+        assert!(
+            config(vec![ok.clone(), ok.clone()]).validate().is_err(),
+            "same name"
+        );
+        let https = SinkConfig::webhook("hook1", "https://x/", vec![]);
+        assert!(config(vec![https]).validate().is_err(), "no TLS");
+        let long = SinkConfig::webhook("webhook1", "http://x/", vec![]);
+        assert!(
+            config(vec![long]).validate().is_err(),
+            "thread names fit 15 bytes"
+        );
+        let zero = SinkConfig { window: 0, ..ok };
+        assert!(config(vec![zero]).validate().is_err());
+    }
 
     #[test]
     fn defaults_are_valid_and_documented_values() {

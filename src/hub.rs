@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::poller::{self, Outputs, Pace, Poller};
 use crate::retention;
+use crate::sink::Sinks;
 use crate::state::Limits;
 use crate::store::identity::DbLock;
 use crate::store::{OpenMode, SCHEMA_VERSION, Store, events};
@@ -42,6 +43,8 @@ pub struct Hub {
     retention: Option<JoinHandle<Result<()>>>,
     checkpointer: Option<JoinHandle<Result<()>>>,
     watcher: Option<JoinHandle<Result<()>>>,
+    /// The `tle-sink-<name>` threads.
+    sinks: Sinks,
     poller_stop: Option<Sender<()>>,
     out: Outputs,
     streams: Arc<Group>,
@@ -136,11 +139,15 @@ impl Hub {
                 crate::checkpoint::run(&store, &stop)
             })?
         };
+        // Registers the sinks' cursors before retention's first round, which they hold.
+        // (On an error below, dropping `sinks` drops its stop channel: its threads end.)
+        let sinks = Sinks::start(&config, &store)?;
         let retention = {
             let (store, stop) = (store.clone(), stop_rx);
             let (policy, interval) = (retention::policy(&config), config.retention_interval);
+            let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
             spawn_critical("retention", Some(fatal.clone()), move || {
-                retention::run(&store, policy, interval, &stop)
+                retention::run(&store, policy, &names, interval, &stop)
             })?
         };
         let poller_quiet = poller::max_quiet(pace.poll_interval);
@@ -158,6 +165,7 @@ impl Hub {
             metrics: out.metrics.clone(),
             bound: std::sync::OnceLock::new(),
             machine: crate::host::Machine::read(),
+            sinks: sinks.statuses(),
         });
         let mut hub = Hub {
             config,
@@ -167,6 +175,7 @@ impl Hub {
             retention: Some(retention),
             checkpointer: Some(checkpointer),
             watcher,
+            sinks,
             poller_stop: Some(stop_tx),
             out,
             streams,
@@ -306,6 +315,8 @@ impl Hub {
         if let Some(mut http) = self.http.take() {
             keep(http.stop(Instant::now() + self.config.shutdown_grace));
         }
+        // Each sink records its cursor and ends (after the delivery under way, if any).
+        keep(self.sinks.stop());
         // Disconnects the poller's and retention's select!; the poller stores and answers
         // the emits already queued before it ends.
         drop(self.poller_stop.take());

@@ -43,6 +43,7 @@ mod metrics;
 mod notify;
 mod poller;
 mod retention;
+mod sink;
 mod sse;
 mod state;
 mod status;
@@ -52,10 +53,12 @@ mod watch;
 mod watchdog;
 
 pub use config::{
-    Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, Synchronous,
+    Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, SinkConfig, SinkTarget,
+    Synchronous,
 };
 pub use emitter::Emitter;
 pub use error::{DbFileProblem, Error, Result};
 pub use event::{Cursor, Event, EventId, NewEvent, Priority};
 pub use hub::Hub;
 pub use store::SCHEMA_VERSION;
+pub use store::sinks::SinkCursor;

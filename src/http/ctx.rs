@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::host::Machine;
 use crate::metrics::Metrics;
+use crate::sink::SinkStatus;
 use crate::state::StateCache;
 use crate::status::PollerStatus;
 use crate::store::Store;
@@ -32,6 +33,8 @@ pub(crate) struct Ctx {
     pub(crate) bound: OnceLock<SocketAddr>,
     /// This machine's names and addresses, for the `Host` check beyond loopback.
     pub(crate) machine: Machine,
+    /// Each outbound sink's figures, in configured order.
+    pub(crate) sinks: Arc<Vec<Arc<SinkStatus>>>,
 }
 
 /// The stream threads' group, sized by `--max-clients`.

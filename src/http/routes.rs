@@ -31,11 +31,12 @@ const PATHS: [&str; 8] = [
 /// Routes that answer with the hub's data: with `--read-token`, each needs it (or the
 /// write token). `/health` (counts only, for monitors), `/favicon.ico`, preflights and
 /// `/login` stay open; every route, these too, passes the `Host` check first.
-const READS: [&str; 8] = [
+const READS: [&str; 9] = [
     "/",
     "/api/events",
     "/api/state",
     "/api/events/stats",
+    "/api/sinks",
     "/metrics",
     "/dashboard-worker.js",
     "/dashboard.js",
@@ -80,6 +81,7 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
             ("GET" | "HEAD", "/api/state") => Ok(state(rq, ctx)),
             ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
             ("GET" | "HEAD", "/metrics") => metrics(ctx),
+            ("GET" | "HEAD", "/api/sinks") => Ok(sinks(ctx)),
             ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
             ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
             ("GET" | "HEAD", "/dashboard.js") => Ok(dashboard::script(rq)),
@@ -402,6 +404,8 @@ fn stats(ctx: &Ctx) -> Handled {
         .collect();
     body.insert("subscribers".into(), Value::from(subscribers));
     body.insert("streams".into(), ctx.streams.active().into());
+    let sinks: Vec<Value> = ctx.sinks.iter().map(|s| s.to_json()).collect();
+    body.insert("sinks".into(), Value::from(sinks));
     body.insert("cut_off_slow".into(), ctx.broadcast.cut_off_total().into());
     let not_folded = ctx
         .metrics
@@ -475,11 +479,18 @@ fn metrics(ctx: &Ctx) -> Handled {
             ),
         ],
     );
+    let text = text + &crate::sink::render_metrics(&ctx.sinks);
     Ok(Reply::bytes(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
         text.into_bytes(),
     ))
+}
+
+/// `GET /api/sinks`: each outbound sink's target (no secrets), cursor, lag and counts.
+fn sinks(ctx: &Ctx) -> Reply {
+    let list: Vec<Value> = ctx.sinks.iter().map(|s| s.to_json()).collect();
+    Reply::json(200, &Value::from(list))
 }
 
 /// Every route answered in memory: a real database in a temp dir, no socket.
@@ -521,6 +532,7 @@ mod tests {
             metrics: Arc::default(),
             bound: std::sync::OnceLock::new(),
             machine: crate::host::Machine::read(),
+            sinks: Arc::default(),
         };
         let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
         ctx.bound.set(bound).expect("set once");
