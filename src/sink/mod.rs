@@ -632,7 +632,9 @@ impl Runner {
                 *last_record = Instant::now();
             }
             if !self.deliver(event, health) {
-                return Ok(true); // stopping
+                // Failed (and waited), or stopping: read again from the cursor, so that a
+                // gap retention made meanwhile is seen, and the head is fresh.
+                return Ok(true);
             }
         }
         // Every row through `upto` was in the page (seqs are unique): rows replay could
@@ -641,53 +643,51 @@ impl Runner {
         Ok(true)
     }
 
-    /// Delivers one event, retrying until it is delivered or refused; false if stopped
-    /// first.
+    /// Delivers one event: true once delivered or refused; false when it failed (after
+    /// the backoff's wait, or when asked to stop during it).
     fn deliver(&mut self, event: &Event, health: &mut Health) -> bool {
         let seq = event.cursor.seq;
-        loop {
-            match self.transport.deliver(event) {
-                Outcome::Delivered => {
-                    log::debug!("sink {} delivered seq {seq}", self.name);
-                    self.window.delivered(seq);
-                    self.status.delivered.fetch_add(1, Relaxed);
-                    self.succeeded(health);
-                    return true;
+        match self.transport.deliver(event) {
+            Outcome::Delivered => {
+                log::debug!("sink {} delivered seq {seq}", self.name);
+                self.window.delivered(seq);
+                self.status.delivered.fetch_add(1, Relaxed);
+                self.succeeded(health);
+                true
+            }
+            Outcome::Refused(reason) => {
+                log::warn!("sink {}: seq {seq} refused, skipped: {reason}", self.name);
+                self.window.skipped(seq);
+                self.status.skipped.fetch_add(1, Relaxed);
+                self.times().last_error = Some(format!("seq {seq} skipped: {reason}"));
+                // The far side answered: it is reachable.
+                self.succeeded(health);
+                true
+            }
+            Outcome::Failed(reason) => {
+                self.status.retried.fetch_add(1, Relaxed);
+                let delay = self.backoff.next_delay();
+                if *health != Health::Failing {
+                    log::warn!(
+                        "sink {}: delivery failing ({reason}); retrying seq {seq} with backoff up to {:?}",
+                        self.name,
+                        self.backoff.max
+                    );
+                    *health = Health::Failing;
+                } else {
+                    log::debug!(
+                        "sink {}: still failing ({reason}); next try in {delay:?}",
+                        self.name
+                    );
                 }
-                Outcome::Refused(reason) => {
-                    log::warn!("sink {}: seq {seq} refused, skipped: {reason}", self.name);
-                    self.window.skipped(seq);
-                    self.status.skipped.fetch_add(1, Relaxed);
-                    self.times().last_error = Some(format!("seq {seq} skipped: {reason}"));
-                    // The far side answered: it is reachable.
-                    self.succeeded(health);
-                    return true;
+                {
+                    let mut t = self.times();
+                    t.connected_since = None;
+                    t.last_error = Some(reason);
                 }
-                Outcome::Failed(reason) => {
-                    self.status.retried.fetch_add(1, Relaxed);
-                    let delay = self.backoff.next_delay();
-                    if *health != Health::Failing {
-                        log::warn!(
-                            "sink {}: delivery failing ({reason}); retrying seq {seq} with backoff up to {:?}",
-                            self.name,
-                            self.backoff.max
-                        );
-                        *health = Health::Failing;
-                    } else {
-                        log::debug!(
-                            "sink {}: still failing ({reason}); next try in {delay:?}",
-                            self.name
-                        );
-                    }
-                    {
-                        let mut t = self.times();
-                        t.connected_since = None;
-                        t.last_error = Some(reason);
-                    }
-                    if stopped_within(&self.stop, delay) {
-                        return false;
-                    }
-                }
+                // A stop during the wait is seen by `run` right after.
+                let _ = stopped_within(&self.stop, delay);
+                false
             }
         }
     }
