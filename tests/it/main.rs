@@ -17,6 +17,7 @@ mod perf;
 mod pipeline;
 mod production;
 mod real_clients;
+mod sinks;
 mod state;
 mod stream;
 mod systemd;
