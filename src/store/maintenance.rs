@@ -289,3 +289,55 @@ pub(crate) fn backup(from: &Connection, dest: &Path) -> Result<u64> {
         .map_err(db("count pages"))?;
     Ok(u64::try_from(pages).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ten_old_events() -> Result<(tempfile::TempDir, Connection)> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let conn = Connection::open(dir.path().join("e.db")).map_err(db("open"))?;
+        conn.execute_batch(super::super::schema::SCHEMA_SQL)
+            .map_err(db("schema"))?;
+        for seq in 1..=10 {
+            conn.execute(
+                "INSERT INTO sse_events (event_type, event_data, created_at, processed_at, seq) \
+                 VALUES ('old', '{}', '2000-01-01T00:00:00.000Z', 'x', ?1)",
+                [seq],
+            )
+            .map_err(db("insert"))?;
+        }
+        Ok((dir, conn))
+    }
+
+    #[test]
+    fn age_and_count_stop_at_the_sinks_hold_and_only_size_goes_past_it() -> Result<()> {
+        let (_dir, mut conn) = ten_old_events()?;
+        let by_age = Policy {
+            max_age_secs: Some(60),
+            max_rows: Some(2),
+            max_db_bytes: None,
+            hold_after: Some(4),
+        };
+        assert_eq!(
+            prune(&mut conn, by_age)?,
+            4,
+            "seqs 1-4 only: a sink has 5+ to come"
+        );
+        assert_eq!(events::pruned_seq(&conn)?, 4);
+        let no_hold = Policy {
+            hold_after: None,
+            ..by_age
+        };
+        assert_eq!(prune(&mut conn, no_hold)?, 6);
+        let (_dir, mut conn) = ten_old_events()?;
+        let by_size = Policy {
+            max_age_secs: None,
+            max_rows: None,
+            max_db_bytes: Some(0),
+            hold_after: Some(0),
+        };
+        assert_eq!(prune(&mut conn, by_size)?, 10, "the size limit is not held");
+        Ok(())
+    }
+}

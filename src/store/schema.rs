@@ -188,3 +188,38 @@ fn rebuild_state(conn: &Connection, log_id: u32) -> Result<()> {
     }
     super::state_rows::save(conn, &state, &changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 3 file (the whole schema but `sink_cursors`) gains the table, keeps its
+    /// events, and says version 4.
+    #[test]
+    fn a_version_3_database_gains_the_sink_cursors() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let path = dir.path().join("v3.db");
+        let mut conn = Connection::open(&path).map_err(db("open"))?;
+        conn.execute_batch(SCHEMA_SQL).map_err(db("schema"))?;
+        conn.execute_batch(
+            "DROP TABLE sink_cursors; PRAGMA user_version = 3; \
+             INSERT INTO sse_events (event_type, event_data, processed_at, seq) \
+             VALUES ('kept', '{}', 'x', 1);",
+        )
+        .map_err(db("write a version 3 file"))?;
+        migrate(&mut conn, &path, false)?;
+        assert_eq!(user_version(&conn)?, 4);
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'sink_cursors'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db("look for the table"))?;
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM sse_events", [], |r| r.get(0))
+            .map_err(db("count events"))?;
+        assert_eq!((tables, events), (1, 1));
+        Ok(())
+    }
+}
