@@ -610,3 +610,72 @@ fn ntfy_gets_stale_and_offline_cameras_as_its_json_publish_format() {
     );
     assert_eq!(s["delivered"], 2);
 }
+
+#[test]
+fn a_receiver_down_then_up_is_logged_once_each_way_and_headers_come_from_the_environment() {
+    let up = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let up = up.clone();
+        Receiver::start(move |_| {
+            if up.load(SeqCst) {
+                Mode::Status(200)
+            } else {
+                Mode::Close
+            }
+        })
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("events.db");
+    let url = receiver.url("/in");
+    let secret = "Bearer env-s3cret";
+    let hub = ChildHub::start_env(
+        &db,
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("TIMELAPSE_EVENTS_WEBHOOKS", url.as_str()),
+            (
+                "TIMELAPSE_EVENTS_WEBHOOK_HEADERS",
+                &format!("Authorization: {secret}"),
+            ),
+        ],
+    );
+    let em = Emitter::open(&db).expect("emitter");
+    let ids: Vec<i64> = (0..5)
+        .map(|i| {
+            em.emit_ok(NewEvent::new("image_captured", json!({"i": i})))
+                .0
+        })
+        .collect();
+    // Default backoff (0.5 s doubling): about three tries in 2.5 s.
+    assert!(wait_until(WAIT, || receiver.got().len() >= 3));
+    up.store(true, SeqCst);
+    assert!(wait_until(WAIT, || receiver.accepted().len() >= 5));
+    let s = sinks_of(hub.addr)[0].clone();
+    let log = hub.log();
+    let failing = log.matches("delivery failing").count();
+    let delivering = log.matches("sink hook1: delivering").count();
+    println!(
+        "{} tries while down, retried {}, log lines: {failing} failing, {delivering} delivering",
+        receiver.got().len() - receiver.accepted().len(),
+        s["retried"]
+    );
+    assert!(s["retried"].as_u64() >= Some(3));
+    assert_eq!(
+        (failing, delivering),
+        (1, 1),
+        "one line per state change:\n{log}"
+    );
+    let (unique, _) = dedup_runs(&receiver.accepted());
+    assert_eq!(unique, ids);
+    assert!(
+        receiver
+            .got()
+            .iter()
+            .filter(|g| g.answered == Mode::Status(200))
+            .all(|g| g.header("Authorization") == Some(secret)),
+        "the header from the environment"
+    );
+    assert!(!log.contains("env-s3cret"), "secrets stay out of the log");
+    hub.terminate();
+}
