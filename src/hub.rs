@@ -74,7 +74,7 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// Binds the listener, then opens (creating if need be) the database, starts the poller,
-    /// retention, WAL watcher and HTTP workers, and returns once they run (so a client may
+    /// the sinks (`config.sinks`), retention, WAL watcher and HTTP workers, and returns once they run (so a client may
     /// connect at once).
     ///
     /// # Errors
@@ -281,6 +281,7 @@ impl Hub {
 
     /// Stops everything, in this order: HTTP workers (no new requests or streams), and the
     /// uploads in progress (waited for up to `shutdown_grace`, so they are answered); the
+    /// sinks (each records its cursor, after the delivery under way: at most its timeout); the
     /// poller (finishes its batch, then stores, dispatches and answers every queued emit;
     /// rows it did not reach stay pending and are dispatched at the next start); the
     /// broadcast (each stream writes its final chunk and ends; waited for up to

@@ -21,10 +21,13 @@
 //! A client that reconnects with `Last-Event-ID` is caught up from SQLite and then handed to
 //! its live queue with no gap and no duplicate.
 //!
-//! The public API is small: [`Hub`], [`Config`], [`Emitter`], [`NewEvent`], [`Event`],
-//! [`Priority`], [`EventId`], [`Cursor`] and [`Error`], plus [`admin`] for maintenance of a
-//! database file without a hub (what the binary's `stats`, `cleanup`, `check` and `backup`
-//! run). ARCHITECTURE.md gives the modules floor by floor and the threads.
+//! Outbound sinks ([`SinkConfig`]: webhooks, ntfy) read the same log from SQLite, each from a
+//! cursor of its own that moves only after the far side acknowledged: at least once, in order.
+//!
+//! The public API is small: [`Hub`], [`Config`] (with [`SinkConfig`] and [`SinkTarget`]),
+//! [`Emitter`], [`NewEvent`], [`Event`], [`Priority`], [`EventId`], [`Cursor`] and [`Error`],
+//! plus [`admin`] for maintenance of a database file without a hub (what the binary's
+//! `stats`, `sinks` ([`SinkCursor`]), `cleanup`, `check` and `backup` run). ARCHITECTURE.md gives the modules floor by floor and the threads.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
