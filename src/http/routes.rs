@@ -580,6 +580,7 @@ mod tests {
             ("GET", "/api/state", 200, json, "ETag"),
             ("GET", "/api/events/stats", 200, json, ""),
             ("GET", "/metrics", 200, prom, ""),
+            ("GET", "/api/sinks", 200, json, ""),
             ("OPTIONS", "/api/events", 204, text, ""),
             ("PUT", "/health", 405, json, "Allow"),
             ("DELETE", "/api/events", 405, json, "Allow"),
@@ -839,6 +840,7 @@ mod tests {
         for target in [
             "/api/state",
             "/api/events/stats",
+            "/api/sinks",
             "/metrics",
             "/dashboard.js",
         ] {

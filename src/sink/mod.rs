@@ -442,6 +442,7 @@ impl Sinks {
                 backoff: Backoff::new(
                     sink.retry_min,
                     sink.retry_max,
+                    // Differs per process, cursor and sink, so that retries spread apart.
                     u64::from(std::process::id()) << 20
                         ^ row.seq.unsigned_abs()
                         ^ (statuses.len() as u64) << 40,
