@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
 use timelapse_events::{
-    Config, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result, SinkConfig,
-    Synchronous, admin,
+    Config, ConfigFile, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result,
+    SinkConfig, Synchronous, admin, parse_header,
 };
 
 /// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.
@@ -19,6 +22,117 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parses the command line, and for `serve --config` merges the file under it.
+///
+/// The file's values become command-line arguments for the flags that neither the command
+/// line nor the environment set (`ArgMatches::value_source`), and the whole line is parsed
+/// again: clap stays the one parser, so a value in the file means exactly what it means as a
+/// flag, and the order flag > environment > file > default is clap's own. Each value is
+/// first checked by its flag's own value parser, so that a refusal names the file's line.
+///
+/// # Errors
+/// [`Error::ConfigFile`] naming the file, line and key. A bad command line exits 2 here,
+/// with clap's usage message.
+pub fn parse() -> Result<Cli> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let path = match matches.subcommand() {
+        Some(("serve", serve)) => serve.get_one::<PathBuf>("config").cloned(),
+        _ => None,
+    };
+    let Some(path) = path else {
+        return Cli::from_arg_matches(&matches).map_err(usage);
+    };
+    let file = ConfigFile::read(&path)?;
+    let mut extra = merge_args(&file, &matches)?;
+    let mut full = argv;
+    full.append(&mut extra);
+    let matches = Cli::command().try_get_matches_from(full).map_err(usage)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(usage)?;
+    if let Command::Serve(args) = &mut cli.command {
+        args.file_sinks = file.sinks;
+    }
+    Ok(cli)
+}
+
+fn usage(e: clap::Error) -> Error {
+    Error::Config {
+        field: "command line",
+        reason: first_line(&e),
+    }
+}
+
+/// clap's message without its `error: ` and usage lines.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// The arguments the file adds: `--flag=value` for each of its keys whose flag neither the
+/// command line nor the environment set.
+fn merge_args(file: &ConfigFile, matches: &clap::ArgMatches) -> Result<Vec<OsString>> {
+    let cli = Cli::command();
+    let serve_cmd = cli.find_subcommand("serve").ok_or_else(|| Error::Config {
+        field: "command",
+        reason: "no serve subcommand".into(),
+    })?;
+    let serve = matches.subcommand_matches("serve");
+    let refuse = |line, key: &str, reason: String| Error::ConfigFile {
+        path: file.path.clone(),
+        line,
+        key: key.to_owned(),
+        reason,
+    };
+    let mut extra = Vec::new();
+    for setting in &file.settings {
+        let key = setting.key.as_str();
+        let arg = serve_cmd
+            .get_arguments()
+            .find(|a| a.get_long().is_some_and(|l| l.replace('-', "_") == key))
+            .filter(|a| a.get_id() != "config")
+            .ok_or_else(|| {
+                refuse(
+                    setting.line,
+                    key,
+                    "unknown key: not a flag of `serve` (written as its long name) nor `sink`"
+                        .into(),
+                )
+            })?;
+        let long = arg.get_long().unwrap_or(key);
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        if setting.is_list && !repeatable {
+            return Err(refuse(
+                setting.line,
+                key,
+                format!("--{long} takes one value, not an array"),
+            ));
+        }
+        for value in &setting.values {
+            // The flag alone on a `serve` line: its own value parser (ranges included).
+            let alone = ["timelapse-events", "serve", &format!("--{long}={value}")];
+            Cli::command()
+                .try_get_matches_from(alone)
+                .map_err(|e| refuse(setting.line, key, first_line(&e)))?;
+        }
+        let source = serve.and_then(|m| m.value_source(arg.get_id().as_str()));
+        if matches!(
+            source,
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            log::debug!("config file: --{long} is set on the command line or in the environment");
+            continue;
+        }
+        extra.extend(
+            setting
+                .values
+                .iter()
+                .map(|v| format!("--{long}={v}").into()),
+        );
+    }
+    Ok(extra)
 }
 
 /// The subcommands.
@@ -110,6 +224,13 @@ fn parse_sync(s: &str) -> std::result::Result<Synchronous, String> {
 /// `serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings: any of these flags by its long name (`heartbeat_secs` or
+    /// `heartbeat-secs`), and `[[sink]]` tables. Flags and environment variables win over it.
+    #[arg(long, env = "TIMELAPSE_EVENTS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The sinks of the config file, before the flags' own.
+    #[arg(skip)]
+    pub file_sinks: Vec<SinkConfig>,
     /// Database flags.
     #[command(flatten)]
     pub db: DbArgs,
@@ -246,30 +367,6 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
 }
 
-/// `Name: value` as a header: a token name, a value of visible ASCII and spaces.
-fn parse_header(line: &str) -> Result<(String, String)> {
-    let bad = |reason: &str| Error::Config {
-        field: "webhook_header",
-        // The value may be a secret: name only the header.
-        reason: format!(
-            "`{}`: {reason}",
-            line.split(':').next().unwrap_or("").trim()
-        ),
-    };
-    let (name, value) = line
-        .split_once(':')
-        .ok_or_else(|| bad("not `Name: value`"))?;
-    let (name, value) = (name.trim(), value.trim());
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
-        return Err(bad("not a header name"));
-    }
-    if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
-        return Err(bad("the value must be non-empty printable ASCII"));
-    }
-    Ok((name.to_owned(), value.to_owned()))
-}
-
 impl ServeArgs {
     /// The sinks these flags describe: `hook1`, `hook2`… in order, then `ntfy1`…
     fn sinks(&self) -> Result<Vec<SinkConfig>> {
@@ -340,7 +437,12 @@ impl ServeArgs {
                 .then(|| self.retain_mib.saturating_mul(1024 * 1024)),
             max_cameras: usize::try_from(self.max_cameras).unwrap_or(usize::MAX),
             max_event_types: usize::try_from(self.max_event_types).unwrap_or(usize::MAX),
-            sinks: self.sinks()?,
+            sinks: self
+                .file_sinks
+                .iter()
+                .cloned()
+                .chain(self.sinks()?)
+                .collect(),
             public_url: self.public_url.clone(),
             ..Config::default()
         };

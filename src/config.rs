@@ -227,7 +227,7 @@ impl SinkConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| {
             Err(Error::Config {
                 field: "sinks",
@@ -264,6 +264,33 @@ impl SinkConfig {
         }
         Ok(())
     }
+}
+
+/// `Name: value` as a header: a token name, a value of visible ASCII and spaces.
+///
+/// # Errors
+/// [`Error::Config`] naming only the header, never its value (a secret).
+pub fn parse_header(line: &str) -> Result<(String, String)> {
+    let bad = |reason: &str| Error::Config {
+        field: "webhook_header",
+        // The value may be a secret: name only the header.
+        reason: format!(
+            "`{}`: {reason}",
+            line.split(':').next().unwrap_or("").trim()
+        ),
+    };
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| bad("not `Name: value`"))?;
+    let (name, value) = (name.trim(), value.trim());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(bad("not a header name"));
+    }
+    if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(bad("the value must be non-empty printable ASCII"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// `http://ntfy.local/camera-alerts` → (`http://ntfy.local/`, `camera-alerts`).
@@ -368,6 +395,17 @@ impl Config {
             return bad(
                 "allowed_hosts",
                 &format!("`{h}` is not a host name or address (no scheme, port or path)"),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = self.sinks.iter().find(|s| !names.insert(s.name.as_str())) {
+            return bad(
+                "sinks",
+                &format!(
+                    "two sinks are named {}: a sink's cursor belongs to its name, so names \
+                     must be unique (the flags' sinks are hook1…, ntfy1…)",
+                    quote(&twice.name)
+                ),
             );
         }
         if self.poll_interval.is_zero() {

@@ -139,6 +139,19 @@ pub enum Error {
         /// The version this binary writes.
         supported: i64,
     },
+    /// The config file (`serve --config`) is unreadable or refused: `line` is 1-based (0
+    /// when the problem is not on one line, e.g. the file cannot be read), `key` the
+    /// offending key (`sink.header_file` inside a `[[sink]]`), empty for a syntax error.
+    ConfigFile {
+        /// The file as it was given.
+        path: PathBuf,
+        /// The line of the key or value, 1-based; 0 for the whole file.
+        line: usize,
+        /// The key, e.g. `heartbeat_secs`.
+        key: String,
+        /// Why it was refused (never a secret's value).
+        reason: String,
+    },
     /// The hub (or the emitter's writer) has been shut down.
     Closed,
     /// One failure reported to several callers (every emit of a group whose commit
@@ -150,6 +163,21 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config { field, reason } => write!(f, "config `{field}`: {reason}"),
+            Error::ConfigFile {
+                path,
+                line,
+                key,
+                reason,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                if *line > 0 {
+                    write!(f, " line {line}")?;
+                }
+                if !key.is_empty() {
+                    write!(f, " key `{key}`")?;
+                }
+                write!(f, ": {reason}")
+            }
             Error::Invalid { field, reason } => write!(f, "invalid event `{field}`: {reason}"),
             Error::Db { op, source } => match db_condition(source) {
                 Some(cond) => write!(f, "database: cannot {op} ({cond})"),

@@ -35,6 +35,7 @@ pub mod admin;
 mod broadcast;
 mod checkpoint;
 mod config;
+mod config_file;
 mod emitter;
 mod error;
 mod event;
@@ -57,8 +58,9 @@ mod watchdog;
 
 pub use config::{
     Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, SinkConfig, SinkTarget,
-    Synchronous,
+    Synchronous, parse_header,
 };
+pub use config_file::{ConfigFile, FileSetting};
 pub use emitter::Emitter;
 pub use error::{DbFileProblem, Error, Result};
 pub use event::{Cursor, Event, EventId, NewEvent, Priority};

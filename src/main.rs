@@ -4,13 +4,19 @@ use std::process::ExitCode;
 
 mod cli;
 
-use clap::Parser;
-use cli::{Cli, Command, ServeArgs};
+use cli::{Command, ServeArgs};
 use timelapse_events::{Error, Hub};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // exits 2 with a usage message on bad flags
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Exits 2 with a usage message on bad flags; a bad config file is an error here.
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {}", e.chain());
+            return ExitCode::from(2);
+        }
+    };
     let serving = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
