@@ -6,6 +6,7 @@ mod support;
 mod browser;
 mod caps;
 mod cli;
+mod config;
 mod door;
 mod examples;
 mod faults;

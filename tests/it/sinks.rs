@@ -17,7 +17,7 @@ use crate::support::{ChildHub, EmitOk, TestHub, WAIT, http, run_bin, wait_until}
 
 /// What the receiver does with the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Answer with this status (and a short body).
     Status(u16),
     /// Read the request, then say nothing for this long and close.
@@ -28,15 +28,15 @@ enum Mode {
 
 /// One request the receiver read.
 #[derive(Debug, Clone)]
-struct Got {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Value,
-    answered: Mode,
+pub(crate) struct Got {
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Value,
+    pub(crate) answered: Mode,
 }
 
 impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -52,7 +52,7 @@ impl Got {
 type Decide = dyn Fn(&Value) -> Mode + Send + Sync;
 
 /// A webhook receiver; `decide` picks each request's fate from its body.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Got>>>,
     stop: Arc<AtomicBool>,
@@ -60,7 +60,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(decide: impl Fn(&Value) -> Mode + Send + Sync + 'static) -> Receiver {
+    pub(crate) fn start(decide: impl Fn(&Value) -> Mode + Send + Sync + 'static) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
         listener.set_nonblocking(true).expect("nonblocking accept");
@@ -89,11 +89,11 @@ impl Receiver {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn got(&self) -> Vec<Got> {
+    pub(crate) fn got(&self) -> Vec<Got> {
         self.got
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -101,7 +101,7 @@ impl Receiver {
     }
 
     /// The ids answered 200, in arrival order.
-    fn accepted(&self) -> Vec<i64> {
+    pub(crate) fn accepted(&self) -> Vec<i64> {
         self.got()
             .iter()
             .filter(|g| g.answered == Mode::Status(200))

@@ -661,13 +661,18 @@ impl ChildHub {
 
     /// `serve` on `bind` with `extra` flags and `env` variables set.
     pub fn start_env(db: &Path, bind: &str, extra: &[&str], env: &[(&str, &str)]) -> ChildHub {
+        let mut args = vec!["--db".into(), db.into(), "--bind".into(), bind.into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        ChildHub::start_args(&args, env)
+    }
+
+    /// `serve` with exactly these arguments (no `--db` or `--bind` of its own).
+    pub fn start_args(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> ChildHub {
+        let bind = "the configured address";
         let mut child = Command::new(bin())
             .envs(env.iter().copied())
             .arg("serve")
-            .arg("--db")
-            .arg(db)
-            .args(["--bind", bind])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
