@@ -347,6 +347,37 @@
     else ownCore();
   }
 
+  // The sink health line: GET /api/sinks every few seconds (the cookie goes with it), one
+  // entry per sink: name, kind, ok or failing and since when, lag. Hidden without sinks.
+  const SINK_POLL_MS = 3000;
+  const sinksEl = $('sinks');
+  const failingSeen = new Map(); // sink name -> when this page first saw it failing
+  function renderSinks(list) {
+    sinksEl.hidden = list.length === 0;
+    const now = Date.now();
+    const parts = list.map((s) => {
+      const ok = !!s.connected;
+      if (ok) failingSeen.delete(s.name);
+      else if (!failingSeen.has(s.name)) failingSeen.set(s.name, now);
+      const since = ok ? (s.connected_since ? Date.parse(s.connected_since) : NaN) : failingSeen.get(s.name);
+      const when = Number.isFinite(since) ? ' since ' + clock(since) : '';
+      const e = el('span', 'sink', s.name + ' (' + s.kind + '): ' + (ok ? 'ok' : 'failing') + when + ', lag ' + s.lag);
+      e.dataset.state = ok ? 'ok' : 'failing';
+      e.dataset.sink = s.name;
+      if (!ok && s.last_error) e.title = s.last_error;
+      return e;
+    });
+    sinksEl.replaceChildren(...parts);
+  }
+  function pollSinks() {
+    fetch('/api/sinks', { credentials: 'same-origin', cache: 'no-store' })
+      .then((r) => (r.ok ? r.json() : []))
+      .then((list) => renderSinks(Array.isArray(list) ? list : []))
+      .catch(() => {})
+      .finally(() => setTimeout(pollSinks, SINK_POLL_MS));
+  }
+  pollSinks();
+
   if (!self.TLE) {
     conn = { state: 'offline', attempt: 0, nextRetryAt: null, since: Date.now(), detail: 'dashboard script missing; reload' };
     queueFrame();

@@ -15,12 +15,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use timelapse_events::{Emitter, EventId, NewEvent};
+use timelapse_events::{Emitter, EventId, NewEvent, SinkConfig};
+
+use crate::sinks::{Mode, Receiver as WebhookReceiver};
 
 use crate::support::{
     ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, exit_within, http, init_logging, lines_of,
@@ -947,4 +950,63 @@ fn with_a_read_token_the_page_asks_for_it_once_then_streams_with_the_cookie() {
         "no errors (and no CSP violations)"
     );
     assert_eq!(refusals.len(), 2, "{refusals:?}");
+}
+
+#[test]
+fn the_sink_line_turns_from_failing_to_ok_when_its_receiver_recovers() {
+    let Some(mut b) = browser_or_skip("the_sink_line_turns_from_failing_to_ok") else {
+        return;
+    };
+    let up = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let up = up.clone();
+        WebhookReceiver::start(move |_| {
+            if up.load(SeqCst) {
+                Mode::Status(200)
+            } else {
+                Mode::Close
+            }
+        })
+    };
+    let url = receiver.url("/in");
+    let hub = TestHub::start_with(|c| {
+        c.sinks = vec![SinkConfig {
+            timeout: Duration::from_millis(500),
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_millis(200),
+            ..SinkConfig::webhook("hook1", &url, vec![])
+        }]
+    });
+    let tab = open_live(&mut b, hub.addr());
+    let id = hub.emitter().emit_ok(NewEvent::image_captured(1, 1, 5, 1));
+    wait_event(&mut b, tab, id, "the event in the log");
+    const LINE: &str = "document.querySelector('#sinks .sink[data-sink=\"hook1\"]')";
+    let failing = b.wait(
+        tab,
+        &format!("{LINE} !== null && {LINE}.dataset.state === 'failing' && !document.getElementById('sinks').hidden && {LINE}.textContent"),
+        "the sink shown failing while its receiver is down",
+    );
+    up.store(true, SeqCst);
+    let ok = b.wait(
+        tab,
+        &format!("{LINE}.dataset.state === 'ok' && {LINE}.textContent.endsWith('lag 0') && {LINE}.textContent"),
+        "the sink shown ok, caught up, once its receiver answers",
+    );
+    println!(
+        "sink line: {failing} -> {ok}; receiver accepted {:?}",
+        receiver.accepted()
+    );
+    assert!(
+        failing
+            .as_str()
+            .is_some_and(|t| t.starts_with("hook1 (webhook): failing")),
+        "{failing}"
+    );
+    assert!(
+        ok.as_str()
+            .is_some_and(|t| t.starts_with("hook1 (webhook): ok since")),
+        "{ok}"
+    );
+    assert_eq!(receiver.accepted(), vec![id.0]);
+    b.assert_no_page_errors("no errors in the page");
 }
