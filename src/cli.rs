@@ -574,6 +574,56 @@ pub fn hint(e: &Error) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    fn merged(file: &str, argv: &[&str]) -> Result<Vec<String>> {
+        let file = ConfigFile::parse(std::path::Path::new("c.toml"), file)?;
+        let mut all = vec!["timelapse-events", "serve"];
+        all.extend(argv);
+        let matches = Cli::command().try_get_matches_from(all).map_err(usage)?;
+        let extra = merge_args(&file, &matches)?;
+        Ok(extra
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    #[test]
+    fn the_file_fills_in_only_the_flags_the_command_line_left_unset() -> Result<()> {
+        let file = "bind = \"0.0.0.0:9\"\nheartbeat-secs = 2\nallowed_host = [\"a\", \"b\"]\n";
+        assert_eq!(
+            merged(file, &[])?,
+            [
+                "--bind=0.0.0.0:9",
+                "--heartbeat-secs=2",
+                "--allowed-host=a",
+                "--allowed-host=b"
+            ]
+        );
+        assert_eq!(
+            merged(file, &["--heartbeat-secs", "7", "--allowed-host", "c"])?,
+            ["--bind=0.0.0.0:9"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_file_is_refused_at_the_line_of_an_unknown_key_a_list_or_a_bad_value() {
+        for (file, line, key) in [
+            ("\nbind_addr = \"x\"\n", 2, "bind_addr"),
+            ("config = \"other.toml\"\n", 1, "config"),
+            ("bind = [\"127.0.0.1:1\"]\n", 1, "bind"),
+            ("retain_days = -1\n", 1, "retain_days"),
+        ] {
+            match merged(file, &[]) {
+                Err(Error::ConfigFile {
+                    line: l, key: k, ..
+                }) => {
+                    assert_eq!((l, k.as_str()), (line, key), "{file:?}");
+                }
+                other => panic!("{file:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn durations_parse_with_units() {
         for (s, secs) in [
