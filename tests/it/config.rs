@@ -188,6 +188,21 @@ fn a_flag_and_an_environment_variable_beat_the_file() {
     );
     assert_eq!(env.addr, env_port, "TIMELAPSE_EVENTS_BIND beats the file");
     env.terminate();
+
+    // The file named by TIMELAPSE_EVENTS_CONFIG alone, without the flag.
+    let only_env = ChildHub::start_args(
+        &[],
+        &[("TIMELAPSE_EVENTS_CONFIG", &config.to_string_lossy())],
+    );
+    println!(
+        "config from the environment: listening on {}",
+        only_env.addr
+    );
+    assert_eq!(
+        only_env.addr, in_file,
+        "TIMELAPSE_EVENTS_CONFIG names the file"
+    );
+    only_env.terminate();
 }
 
 #[test]
