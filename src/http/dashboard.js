@@ -349,17 +349,15 @@
 
   // The sink health line: GET /api/sinks every few seconds (the cookie goes with it), one
   // entry per sink: name, kind, ok or failing and since when, lag. Hidden without sinks.
+  // A sink that has had nothing to deliver yet is ok (not failing), with no time.
   const SINK_POLL_MS = 3000;
   const sinksEl = $('sinks');
-  const failingSeen = new Map(); // sink name -> when this page first saw it failing
   function renderSinks(list) {
     sinksEl.hidden = list.length === 0;
-    const now = Date.now();
     const parts = list.map((s) => {
-      const ok = !!s.connected;
-      if (ok) failingSeen.delete(s.name);
-      else if (!failingSeen.has(s.name)) failingSeen.set(s.name, now);
-      const since = ok ? (s.connected_since ? Date.parse(s.connected_since) : NaN) : failingSeen.get(s.name);
+      const ok = !s.failing;
+      const at = ok ? s.connected_since : s.failing_since;
+      const since = at ? Date.parse(at) : NaN;
       const when = Number.isFinite(since) ? ' since ' + clock(since) : '';
       const e = el('span', 'sink', s.name + ' (' + s.kind + '): ' + (ok ? 'ok' : 'failing') + when + ', lag ' + s.lag);
       e.dataset.state = ok ? 'ok' : 'failing';

@@ -217,6 +217,9 @@ pub(crate) trait Transport: Send {
 #[derive(Debug, Default)]
 struct Times {
     connected_since: Option<String>,
+    /// Since the first failed delivery after the last success (none: not failing, which
+    /// includes a sink that has had nothing to deliver yet).
+    failing_since: Option<String>,
     last_success_at: Option<String>,
     last_error: Option<String>,
 }
@@ -261,6 +264,8 @@ impl SinkStatus {
             "target": self.target,
             "connected": t.connected_since.is_some(),
             "connected_since": t.connected_since,
+            "failing": t.failing_since.is_some(),
+            "failing_since": t.failing_since,
             "last_success_at": t.last_success_at,
             "last_error": t.last_error,
             "cursor": self.cursor.load(Relaxed),
@@ -684,6 +689,9 @@ impl Runner {
                 {
                     let mut t = self.times();
                     t.connected_since = None;
+                    if t.failing_since.is_none() {
+                        t.failing_since = Some(now_text());
+                    }
                     t.last_error = Some(reason);
                 }
                 // A stop during the wait is seen by `run` right after.
@@ -704,6 +712,7 @@ impl Runner {
         if t.connected_since.is_none() {
             t.connected_since = Some(now.clone());
         }
+        t.failing_since = None;
         t.last_success_at = Some(now);
         drop(t);
         if *health != Health::Delivering {

@@ -978,9 +978,15 @@ fn the_sink_line_turns_from_failing_to_ok_when_its_receiver_recovers() {
         }]
     });
     let tab = open_live(&mut b, hub.addr());
+    const LINE: &str = "document.querySelector('#sinks .sink[data-sink=\"hook1\"]')";
+    // Nothing to deliver yet: not failing, whatever its receiver would say.
+    let idle = b.wait(
+        tab,
+        &format!("{LINE} !== null && {LINE}.dataset.state === 'ok' && {LINE}.textContent"),
+        "the sink shown ok before it has anything to deliver",
+    );
     let id = hub.emitter().emit_ok(NewEvent::image_captured(1, 1, 5, 1));
     wait_event(&mut b, tab, id, "the event in the log");
-    const LINE: &str = "document.querySelector('#sinks .sink[data-sink=\"hook1\"]')";
     let failing = b.wait(
         tab,
         &format!("{LINE} !== null && {LINE}.dataset.state === 'failing' && !document.getElementById('sinks').hidden && {LINE}.textContent"),
@@ -993,13 +999,14 @@ fn the_sink_line_turns_from_failing_to_ok_when_its_receiver_recovers() {
         "the sink shown ok, caught up, once its receiver answers",
     );
     println!(
-        "sink line: {failing} -> {ok}; receiver accepted {:?}",
+        "sink line: {idle} -> {failing} -> {ok}; receiver accepted {:?}",
         receiver.accepted()
     );
+    assert_eq!(idle.as_str(), Some("hook1 (webhook): ok, lag 0"), "{idle}");
     assert!(
-        failing
-            .as_str()
-            .is_some_and(|t| t.starts_with("hook1 (webhook): failing")),
+        failing.as_str().is_some_and(
+            |t| t.starts_with("hook1 (webhook): failing since") && t.ends_with("lag 1")
+        ),
         "{failing}"
     );
     assert!(
