@@ -441,3 +441,29 @@ fn ambiguous_lengths_get_400_at_once_and_every_answer_says_nosniff() {
         .expect("send");
     assert!(read_until(&mut again, "\r\n\r\n").contains("X-Content-Type-Options: nosniff\r\n"));
 }
+
+#[test]
+fn a_request_followed_by_a_half_close_is_answered_and_a_partial_one_is_dropped() {
+    let hub = TestHub::start();
+    let addr = hub.addr();
+    // As `nc -N` or an HTTP/1.0 script sends it: the request, then FIN.
+    let mut s = connect_from(NEIGHBOUR, addr).expect("connect");
+    s.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let answer = read_until(&mut s, "\u{0}");
+    // Half a head, then FIN: nothing more can come, so nothing is answered.
+    let mut p = connect_from(NEIGHBOUR, addr).expect("connect");
+    p.write_all(b"GET /health HTTP/1.1\r\nHost: ")
+        .expect("send");
+    p.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let partial = read_until(&mut p, "\u{0}");
+    println!(
+        "request then FIN: {:?}; half a head then FIN: {} bytes back",
+        answer.lines().next(),
+        partial.len()
+    );
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains(r#""status":"ok""#), "{answer}");
+    assert_eq!(partial, "", "a partial request is not answered");
+}

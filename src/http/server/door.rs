@@ -132,6 +132,17 @@ impl Hall {
     }
 }
 
+/// What a read found of the client's side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Got {
+    /// It may send more.
+    Open,
+    /// It closed its sending side (FIN): what it sent is all there is.
+    Ended,
+    /// The connection is gone (reset).
+    Reset,
+}
+
 enum Stage {
     /// Waiting for a head; `searched`: bytes already looked at for its blank line.
     Head {
@@ -392,30 +403,36 @@ impl Door<'_> {
     /// with here (handed to a worker, refused, or gone).
     fn read(&mut self, mut h: Held, now: Instant) -> Option<Held> {
         let mut chunk = std::mem::take(&mut self.chunk);
-        let h = self.read_into(&mut h, &mut chunk, now).then_some(h);
+        let read = self.read_into(&mut h, &mut chunk, now);
         self.chunk = chunk;
-        let h = h?;
-        match h.stage {
-            Stage::Closing { drained } if drained >= LINGER_BYTES => None,
-            Stage::Closing { .. } => Some(h),
-            _ => self.progress(h, now),
+        match (read, &h.stage) {
+            (Got::Reset, _) | (Got::Ended, Stage::Closing { .. }) => None,
+            (Got::Open, Stage::Closing { drained }) if *drained >= LINGER_BYTES => None,
+            (Got::Open, Stage::Closing { .. }) => Some(h),
+            (Got::Open, _) => self.progress(h, now),
+            // The client has sent all it will (a half-close after its request, as
+            // `HTTP/1.0` tools do): answer a whole request, drop a partial one.
+            (Got::Ended, _) => {
+                let _ = self.progress(h, now);
+                None
+            }
         }
     }
 
     /// Reads what `h`'s client has sent into its buffer, through `chunk` (one buffer for
-    /// every read, never zeroed again); false when the connection is gone.
-    fn read_into(&self, h: &mut Held, chunk: &mut [u8], now: Instant) -> bool {
+    /// every read, never zeroed again).
+    fn read_into(&self, h: &mut Held, chunk: &mut [u8], now: Instant) -> Got {
         loop {
             let room = match h.stage {
                 Stage::Closing { drained } => LINGER_BYTES.saturating_sub(drained),
                 _ => MAX_REQUEST_BYTES.saturating_sub(h.buf.len()),
             };
             if room == 0 {
-                return true;
+                return Got::Open;
             }
             let want = room.min(chunk.len());
             match (&h.conn.stream).read(&mut chunk[..want]) {
-                Ok(0) => return false,
+                Ok(0) => return Got::Ended,
                 Ok(n) => {
                     if let Stage::Closing { drained } = &mut h.stage {
                         *drained += n;
@@ -427,9 +444,9 @@ impl Door<'_> {
                     }
                     h.buf.extend_from_slice(&chunk[..n]);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Got::Open,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return Got::Reset,
             }
         }
     }
