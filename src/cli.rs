@@ -11,8 +11,8 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
 use timelapse_events::{
-    Config, ConfigFile, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, NewEvent, Priority, Result,
-    SinkConfig, Synchronous, admin, parse_header,
+    Config, ConfigFile, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, MqttTarget, NewEvent, Priority,
+    Result, SinkConfig, Synchronous, admin, parse_header,
 };
 
 /// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.
@@ -365,6 +365,34 @@ pub struct ServeArgs {
     /// http://<bind>/, with this machine's name for 0.0.0.0).
     #[arg(long, env = "TIMELAPSE_EVENTS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Publish every event to this MQTT broker, as mqtt://[user@]host[:port], with Home
+    /// Assistant discovery (no TLS: mqtts:// is refused).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT")]
+    pub mqtt: Option<String>,
+    /// The MQTT password, read from this file (first line); or set
+    /// TIMELAPSE_EVENTS_MQTT_PASSWORD in the environment.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// The MQTT client id (default: timelapse-events-<host>).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_CLIENT_ID")]
+    pub mqtt_client_id: Option<String>,
+    /// Topics start <prefix>/<host>/.
+    #[arg(
+        long,
+        env = "TIMELAPSE_EVENTS_MQTT_PREFIX",
+        default_value = "timelapse"
+    )]
+    pub mqtt_prefix: String,
+    /// The <host> in MQTT topics and Home Assistant ids (default: this machine's name).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_HOST_NAME")]
+    pub mqtt_host_name: Option<String>,
+    /// Home Assistant's MQTT discovery prefix.
+    #[arg(
+        long,
+        env = "TIMELAPSE_EVENTS_MQTT_DISCOVERY_PREFIX",
+        default_value = "homeassistant"
+    )]
+    pub mqtt_discovery_prefix: String,
 }
 
 impl ServeArgs {
@@ -404,6 +432,29 @@ impl ServeArgs {
         }
         for (i, url) in self.ntfy.iter().filter(|u| !u.is_empty()).enumerate() {
             sinks.push(SinkConfig::ntfy(&format!("ntfy{}", i + 1), url)?);
+        }
+        if let Some(url) = self.mqtt.as_deref().filter(|u| !u.is_empty()) {
+            let mut target = MqttTarget::new(url);
+            target.password = match &self.mqtt_password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                        op: "read the --mqtt-password-file",
+                        source,
+                    })?;
+                    text.lines()
+                        .next()
+                        .map(|l| l.trim_end_matches('\r').to_owned())
+                }
+                // From the environment only: a command line is visible to every local user.
+                None => std::env::var("TIMELAPSE_EVENTS_MQTT_PASSWORD").ok(),
+            };
+            target.client_id.clone_from(&self.mqtt_client_id);
+            target.prefix.clone_from(&self.mqtt_prefix);
+            target.host_name.clone_from(&self.mqtt_host_name);
+            target
+                .discovery_prefix
+                .clone_from(&self.mqtt_discovery_prefix);
+            sinks.push(SinkConfig::mqtt("mqtt1", target));
         }
         Ok(sinks)
     }

@@ -157,6 +157,13 @@ pub enum Error {
     /// One failure reported to several callers (every emit of a group whose commit
     /// failed): displays, and classifies, exactly as the error it shares.
     Shared(Arc<Error>),
+    /// An MQTT broker sent bytes that are not the packet we expected, or refused us.
+    Mqtt {
+        /// What the sink was doing, e.g. "read CONNACK".
+        op: &'static str,
+        /// What was wrong, in words (never the broker's raw bytes).
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -178,6 +185,7 @@ impl fmt::Display for Error {
                 }
                 write!(f, ": {reason}")
             }
+            Error::Mqtt { op, reason } => write!(f, "mqtt: cannot {op}: {reason}"),
             Error::Invalid { field, reason } => write!(f, "invalid event `{field}`: {reason}"),
             Error::Db { op, source } => match db_condition(source) {
                 Some(cond) => write!(f, "database: cannot {op} ({cond})"),

@@ -57,8 +57,8 @@ mod watch;
 mod watchdog;
 
 pub use config::{
-    Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, SinkConfig, SinkTarget,
-    Synchronous, parse_header,
+    Config, DEFAULT_DB_PATH, DEFAULT_MAX_CAMERAS, DEFAULT_MAX_EVENT_TYPES, MqttTarget, SinkConfig,
+    SinkTarget, Synchronous, parse_header,
 };
 pub use config_file::{ConfigFile, FileSetting};
 pub use emitter::Emitter;

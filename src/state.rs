@@ -269,28 +269,27 @@ impl State {
 
     /// The `/api/state` document at `cursor`.
     pub fn to_json(&self, cursor: Cursor) -> Value {
-        let cameras: Vec<Value> = self
-            .cameras
-            .values()
-            .map(|c| {
-                json!({
-                    "camera_id": c.camera_id,
-                    "status": c.status,
-                    "health_status": c.health_status,
-                    "last_capture_at": c.last_capture_at,
-                    "image_count": c.image_count,
-                    "day_number": c.day_number,
-                    "timelapse_id": c.timelapse_id,
-                    "timelapse_status": c.timelapse_status,
-                    "stale": c.stale,
-                    "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
-                    "updated_at": c.updated_at,
-                })
-            })
-            .collect();
+        let cameras: Vec<Value> = self.cameras.values().map(camera_json).collect();
         let timelapses: Vec<&TimelapseState> = self.timelapses.values().collect();
         json!({"cursor": cursor.to_string(), "cameras": cameras, "timelapses": timelapses})
     }
+}
+
+/// One camera as `/api/state` shows it (and the MQTT sink's retained state topic).
+pub(crate) fn camera_json(c: &CameraState) -> Value {
+    json!({
+        "camera_id": c.camera_id,
+        "status": c.status,
+        "health_status": c.health_status,
+        "last_capture_at": c.last_capture_at,
+        "image_count": c.image_count,
+        "day_number": c.day_number,
+        "timelapse_id": c.timelapse_id,
+        "timelapse_status": c.timelapse_status,
+        "stale": c.stale,
+        "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
+        "updated_at": c.updated_at,
+    })
 }
 
 /// The encoded state as served: body, ETag and the cursor it reflects.

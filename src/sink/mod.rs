@@ -17,6 +17,7 @@
 //! hot path of every stream, free of any sink work; a phone notification 250 ms later is
 //! no loss.
 
+mod mqtt;
 mod webhook;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -165,6 +166,12 @@ impl Window {
         usize::try_from(self.delivered + self.skipped).unwrap_or(usize::MAX) >= self.max
     }
 
+    /// How many more deliveries may go before the cursor must be written (at least 1).
+    pub(crate) fn room(&self) -> usize {
+        let used = usize::try_from(self.delivered + self.skipped).unwrap_or(usize::MAX);
+        self.max.saturating_sub(used).max(1)
+    }
+
     /// Whether anything is not yet recorded.
     pub(crate) fn dirty(&self) -> bool {
         self.handled_through > self.recorded
@@ -212,6 +219,25 @@ pub(crate) trait Transport: Send {
     }
     /// Delivers one event, blocking for at most the sink's timeout.
     fn deliver(&mut self, event: &Event) -> Outcome;
+    /// Delivers several in order, some of them in flight at once: the outcomes of an
+    /// unbroken run from the first, ending at the first `Failed` (the rest were not
+    /// acknowledged and are sent again). By default, one `deliver` after another.
+    fn deliver_batch(&mut self, events: &[&Event]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            let outcome = self.deliver(event);
+            let failed = matches!(outcome, Outcome::Failed(_));
+            outcomes.push(outcome);
+            if failed {
+                break;
+            }
+        }
+        outcomes
+    }
+    /// Called about every [`IDLE_POLL`] while caught up (keep-alives, incoming messages).
+    fn idle(&mut self) {}
+    /// The sink stops: say goodbye.
+    fn close(&mut self) {}
 }
 
 #[derive(Debug, Default)]
@@ -377,6 +403,7 @@ fn kind_and_target(sink: &SinkConfig) -> (&'static str, String) {
     match &sink.target {
         SinkTarget::Webhook { url, .. } => ("webhook", shown_target(url)),
         SinkTarget::Ntfy { server, topic } => ("ntfy", shown_target(&format!("{server}{topic}"))),
+        SinkTarget::Mqtt(m) => ("mqtt", shown_target(&m.url)),
     }
 }
 
@@ -439,7 +466,15 @@ impl Sinks {
                 row.seq
             );
             statuses.push(status.clone());
-            let transport = webhook::transport(sink, &public_url(config));
+            let transport = match mqtt::target(sink) {
+                Some(m) => mqtt::transport(sink, m)?,
+                None => webhook::transport(sink, &public_url(config)).ok_or_else(|| {
+                    crate::error::Error::Config {
+                        field: "sinks",
+                        reason: format!("sink {}: no transport for its kind", sink.name),
+                    }
+                })?,
+            };
             runners.push(Runner {
                 name: sink.name.clone(),
                 filter: SinkFilter::of(sink),
@@ -527,6 +562,7 @@ impl Runner {
                     // Caught up: record what is pending, then wait for more.
                     self.record_logged(store);
                     db_failing = false;
+                    self.transport.idle();
                     if stopped_within(&self.stop, IDLE_POLL) {
                         break;
                     }
@@ -546,6 +582,7 @@ impl Runner {
             }
         }
         self.record_logged(store);
+        self.transport.close();
         log::info!(
             "sink {} stopped after seq {}",
             self.name,
@@ -627,21 +664,50 @@ impl Runner {
             return Ok(false);
         }
         let upto = head.min(after + PAGE_ROWS);
-        for event in &page {
-            let seq = event.cursor.seq;
-            if !(self.filter.matches(event) && self.transport.wants(event)) {
-                self.window.passed(seq);
-                continue;
-            }
+        let wanted: Vec<bool> = page
+            .iter()
+            .map(|e| self.filter.matches(e) && self.transport.wants(e))
+            .collect();
+        let mut i = 0;
+        while i < page.len() {
             if self.window.full() || last_record.elapsed() >= RECORD_EVERY {
                 self.record(store)?;
                 *last_record = Instant::now();
             }
-            if !self.deliver(event, health) {
-                // Failed (and waited), or stopping: read again from the cursor, so that a
-                // gap retention made meanwhile is seen, and the head is fresh.
-                return Ok(true);
+            // The next batch: up to the window's room of wanted events, and the passed
+            // ones among them.
+            let room = self.window.room();
+            let mut end = i;
+            let mut batch: Vec<&Event> = Vec::new();
+            while end < page.len() && batch.len() < room {
+                if wanted[end] {
+                    batch.push(&page[end]);
+                }
+                end += 1;
             }
+            let mut outcomes = if batch.is_empty() {
+                Vec::new()
+            } else {
+                self.transport.deliver_batch(&batch)
+            }
+            .into_iter();
+            // Applied in seq order: nothing after the first unacknowledged one moves the
+            // cursor.
+            for (event, want) in page[i..end].iter().zip(&wanted[i..end]) {
+                if !want {
+                    self.window.passed(event.cursor.seq);
+                    continue;
+                }
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Outcome::Failed("not acknowledged".into()));
+                if !self.settle(event, outcome, health) {
+                    // Failed (and waited), or stopping: read again from the cursor, so that a
+                    // gap retention made meanwhile is seen, and the head is fresh.
+                    return Ok(true);
+                }
+            }
+            i = end;
         }
         // Every row through `upto` was in the page (seqs are unique): rows replay could
         // not read are passed too.
@@ -649,11 +715,11 @@ impl Runner {
         Ok(true)
     }
 
-    /// Delivers one event: true once delivered or refused; false when it failed (after
+    /// Settles one event's outcome: true once delivered or refused; false when it failed (after
     /// the backoff's wait, or when asked to stop during it).
-    fn deliver(&mut self, event: &Event, health: &mut Health) -> bool {
+    fn settle(&mut self, event: &Event, outcome: Outcome, health: &mut Health) -> bool {
         let seq = event.cursor.seq;
-        match self.transport.deliver(event) {
+        match outcome {
             Outcome::Delivered => {
                 log::debug!("sink {} delivered seq {seq}", self.name);
                 self.window.delivered(seq);
@@ -802,6 +868,20 @@ mod tests {
         );
         w.passed(19);
         assert_eq!(w.cursor(), 20, "never back");
+        let mut w = Window::new(0, 4);
+        assert_eq!(w.room(), 4);
+        w.delivered(1);
+        w.skipped(2);
+        assert_eq!(
+            w.room(),
+            2,
+            "a batch never takes the unrecorded past the window"
+        );
+        w.delivered(3);
+        w.delivered(4);
+        assert_eq!(w.room(), 1, "full: one at a time until recorded");
+        w.recorded();
+        assert_eq!(w.room(), 4);
     }
 
     #[test]

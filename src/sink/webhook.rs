@@ -114,10 +114,11 @@ struct Http {
     body: Body,
 }
 
-/// The transport of `sink`; `click` is the dashboard's address (ntfy).
-pub(crate) fn transport(sink: &SinkConfig, click: &str) -> Box<dyn Transport> {
+/// The transport of an HTTP `sink` (none for other kinds); `click` is the dashboard's
+/// address (ntfy).
+pub(crate) fn transport(sink: &SinkConfig, click: &str) -> Option<Box<dyn Transport>> {
     let agent = agent(sink.timeout);
-    Box::new(match &sink.target {
+    Some(Box::new(match &sink.target {
         SinkTarget::Webhook { url, headers } => Http {
             agent,
             url: url.clone(),
@@ -133,7 +134,8 @@ pub(crate) fn transport(sink: &SinkConfig, click: &str) -> Box<dyn Transport> {
                 click: click.to_owned(),
             },
         },
-    })
+        SinkTarget::Mqtt(_) => return None,
+    }))
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
