@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod identity;
 mod lan;
+mod mqtt;
 mod package;
 mod perf;
 mod pipeline;
