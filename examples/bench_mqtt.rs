@@ -47,7 +47,9 @@ fn broker(dir: &std::path::Path) -> Result<(Broker, u16), BoxError> {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nset_tcp_nodelay true\n"
+        ),
     )?;
     let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
