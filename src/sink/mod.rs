@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use crate::config::{Config, SinkConfig, SinkTarget};
 use crate::error::Result;
 use crate::event::{Event, Priority};
+use crate::state::CameraState;
 use crate::store::{self, Store, events};
 use crate::thread::spawn_named;
 
@@ -72,6 +73,11 @@ impl SinkFilter {
             Some(ids) => event.camera_id().is_some_and(|id| ids.contains(&id)),
             None => true,
         }
+    }
+
+    /// Whether camera `id` is this sink's (no camera filter: every one).
+    pub(crate) fn has_camera(&self, id: i64) -> bool {
+        self.camera_ids.as_ref().is_none_or(|ids| ids.contains(&id))
     }
 }
 
@@ -234,6 +240,14 @@ pub(crate) trait Transport: Send {
         }
         outcomes
     }
+    /// Whether it publishes the cameras' state: then the runner hands it, from the hub's
+    /// persisted state (never folded from the sink's own, filtered events), every camera
+    /// at the start and each camera a batch touched after the batch.
+    fn follows_state(&self) -> bool {
+        false
+    }
+    /// The hub's current state of these cameras.
+    fn cameras(&mut self, _cameras: Vec<CameraState>) {}
     /// Called about every [`IDLE_POLL`] while caught up (keep-alives, incoming messages).
     fn idle(&mut self) {}
     /// The sink stops: say goodbye.
@@ -490,6 +504,7 @@ impl Sinks {
                 transport,
                 status,
                 stop: stop_rx.clone(),
+                state_loaded: false,
             });
         }
         drop(conn);
@@ -541,6 +556,8 @@ struct Runner {
     transport: Box<dyn Transport>,
     status: Arc<SinkStatus>,
     stop: Receiver<()>,
+    /// Whether a transport that follows the state has had every camera.
+    state_loaded: bool,
 }
 
 /// Whether `stop` asked (its sender dropped) during a wait of `d`.
@@ -641,6 +658,15 @@ impl Runner {
             )
         };
         self.status.head.store(head, Relaxed);
+        if self.transport.follows_state() && !self.state_loaded {
+            let all = store::state_rows::cameras(&*store.conn()?, None)?;
+            let mine = all
+                .into_iter()
+                .filter(|c| self.filter.has_camera(c.camera_id))
+                .collect();
+            self.transport.cameras(mine);
+            self.state_loaded = true;
+        }
         let cursor = self.window.cursor();
         if cursor < pruned {
             // Only the size limit deletes past an enabled sink's cursor.
@@ -707,12 +733,33 @@ impl Runner {
                     return Ok(true);
                 }
             }
+            self.follow_state(store, &page[i..end])?;
             i = end;
         }
         // Every row through `upto` was in the page (seqs are unique): rows replay could
         // not read are passed too.
         self.window.passed(upto);
         Ok(true)
+    }
+
+    /// Hands a transport that follows the state the hub's state of the cameras `events`
+    /// touched (those its filter has), whether or not it wanted the events themselves.
+    fn follow_state(&mut self, store: &Store, events: &[Event]) -> Result<()> {
+        if !self.transport.follows_state() {
+            return Ok(());
+        }
+        let mut ids: Vec<i64> = events
+            .iter()
+            .filter_map(Event::camera_id)
+            .filter(|id| self.filter.has_camera(*id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            let cameras = store::state_rows::cameras(&*store.conn()?, Some(&ids))?;
+            self.transport.cameras(cameras);
+        }
+        Ok(())
     }
 
     /// Settles one event's outcome: true once delivered or refused; false when it failed (after

@@ -1,7 +1,7 @@
 //! Persistence of the state projection and the per-type counters, both bounded by
 //! [`Limits`]: the tables hold what the projection holds.
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Result, db};
 use crate::state::{CameraState, Changed, Limits, State, TimelapseState};
@@ -36,6 +36,7 @@ const TRIM_TYPES: &str = "DELETE FROM event_type_counts WHERE event_type NOT IN 
      (SELECT event_type FROM event_type_counts ORDER BY dispatched DESC, event_type LIMIT ?1)";
 
 const SELECT_CAMERAS: &str = "SELECT state FROM camera_state ORDER BY camera_id";
+const SELECT_CAMERA: &str = "SELECT state FROM camera_state WHERE camera_id = ?1";
 const SELECT_TIMELAPSES: &str = "SELECT state FROM timelapse_state ORDER BY timelapse_id";
 
 /// Trims the persisted projection and type counters to `limits` (in one transaction; what
@@ -133,6 +134,29 @@ pub(crate) fn save(conn: &Connection, state: &State, changed: &[Changed]) -> Res
         .and_then(|mut s| s.execute([state.seq.to_string()]))
         .map_err(db("save state_seq"))?;
     Ok(())
+}
+
+/// The persisted state of the cameras `ids` names (those it has), or of every camera: the
+/// hub's state as of the last dispatch transaction, for a reader on another thread.
+pub(crate) fn cameras(conn: &Connection, ids: Option<&[i64]>) -> Result<Vec<CameraState>> {
+    const OP: &str = "read camera state";
+    let Some(ids) = ids else {
+        return records(conn, SELECT_CAMERAS, OP);
+    };
+    let mut stmt = conn.prepare_cached(SELECT_CAMERA).map_err(db(OP))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let text: Option<String> = stmt
+            .query_row([id], |r| r.get(0))
+            .optional()
+            .map_err(db(OP))?;
+        match text.map(|t| serde_json::from_str(&t)) {
+            Some(Ok(c)) => out.push(c),
+            Some(Err(e)) => log::warn!("{OP}: ignoring an unreadable row: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Adds `n` dispatched events of `event_type` to the kept counters. Returns false when

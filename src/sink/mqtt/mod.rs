@@ -13,7 +13,7 @@
 pub(crate) mod packet;
 pub(crate) mod topics;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use super::{Outcome, Transport};
 use crate::config::{MqttTarget, SinkConfig, SinkTarget};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::state::{State, camera_json};
+use crate::state::{CameraState, camera_json};
 
 /// The keep-alive asked of the broker; we ping after half of it without traffic.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -224,10 +224,14 @@ pub(crate) struct Mqtt {
     topics: Topics,
     timeout: Duration,
     client: Option<Client>,
-    /// The cameras folded from the events published (for their state and discovery).
-    state: State,
+    /// The hub's state of each camera, as the runner last handed it (never folded from
+    /// this sink's own events, which a filter or a restart leaves partial).
+    cameras: BTreeMap<i64, CameraState>,
     /// Cameras whose discovery was sent on this connection.
     announced: BTreeSet<i64>,
+    /// The state body last published per camera on this connection (sent again only
+    /// when it changes).
+    published: HashMap<i64, String>,
     last_try: Option<Instant>,
 }
 
@@ -271,8 +275,9 @@ pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Tra
         topics,
         timeout: sink.timeout,
         client: None,
-        state: State::default(),
+        cameras: BTreeMap::new(),
         announced: BTreeSet::new(),
+        published: HashMap::new(),
         last_try: None,
     }))
 }
@@ -312,7 +317,8 @@ impl Mqtt {
     /// Sends discovery and state of every known camera (after a connect or a birth).
     fn announce_all(&mut self) -> Result<()> {
         self.announced.clear();
-        let ids: Vec<i64> = self.state.cameras.keys().copied().collect();
+        self.published.clear();
+        let ids: Vec<i64> = self.cameras.keys().copied().collect();
         for id in ids {
             self.announce(id)?;
             self.publish_state(id)?;
@@ -331,19 +337,42 @@ impl Mqtt {
         Ok(())
     }
 
+    /// Publishes a camera's retained state, unless this connection already has it.
     fn publish_state(&mut self, camera_id: i64) -> Result<()> {
-        let (Some(client), Some(camera)) =
-            (self.client.as_mut(), self.state.cameras.get(&camera_id))
+        let (Some(client), Some(camera)) = (self.client.as_mut(), self.cameras.get(&camera_id))
         else {
             return Ok(());
         };
         let body = camera_json(camera).to_string();
+        if self.published.get(&camera_id) == Some(&body) {
+            return Ok(());
+        }
         client.publish(
             &self.topics.camera_state(camera_id),
             body.as_bytes(),
             1,
             true,
         )?;
+        self.published.insert(camera_id, body);
+        Ok(())
+    }
+
+    /// Takes the hub's state of some cameras and, when connected, announces the new ones
+    /// and publishes what changed.
+    fn take_cameras(&mut self, cameras: Vec<CameraState>) -> Result<()> {
+        let ids: Vec<i64> = cameras.iter().map(|c| c.camera_id).collect();
+        for c in cameras {
+            self.cameras.insert(c.camera_id, c);
+        }
+        if self.client.is_none() {
+            return Ok(());
+        }
+        for id in ids {
+            if !self.announced.contains(&id) {
+                self.announce(id)?;
+            }
+            self.publish_state(id)?;
+        }
         Ok(())
     }
 
@@ -378,18 +407,11 @@ impl Mqtt {
         self.ensure_connected()?;
         let mut ids: HashMap<u16, usize> = HashMap::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            let changed = self.state.apply(e);
             let body = e.envelope().to_string();
             let topic = self.topics.event(&e.event_type);
             let client = self.ensure_connected()?;
             let id = client.publish(&topic, body.as_bytes(), 1, false)?;
             ids.insert(id, i);
-            if let Some(camera) = changed.camera {
-                if !self.announced.contains(&camera) {
-                    self.announce(camera)?;
-                }
-                self.publish_state(camera)?;
-            }
         }
         let mut acked = BTreeSet::new();
         let deadline = Instant::now() + self.timeout;
@@ -439,6 +461,18 @@ impl Transport for Mqtt {
                 self.client = None;
                 vec![Outcome::Failed(e.to_string())]
             }
+        }
+    }
+
+    fn follows_state(&self) -> bool {
+        true
+    }
+
+    fn cameras(&mut self, cameras: Vec<CameraState>) {
+        if let Err(e) = self.take_cameras(cameras) {
+            // Sent again with everything after the next connect.
+            self.client = None;
+            log::warn!("sink {}: MQTT connection lost: {e}", self.name);
         }
     }
 
