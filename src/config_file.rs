@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{SinkConfig, parse_header};
+use crate::config::{MqttTarget, SinkConfig, parse_header};
 use crate::error::{Error, Result, quote};
 use crate::event::Priority;
 
@@ -56,6 +56,24 @@ struct FileSink {
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
     password_env: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    host_name: Option<Spanned<String>>,
+    discovery_prefix: Option<Spanned<String>>,
+}
+
+impl FileSink {
+    /// The first MQTT-only key given, with its span.
+    fn mqtt_key(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
+        [
+            ("client_id", &self.client_id),
+            ("prefix", &self.prefix),
+            ("host_name", &self.host_name),
+            ("discovery_prefix", &self.discovery_prefix),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| v.as_ref().map(|v| (k, v.span())))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +220,11 @@ impl Locator<'_> {
         let name_at = raw.name.span();
         let url = raw.url.get_ref().clone();
         let password = self.password(&raw)?;
+        if raw.kind.get_ref() != "mqtt"
+            && let Some((key, span)) = raw.mqtt_key()
+        {
+            return Err(bad(span, key, "only an `mqtt` sink takes this key".into()));
+        }
         let mut sink = match raw.kind.get_ref().as_str() {
             "webhook" => {
                 let mut headers = Vec::new();
@@ -244,19 +267,31 @@ impl Locator<'_> {
                 }
                 SinkConfig::ntfy(&name, &url).map_err(refuse(raw.url.span(), "url"))?
             }
-            // The MQTT sink's table fills in here (url, password, and keys of its own).
             "mqtt" => {
-                return Err(bad(
-                    raw.kind.span(),
-                    "kind",
-                    "`mqtt` sinks are not in this build yet".into(),
-                ));
+                if raw.headers.is_some() || raw.header_file.is_some() {
+                    return Err(bad(
+                        raw.kind.span(),
+                        "kind",
+                        "an mqtt sink takes no headers (its user is in the URL)".into(),
+                    ));
+                }
+                let mut target = MqttTarget::new(&url);
+                target.password = password;
+                target.client_id = raw.client_id.map(Spanned::into_inner);
+                target.host_name = raw.host_name.map(Spanned::into_inner);
+                if let Some(p) = raw.prefix {
+                    target.prefix = p.into_inner();
+                }
+                if let Some(p) = raw.discovery_prefix {
+                    target.discovery_prefix = p.into_inner();
+                }
+                SinkConfig::mqtt(&name, target)
             }
             other => {
                 return Err(bad(
                     raw.kind.span(),
                     "kind",
-                    format!("{} is not `webhook` or `ntfy`", quote(other)),
+                    format!("{} is not `webhook`, `ntfy` or `mqtt`", quote(other)),
                 ));
             }
         };
@@ -395,9 +430,18 @@ headers = { X-Tag = "cams" }
 kind = "ntfy"
 name = "phone"
 url = "http://ntfy.local/cams"
+
+[[sink]]
+kind = "mqtt"
+name = "ha"
+url = "mqtt://tle@broker.lan"
+password_env = "PATH"
+types = ["image_captured"]
+host_name = "garden"
+prefix = "cams"
 "#,
         )?;
-        assert_eq!(file.sinks.len(), 2);
+        assert_eq!(file.sinks.len(), 3);
         let a = &file.sinks[0];
         assert_eq!(a.name, "alerts");
         assert_eq!(a.types, Some(vec!["camera_stale".to_owned()]));
@@ -414,6 +458,20 @@ url = "http://ntfy.local/cams"
         let n = &file.sinks[1];
         assert_eq!(n.name, "phone");
         assert!(matches!(&n.target, SinkTarget::Ntfy { topic, .. } if topic == "cams"));
+        let m = &file.sinks[2];
+        assert_eq!(m.window, 64, "an mqtt sink's own default window");
+        assert_eq!(m.types, Some(vec!["image_captured".to_owned()]));
+        let SinkTarget::Mqtt(t) = &m.target else {
+            panic!("an mqtt target: {:?}", m.target);
+        };
+        assert_eq!(t.url, "mqtt://tle@broker.lan");
+        assert_eq!(t.password, std::env::var("PATH").ok());
+        assert_eq!(t.host_name.as_deref(), Some("garden"));
+        assert_eq!(
+            (t.prefix.as_str(), t.discovery_prefix.as_str()),
+            ("cams", "homeassistant")
+        );
+        assert_eq!(t.client_id, None);
         Ok(())
     }
 
@@ -447,10 +505,16 @@ url = "http://ntfy.local/cams"
                 "already the name",
             ),
             (
+                format!("{sink}prefix = \"cams\"\n"),
+                5,
+                "sink.prefix",
+                "only an `mqtt` sink",
+            ),
+            (
                 sink.replace("webhook", "mqtt"),
-                2,
-                "sink.kind",
-                "not in this build",
+                3,
+                "sink.name",
+                "not an mqtt:// URL",
             ),
             (
                 sink.replace("webhook", "smtp"),
