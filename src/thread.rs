@@ -29,6 +29,21 @@ where
         .map_err(|source| Error::Spawn { name: full, source })
 }
 
+/// How much nicer than the rest of the process [`lower_priority`] makes a thread.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`BACKGROUND_NICE`], for work that may wait
+/// (the sinks), so that it yields a busy core to the streams' dispatch. On Linux the nice
+/// value belongs to the thread: `setpriority(PRIO_PROCESS, 0, …)` changes only the caller.
+pub(crate) fn lower_priority(name: &str) {
+    let now = rustix::process::getpriority_process(None).unwrap_or(0);
+    let nice = (now + BACKGROUND_NICE).min(19);
+    match rustix::process::setpriority_process(None, nice) {
+        Ok(()) => log::debug!("{name} runs at nice {nice}"),
+        Err(e) => log::debug!("{name} keeps nice {now}: {e}"),
+    }
+}
+
 /// Where long-lived threads report that they died, so `serve` can exit non-zero (and systemd
 /// restart it) instead of running on without them.
 #[derive(Clone)]

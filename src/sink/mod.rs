@@ -567,6 +567,8 @@ fn stopped_within(stop: &Receiver<()>, d: Duration) -> bool {
 
 impl Runner {
     fn run(mut self, store: &Store) -> Result<()> {
+        // A sink may be late by a few milliseconds; a stream should not be.
+        crate::thread::lower_priority(&format!("tle-sink-{}", self.name));
         let mut health = Health::Unknown;
         let mut db_failing = false;
         let mut last_record = Instant::now();

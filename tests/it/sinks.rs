@@ -679,3 +679,47 @@ fn a_receiver_down_then_up_is_logged_once_each_way_and_headers_come_from_the_env
     assert!(!log.contains("env-s3cret"), "secrets stay out of the log");
     hub.terminate();
 }
+
+/// Field 19 (nice) of /proc/PID/task/TID/stat, for each thread: (name, nice).
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The name is in parentheses and may hold spaces: fields count from the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+        // rest starts at field 3 (state); nice is field 19.
+        if let Some(nice) = rest.split_whitespace().nth(16).and_then(|n| n.parse().ok()) {
+            out.push((name, nice));
+        }
+    }
+    out
+}
+
+#[test]
+fn sink_threads_run_nicer_than_the_streams() {
+    let receiver = Receiver::start(|_| Mode::Status(200));
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("events.db");
+    let url = receiver.url("/in");
+    let hub = ChildHub::start(&db, &["--webhook", url.as_str()]);
+    let mut nices = Vec::new();
+    assert!(wait_until(WAIT, || {
+        nices = thread_nices(hub.child.id());
+        nices.iter().any(|(n, _)| n == "tle-sink-hook1")
+    }));
+    let of = |name: &str| nices.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let (poller, sink) = (of("tle-poller"), of("tle-sink-hook1"));
+    println!("thread nice values: poller {poller:?}, sink {sink:?}");
+    assert!(poller.is_some(), "a poller thread in {nices:?}");
+    assert_eq!(
+        sink,
+        poller.map(|p| (p + 10).min(19)),
+        "the sink 10 nicer than the poller: {nices:?}"
+    );
+}
