@@ -1,7 +1,13 @@
 //! MQTT sink benchmark (not a test): events/s from the hub to a Mosquitto of its own, and a
 //! stream client's dispatch latency (emit → SSE frame) with and without the sink.
 //!
-//! `cargo run --release --example bench_mqtt [EVENTS] [RATE_PER_SEC]` (defaults 10000, 5000).
+//! Three parts: paced rounds without and with the sink, interleaved, for the stream's
+//! latency (medians of the rounds' p50 and p99, and their ratio); one unpaced run, where the
+//! emitter is the limit; and a backlog (events written while the hub was down), where the
+//! sink is: its rate is the sink's own, from the restart to the subscriber's last message.
+//!
+//! `cargo run --release --example bench_mqtt [EVENTS] [RATE_PER_SEC] [ROUNDS] [BACKLOG]`
+//! (defaults 10000, 5000, 3, 50000).
 //! Needs `mosquitto` and `mosquitto_sub` installed (not running: it starts its own).
 
 use std::io::{BufRead, BufReader, Write};
@@ -18,7 +24,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let events = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rate = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000.0);
-    match run(events, rate) {
+    let rounds = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let backlog = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    match run(events, rate, rounds, backlog) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench_mqtt: {e}");
@@ -109,11 +117,11 @@ fn pct(sorted: &[i64], p: f64) -> f64 {
     sorted[i] as f64 / 1e6
 }
 
-fn one(events: usize, rate: f64, mqtt_port: Option<u16>) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
+/// A hub on loopback with its database in `dir`, and an MQTT sink when `mqtt_port` is set.
+fn config(dir: &std::path::Path, mqtt_port: Option<u16>) -> Config {
     let mut config = Config {
         bind: ([127, 0, 0, 1], 0).into(),
-        db_path: dir.path().join("events.db"),
+        db_path: dir.join("events.db"),
         ..Config::default()
     };
     if let Some(port) = mqtt_port {
@@ -121,16 +129,30 @@ fn one(events: usize, rate: f64, mqtt_port: Option<u16>) -> Result<(), BoxError>
         target.host_name = Some("bench".into());
         config.sinks = vec![SinkConfig::mqtt("mqtt1", target)];
     }
-    let hub = Hub::start(config)?;
+    config
+}
+
+/// A QoS 1 subscriber to the bench host's events that exits after `n` of them.
+fn subscriber(port: u16, n: usize) -> Result<Child, BoxError> {
+    Ok(Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "timelapse/bench/events/#", "-C", &n.to_string()])
+        .args(["-W", "300"])
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+/// The stream's latency percentiles (ms) of one run.
+struct Latency {
+    p50: f64,
+    p99: f64,
+}
+
+fn one(events: usize, rate: f64, mqtt_port: Option<u16>) -> Result<Latency, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let hub = Hub::start(config(dir.path(), mqtt_port))?;
     let sub = match mqtt_port {
-        Some(port) => Some(
-            Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-                .args(["-t", "timelapse/bench/events/#", "-C", &events.to_string()])
-                .args(["-W", "120"])
-                .stdout(Stdio::null())
-                .spawn()?,
-        ),
+        Some(port) => Some(subscriber(port, events)?),
         None => None,
     };
     std::thread::sleep(Duration::from_millis(500)); // subscriber and sink connected
@@ -180,15 +202,68 @@ fn one(events: usize, rate: f64, mqtt_port: Option<u16>) -> Result<(), BoxError>
         lat.len()
     );
     hub.shutdown()?;
+    Ok(Latency {
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+    })
+}
+
+/// `events` written while the hub is down, then a restart: how fast the sink drains them to
+/// a subscriber (the poller dispatches the backlog first, in batches).
+fn backlog(events: usize, port: u16) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    // A first start registers the sink's cursor at the (empty) head.
+    Hub::start(config(dir.path(), Some(port)))?.shutdown()?;
+    let em = timelapse_events::Emitter::open(dir.path().join("events.db"))?;
+    for chunk in (0..events).collect::<Vec<_>>().chunks(1000) {
+        em.emit_batch(
+            chunk
+                .iter()
+                .map(|i| NewEvent::new("image_captured", json!({"camera_id": 1 + (i % 4)})))
+                .collect(),
+        )?;
+    }
+    drop(em);
+    let mut sub = subscriber(port, events)?;
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    let start = Instant::now();
+    let hub = Hub::start(config(dir.path(), Some(port)))?;
+    let status = sub.wait()?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "backlog: {events} events written while the hub was down reached the subscriber {secs:.2} s \
+         after the restart: {:.0} events/s through the MQTT sink (sub {status})",
+        events as f64 / secs
+    );
+    hub.shutdown()?;
     Ok(())
 }
 
-fn run(events: usize, rate: f64) -> Result<(), BoxError> {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn run(events: usize, rate: f64, rounds: usize, backlog_events: usize) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let (_broker, port) = broker(dir.path())?;
-    one(events, rate, None)?;
-    one(events, rate, Some(port))?;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        without.push(one(events, rate, None)?);
+        with.push(one(events, rate, Some(port))?);
+    }
+    let p = |v: &[Latency], f: fn(&Latency) -> f64| median(v.iter().map(f).collect());
+    let (p50_0, p99_0) = (p(&without, |l| l.p50), p(&without, |l| l.p99));
+    let (p50_1, p99_1) = (p(&with, |l| l.p50), p(&with, |l| l.p99));
+    println!(
+        "stream latency, medians of {} interleaved rounds at {rate:.0} events/s: without a sink \
+         p50 {p50_0:.2} ms p99 {p99_0:.2} ms; with the MQTT sink p50 {p50_1:.2} ms p99 {p99_1:.2} ms \
+         (p99 {:+.0} %)",
+        rounds.max(1),
+        (p99_1 / p99_0 - 1.0) * 100.0
+    );
     // Throughput unpaced: as fast as the emitter goes.
     one(events, 1e9, Some(port))?;
+    backlog(backlog_events, port)?;
     Ok(())
 }
