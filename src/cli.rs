@@ -11,8 +11,8 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
 use timelapse_events::{
-    Config, ConfigFile, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, MqttTarget, NewEvent, Priority,
-    Result, SinkConfig, Synchronous, admin, parse_header,
+    Config, ConfigFile, DEFAULT_DB_PATH, DbFileProblem, Emitter, Error, MqttTarget, NewEvent,
+    Priority, Result, SinkConfig, Synchronous, admin, parse_header,
 };
 
 /// timelapse-events: SQLite-backed Server-Sent Events hub for timelapse cameras.

@@ -248,6 +248,11 @@ pub(crate) trait Transport: Send {
     }
     /// The hub's current state of these cameras.
     fn cameras(&mut self, _cameras: Vec<CameraState>) {}
+    /// For a transport with a standing connection (MQTT): whether it is up, or why not.
+    /// `None` for one that connects per delivery (webhooks): then deliveries alone say.
+    fn link(&self) -> Option<std::result::Result<(), String>> {
+        None
+    }
     /// Called about every [`IDLE_POLL`] while caught up (keep-alives, incoming messages).
     fn idle(&mut self) {}
     /// The sink stops: say goodbye.
@@ -582,6 +587,9 @@ impl Runner {
                     self.record_logged(store);
                     db_failing = false;
                     self.transport.idle();
+                    if let Some(link) = self.transport.link() {
+                        self.note_link(link);
+                    }
                     if stopped_within(&self.stop, IDLE_POLL) {
                         break;
                     }
@@ -818,6 +826,19 @@ impl Runner {
 
     fn times(&self) -> std::sync::MutexGuard<'_, Times> {
         self.status.times()
+    }
+
+    /// A standing connection's state while idle, for `connected` in `/api/sinks`.
+    fn note_link(&self, link: std::result::Result<(), String>) {
+        let mut t = self.times();
+        match link {
+            Ok(()) if t.connected_since.is_none() => t.connected_since = Some(now_text()),
+            Err(reason) if t.connected_since.is_some() => {
+                t.connected_since = None;
+                t.last_error = Some(reason);
+            }
+            _ => {}
+        }
     }
 
     fn succeeded(&mut self, health: &mut Health) {

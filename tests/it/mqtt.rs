@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::support::{ChildHub, EmitOk, WAIT, lines_of, reserve_port, wait_until};
+use crate::support::{ChildHub, EmitOk, WAIT, lines_of, reserve_port, sinks_of, wait_until};
 
 /// The sink's window of publishes in flight (what one crash may send again).
 const WINDOW: usize = 64;
@@ -550,4 +550,50 @@ fn the_retained_state_is_the_hubs_whatever_the_sink_delivers_and_after_a_restart
         "after a restart, the whole state and not a partial one: {s}"
     );
     println!("retained state after a filtered sink and a restart: {s}");
+}
+
+#[test]
+fn api_sinks_follows_the_broker_while_nothing_is_sent() {
+    if !mosquitto_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Broker::start(dir.path(), None);
+    let db = dir.path().join("events.db");
+    let url = broker.url(None);
+    let hub = ChildHub::start(&db, &["--mqtt", url.as_str(), "--mqtt-host-name", "idle"]);
+    let mqtt = || {
+        sinks_of(hub.addr)
+            .into_iter()
+            .find(|s| s["name"] == "mqtt1")
+            .unwrap_or_default()
+    };
+    // No event at all: the connection alone makes it connected.
+    assert!(
+        wait_until(WAIT, || mqtt()["connected"] == json!(true)),
+        "connected without a delivery: {}",
+        mqtt()
+    );
+    assert_eq!(mqtt()["kind"], "mqtt");
+    broker.kill();
+    assert!(
+        wait_until(WAIT, || mqtt()["connected"] == json!(false)),
+        "the broker's death is seen while idle: {}",
+        mqtt()
+    );
+    let down = mqtt();
+    assert!(
+        down["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "with a reason: {down}"
+    );
+    broker.restart();
+    assert!(
+        wait_until(WAIT, || mqtt()["connected"] == json!(true)),
+        "connected again (within the 2 s idle reconnect): {}",
+        mqtt()
+    );
+    println!(
+        "idle MQTT sink: down with {:?}, then connected again",
+        down["last_error"]
+    );
 }

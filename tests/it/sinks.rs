@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent, Priority, SinkConfig};
 
-use crate::support::{ChildHub, EmitOk, TestHub, WAIT, http, run_bin, wait_until};
+use crate::support::{ChildHub, EmitOk, TestHub, WAIT, http, run_bin, sinks_of, wait_until};
 
 /// What the receiver does with the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,12 +192,6 @@ fn quick_webhook(name: &str, url: &str, headers: Vec<(String, String)>) -> SinkC
         retry_max: Duration::from_millis(200),
         ..SinkConfig::webhook(name, url, headers)
     }
-}
-
-fn sinks_of(addr: SocketAddr) -> Vec<Value> {
-    let r = http(addr, "GET", "/api/sinks", &[], b"");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().as_array().cloned().unwrap_or_default()
 }
 
 /// Collapses runs of the same id (re-sends) and counts them.

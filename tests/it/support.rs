@@ -733,3 +733,10 @@ pub fn run_bin(args: &[&str]) -> (std::process::ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `GET /api/sinks`: one entry per sink.
+pub fn sinks_of(addr: SocketAddr) -> Vec<serde_json::Value> {
+    let r = http(addr, "GET", "/api/sinks", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().cloned().unwrap_or_default()
+}

@@ -233,6 +233,8 @@ pub(crate) struct Mqtt {
     /// when it changes).
     published: HashMap<i64, String>,
     last_try: Option<Instant>,
+    /// Why the last connection ended or the last connect failed.
+    down_because: Option<String>,
 }
 
 /// The machine's name, for topics when none is set.
@@ -279,6 +281,7 @@ pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Tra
         announced: BTreeSet::new(),
         published: HashMap::new(),
         last_try: None,
+        down_because: None,
     }))
 }
 
@@ -468,6 +471,16 @@ impl Transport for Mqtt {
         true
     }
 
+    fn link(&self) -> Option<std::result::Result<(), String>> {
+        Some(match &self.client {
+            Some(_) => Ok(()),
+            None => Err(self
+                .down_because
+                .clone()
+                .unwrap_or_else(|| "not connected to the broker".into())),
+        })
+    }
+
     fn cameras(&mut self, cameras: Vec<CameraState>) {
         if let Err(e) = self.take_cameras(cameras) {
             // Sent again with everything after the next connect.
@@ -508,6 +521,7 @@ impl Transport for Mqtt {
             } else {
                 log::debug!("sink {}: cannot connect: {e}", self.name);
             }
+            self.down_because = Some(e.to_string());
         }
     }
 
