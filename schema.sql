@@ -1,4 +1,4 @@
--- timelapse-events database schema, version 4 (PRAGMA user_version = 4).
+-- timelapse-events database schema, version 5 (PRAGMA user_version = 5).
 --
 -- PUBLIC CONTRACT: any local process may produce an event with one statement,
 --
@@ -20,6 +20,12 @@
 --   seq           the row's place in the stream, assigned when dispatched (NULL before);
 --                 SSE cursors are built from it. A row with processed_at set and seq NULL
 --                 was rejected by the hub (see the log) and is never sent.
+--   origin_host   (version 5) NULL for this host's own events, which is every row a local
+--                 producer inserts; for an event another camera host published and this
+--                 hub stored from MQTT (`serve --mqtt-subscribe`), that host's name
+--   origin_cursor (version 5) with origin_host: the event's place in its host's log
+--                 (`<log id>-<seq>`, as that host's stream sends it); with the UNIQUE
+--                 index below, a redelivered remote event is never stored twice
 
 CREATE TABLE IF NOT EXISTS sse_events (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -38,7 +44,14 @@ CREATE TABLE IF NOT EXISTS sse_events (
                  CHECK (priority IN ('low', 'normal', 'high', 'critical')),
     source       TEXT    NOT NULL DEFAULT 'system'
                  CHECK (typeof(source) = 'text' AND length(source) BETWEEN 1 AND 64),
-    seq          INTEGER
+    seq          INTEGER,
+    origin_host  TEXT
+                 CHECK (origin_host IS NULL
+                        OR (typeof(origin_host) = 'text' AND length(origin_host) BETWEEN 1 AND 64)),
+    origin_cursor TEXT
+                 CHECK (origin_cursor IS NULL
+                        OR (typeof(origin_cursor) = 'text' AND origin_host IS NOT NULL
+                            AND length(origin_cursor) BETWEEN 3 AND 40))
 );
 
 -- "Next undispatched batch, highest priority first, then oldest": a walk of this small
@@ -110,3 +123,10 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
     lost       INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) WITHOUT ROWID;
+
+-- Version 5 ------------------------------------------------------------------------------
+-- Events from other camera hosts (the columns origin_host and origin_cursor above): one row
+-- per remote event whatever MQTT redelivers, by this rule rather than a check in memory.
+-- Partial, so a local INSERT (origin_cursor NULL) does not write it.
+CREATE UNIQUE INDEX IF NOT EXISTS sse_events_origin ON sse_events (origin_host, origin_cursor)
+    WHERE origin_cursor IS NOT NULL;

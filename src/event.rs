@@ -268,6 +268,8 @@ pub struct Event {
     pub source: String,
     /// `created_at`: UTC, `YYYY-MM-DDTHH:MM:SS.sssZ`.
     pub created_at: String,
+    /// The camera host it came from (`origin_host`): `None` for this hub's own events.
+    pub host: Option<String>,
 }
 
 impl Event {
@@ -280,16 +282,22 @@ impl Event {
         }
     }
 
-    /// The JSON envelope sent to clients: `{"id","type","data","priority","source","timestamp"}`.
+    /// The JSON envelope sent to clients: `{"id","type","data","priority","source","timestamp"}`,
+    /// and `"host"` for an event from another camera host (a single host's stream looks as
+    /// it always did).
     pub fn envelope(&self) -> Value {
-        json!({
+        let mut v = json!({
             "id": self.id.0,
             "type": self.event_type,
             "data": self.data,
             "priority": self.priority.as_str(),
             "source": self.source,
             "timestamp": self.created_at,
-        })
+        });
+        if let (Some(host), Value::Object(m)) = (&self.host, &mut v) {
+            m.insert("host".into(), Value::String(host.clone()));
+        }
+        v
     }
 }
 
@@ -309,6 +317,7 @@ impl Event {
             priority: Priority::Normal,
             source: "t".into(),
             created_at: at.into(),
+            host: None,
         }
     }
 }

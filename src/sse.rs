@@ -290,6 +290,7 @@ mod props {
                 priority: Priority::Low,
                 source,
                 created_at: "2026-11-26T10:00:00.000Z".into(),
+                host: None,
             };
             let frame = Frame::new(&event);
             let mut wire = String::from_utf8(prelude()).unwrap_or_default();

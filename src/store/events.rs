@@ -76,11 +76,60 @@ fn insert_rows(conn: &Connection, rows: &[Insert<'_>]) -> Result<Vec<EventId>> {
         .collect()
 }
 
+/// One event another camera host published, to store here (`serve --mqtt-subscribe`).
+pub(crate) struct Remote {
+    /// The host it came from (`origin_host`).
+    pub(crate) host: String,
+    /// Its place in that host's log, `<log id>-<seq>` (`origin_cursor`).
+    pub(crate) cursor: String,
+    /// Type, data, priority and source, validated.
+    pub(crate) event: NewEvent,
+    /// Its `created_at` there (RFC 3339 UTC), or `None` for now.
+    pub(crate) created_at: Option<String>,
+}
+
+/// The schema's unique rule on (origin_host, origin_cursor) makes a second copy a no-op.
+const INSERT_REMOTE: &str = "INSERT INTO sse_events \
+     (event_type, event_data, priority, source, created_at, origin_host, origin_cursor) \
+     VALUES (?1, ?2, ?3, ?4, coalesce(?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?6, ?7) \
+     ON CONFLICT (origin_host, origin_cursor) WHERE origin_cursor IS NOT NULL DO NOTHING";
+
+/// Stores remote events in one IMMEDIATE transaction, those already stored (a redelivery)
+/// skipped by the schema; returns how many were new. All or none: the caller acknowledges
+/// them to the broker only after this returns.
+pub(crate) fn insert_remote(conn: &mut Connection, rows: &[Remote]) -> Result<usize> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin storing remote events"))?;
+    let mut new = 0;
+    {
+        let mut stmt = tx
+            .prepare_cached(INSERT_REMOTE)
+            .map_err(db("prepare the remote insert"))?;
+        for r in rows {
+            let e = &r.event;
+            new += stmt
+                .execute(params![
+                    e.event_type,
+                    e.data.to_string(),
+                    e.priority.as_str(),
+                    e.source,
+                    r.created_at,
+                    r.host,
+                    r.cursor
+                ])
+                .map_err(db("store a remote event"))?;
+        }
+    }
+    tx.commit().map_err(db("commit remote events"))?;
+    Ok(new)
+}
+
 /// The pending-rows order; the CASE is the pending index's expression, letter for letter.
 /// No `LIMIT ?`: SQLite re-prepares a statement each time a parameter its LIMIT uses is
 /// bound (measured: 8 % of the poller's CPU); the caller stops stepping instead, which the
 /// index order makes free.
-const SELECT_PENDING: &str = "SELECT id, event_type, event_data, created_at, priority, source \
+const SELECT_PENDING: &str = "SELECT id, event_type, event_data, created_at, priority, source, origin_host \
      FROM sse_events WHERE processed_at IS NULL \
      ORDER BY (CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END), id";
 const MARK_DISPATCHED: &str = "UPDATE sse_events \
@@ -203,7 +252,7 @@ pub(crate) fn store_and_dispatch(
 }
 
 /// No `LIMIT ?` either (see [`SELECT_PENDING`]).
-const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, priority, source, seq \
+const SELECT_AFTER: &str = "SELECT id, event_type, event_data, created_at, priority, source, origin_host, seq \
      FROM sse_events WHERE seq IS NOT NULL AND seq > ?1 AND seq <= ?2 ORDER BY seq";
 
 /// Dispatched events with `after < seq <= upto`, in stream order, at most `limit`.
@@ -219,7 +268,7 @@ pub(crate) fn replay(
         .map_err(db("replay events"))?;
     let rows = stmt
         .query_map(params![after, upto], |r| {
-            Ok((RawRow::from_row(r)?, r.get::<_, i64>(6)?))
+            Ok((RawRow::from_row(r)?, r.get::<_, i64>(7)?))
         })
         .map_err(db("replay events"))?;
     let mut out = Vec::new();
@@ -327,6 +376,7 @@ struct RawRow {
     created_at: String,
     priority: String,
     source: String,
+    origin_host: Option<String>,
 }
 
 impl RawRow {
@@ -349,6 +399,8 @@ impl RawRow {
             created_at: text(3)?,
             priority: text(4)?,
             source: text(5)?,
+            // The CHECK makes it text or NULL; anything else reads as this host's.
+            origin_host: r.get::<_, Option<String>>(6).ok().flatten(),
         })
     }
 
@@ -368,6 +420,7 @@ impl RawRow {
             priority,
             source: self.source,
             created_at: self.created_at,
+            host: self.origin_host,
         })
     }
 }
@@ -432,5 +485,48 @@ mod tests {
             count_pending.contains("sse_events_pending"),
             "{count_pending}"
         );
+    }
+
+    #[test]
+    fn a_remote_event_is_stored_once_and_dispatched_with_its_host() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("tmp"))?;
+        let store = Store::open(
+            &dir.path().join("e.db"),
+            Synchronous::Normal,
+            Duration::from_secs(1),
+        )?;
+        let mut conn = store.dedicated()?;
+        let remote = |n: i64| Remote {
+            host: "garden".into(),
+            cursor: format!("0000abcd-{n}"),
+            event: NewEvent::new(
+                "image_captured",
+                serde_json::json!({"camera_id": 1, "n": n}),
+            ),
+            created_at: Some("2026-12-01T10:00:00.000Z".into()),
+        };
+        assert_eq!(insert_remote(&mut conn, &[remote(1), remote(2)])?, 2);
+        // A redelivery, and one more: only the new one is stored.
+        assert_eq!(insert_remote(&mut conn, &[remote(2), remote(3)])?, 1);
+        let mut head = 0;
+        let mut state = State::default();
+        let (_, d) =
+            store_and_dispatch(&mut conn, &[], store.log_id(), &mut head, 100, &mut state)?;
+        let got: Vec<(Option<&str>, Value)> = d
+            .events
+            .iter()
+            .map(|e| (e.host.as_deref(), e.data["n"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [1, 2, 3]
+                .map(|n| (Some("garden"), serde_json::json!(n)))
+                .to_vec()
+        );
+        assert_eq!(d.events[0].created_at, "2026-12-01T10:00:00.000Z");
+        assert_eq!(d.events[0].envelope()["host"], "garden");
+        let replayed = replay(&conn, store.log_id(), 0, head, 10)?;
+        assert_eq!(replayed, d.events, "replay reads the host too");
+        Ok(())
     }
 }

@@ -9,9 +9,12 @@
 //!   INSERT writes two B-trees fewer (measured: 13,000 → 19,500 single-row commits/s);
 //!   an index for rejected rows.
 //! - 4: sink_cursors, each outbound sink's delivered-through seq and counters.
+//! - 5: `origin_host` and `origin_cursor` on sse_events, and a unique index on them: events
+//!   stored from other camera hosts (the fleet), each at most once.
 //!
 //! `schema.sql` is always the whole current schema and is idempotent, so every step runs it
-//! and then does what only that step needs.
+//! and then does what only that step needs. Columns added after version 1 are added (when
+//! missing) before every step's run, since schema.sql's indexes name them.
 
 use std::path::Path;
 
@@ -23,7 +26,7 @@ use super::user_version;
 use crate::error::{Error, Result, db};
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The public table contract, shipped in the binary.
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -63,6 +66,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, fresh: bool) -> Result
             1 => migrate_v1_to_v2(&tx)?,
             2 => migrate_v2_to_v3(&tx)?,
             3 => migrate_v3_to_v4(&tx)?,
+            4 => migrate_v4_to_v5(&tx)?,
             v if v >= SCHEMA_VERSION => {}
             // Negative: nothing this binary (or the design it replaces) ever wrote.
             v => {
@@ -110,16 +114,50 @@ const LEGACY_COLUMNS: [(&str, &str); 5] = [
     ("seq", "ALTER TABLE sse_events ADD COLUMN seq INTEGER"),
 ];
 
+/// Columns later versions added, with how to add them to an older table.
+const LATER_COLUMNS: [(&str, &str); 2] = [
+    (
+        "origin_host",
+        "ALTER TABLE sse_events ADD COLUMN origin_host TEXT \
+         CHECK (origin_host IS NULL \
+                OR (typeof(origin_host) = 'text' AND length(origin_host) BETWEEN 1 AND 64))",
+    ),
+    (
+        "origin_cursor",
+        "ALTER TABLE sse_events ADD COLUMN origin_cursor TEXT \
+         CHECK (origin_cursor IS NULL \
+                OR (typeof(origin_cursor) = 'text' AND origin_host IS NOT NULL \
+                    AND length(origin_cursor) BETWEEN 3 AND 40))",
+    ),
+];
+
+fn sse_columns(tx: &Connection) -> Result<Vec<String>> {
+    let mut stmt = tx
+        .prepare("SELECT name FROM pragma_table_info('sse_events')")
+        .map_err(db("inspect sse_events"))?;
+    stmt.query_map([], |r| r.get(0))
+        .map_err(db("inspect sse_events"))?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db("inspect sse_events"))
+}
+
+/// Adds the later versions' columns an existing sse_events lacks, then runs schema.sql.
+fn run_schema(tx: &Connection) -> Result<()> {
+    let existing = sse_columns(tx)?;
+    if !existing.is_empty() {
+        for (column, alter) in LATER_COLUMNS {
+            if !existing.iter().any(|c| c == column) {
+                tx.execute_batch(alter)
+                    .map_err(db("add a column to sse_events"))?;
+            }
+        }
+    }
+    tx.execute_batch(SCHEMA_SQL)
+        .map_err(db("create the schema"))
+}
+
 fn migrate_v0_to_v1(tx: &Connection) -> Result<()> {
-    let existing: Vec<String> = {
-        let mut stmt = tx
-            .prepare("SELECT name FROM pragma_table_info('sse_events')")
-            .map_err(db("inspect sse_events"))?;
-        stmt.query_map([], |r| r.get(0))
-            .map_err(db("inspect sse_events"))?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db("inspect sse_events"))?
-    };
+    let existing = sse_columns(tx)?;
     if !existing.is_empty() {
         // A table from the design we replace: keep its rows, add what is missing. Its rows
         // were never checked, so the poller validates every row it reads (and skips bad ones).
@@ -131,15 +169,13 @@ fn migrate_v0_to_v1(tx: &Connection) -> Result<()> {
             }
         }
     }
-    tx.execute_batch(SCHEMA_SQL)
-        .map_err(db("create the schema"))?;
+    run_schema(tx)?;
     tx.pragma_update(None, "user_version", 1)
         .map_err(db("set the schema version"))
 }
 
 fn migrate_v1_to_v2(tx: &Connection) -> Result<()> {
-    tx.execute_batch(SCHEMA_SQL)
-        .map_err(db("create the schema"))?;
+    run_schema(tx)?;
     let log_id = super::events::log_id(tx)?;
     rebuild_state(tx, log_id)?;
     tx.pragma_update(None, "user_version", 2)
@@ -152,17 +188,22 @@ fn migrate_v2_to_v3(tx: &Connection) -> Result<()> {
         "DROP INDEX IF EXISTS sse_events_seq; DROP INDEX IF EXISTS sse_events_created;",
     )
     .map_err(db("drop the version 2 indexes"))?;
-    tx.execute_batch(SCHEMA_SQL)
-        .map_err(db("create the schema"))?;
+    run_schema(tx)?;
     tx.pragma_update(None, "user_version", 3)
         .map_err(db("set the schema version"))
 }
 
 fn migrate_v3_to_v4(tx: &Connection) -> Result<()> {
     // A new table only: schema.sql creates it, nothing to convert.
-    tx.execute_batch(SCHEMA_SQL)
-        .map_err(db("create the schema"))?;
+    run_schema(tx)?;
     tx.pragma_update(None, "user_version", 4)
+        .map_err(db("set the schema version"))
+}
+
+fn migrate_v4_to_v5(tx: &Connection) -> Result<()> {
+    // Two columns (NULL in every existing row: they are all this host's) and their index.
+    run_schema(tx)?;
+    tx.pragma_update(None, "user_version", 5)
         .map_err(db("set the schema version"))
 }
 
@@ -194,7 +235,7 @@ mod tests {
     use super::*;
 
     /// A version 3 file (the whole schema but `sink_cursors`) gains the table, keeps its
-    /// events, and says version 4.
+    /// events, and says the current version.
     #[test]
     fn a_version_3_database_gains_the_sink_cursors() -> Result<()> {
         let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
@@ -208,7 +249,7 @@ mod tests {
         )
         .map_err(db("write a version 3 file"))?;
         migrate(&mut conn, &path, false)?;
-        assert_eq!(user_version(&conn)?, 4);
+        assert_eq!(user_version(&conn)?, SCHEMA_VERSION);
         let tables: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'sink_cursors'",
@@ -220,6 +261,55 @@ mod tests {
             .query_row("SELECT count(*) FROM sse_events", [], |r| r.get(0))
             .map_err(db("count events"))?;
         assert_eq!((tables, events), (1, 1));
+        Ok(())
+    }
+
+    /// A version 4 file (sse_events without the origin columns) gains them, NULL in its
+    /// rows, and the unique rule: a remote event stored twice is refused by the schema.
+    #[test]
+    fn a_version_4_database_gains_the_origin_columns_and_their_rule() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let path = dir.path().join("v4.db");
+        let mut conn = Connection::open(&path).map_err(db("open"))?;
+        conn.execute_batch(SCHEMA_SQL).map_err(db("schema"))?;
+        conn.execute_batch(
+            "DROP INDEX sse_events_origin; \
+             ALTER TABLE sse_events DROP COLUMN origin_cursor; \
+             ALTER TABLE sse_events DROP COLUMN origin_host; \
+             PRAGMA user_version = 4; \
+             INSERT INTO sse_events (event_type, event_data, processed_at, seq) \
+             VALUES ('kept', '{}', 'x', 1);",
+        )
+        .map_err(db("write a version 4 file"))?;
+        migrate(&mut conn, &path, false)?;
+        assert_eq!(user_version(&conn)?, 5);
+        let old: (Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT origin_host, origin_cursor FROM sse_events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db("read the old row"))?;
+        assert_eq!(old, (None, None), "an old row is this host's");
+        let remote = "INSERT INTO sse_events (event_type, event_data, origin_host, origin_cursor) \
+                      VALUES ('r', '{}', 'garden', '0000abcd-7')";
+        conn.execute_batch(remote).map_err(db("a remote event"))?;
+        let again = conn.execute_batch(remote);
+        assert!(
+            again.is_err_and(|e| e.to_string().contains("UNIQUE")),
+            "the same origin twice is refused"
+        );
+        // A local producer's statement is untouched, as many times as it likes.
+        for _ in 0..2 {
+            conn.execute_batch(
+                "INSERT INTO sse_events (event_type, event_data) VALUES ('l', '{}')",
+            )
+            .map_err(db("a local event"))?;
+        }
+        let bad = conn.execute_batch(
+            "INSERT INTO sse_events (event_type, event_data, origin_cursor) VALUES ('x', '{}', 'a-1')",
+        );
+        assert!(bad.is_err(), "an origin cursor needs its host");
         Ok(())
     }
 }

@@ -410,7 +410,7 @@ impl Mqtt {
         self.ensure_connected()?;
         let mut ids: HashMap<u16, usize> = HashMap::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            let body = e.envelope().to_string();
+            let body = self.topics.payload(e);
             let topic = self.topics.event(&e.event_type);
             let client = self.ensure_connected()?;
             let id = client.publish(&topic, body.as_bytes(), 1, false)?;
@@ -451,6 +451,12 @@ impl Mqtt {
 }
 
 impl Transport for Mqtt {
+    /// This host's own events only: one from another host (stored by the fleet ingest) is
+    /// that host's to publish, and sending it again under our name would loop.
+    fn wants(&self, event: &Event) -> bool {
+        event.host.is_none()
+    }
+
     fn deliver(&mut self, event: &Event) -> Outcome {
         self.deliver_batch(&[event])
             .pop()

@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 
+use crate::event::Event;
+
 /// A topic level made safe: `/`, `+`, `#` and spaces become `_` (a level never splits).
 pub(crate) fn level(s: &str) -> String {
     s.chars()
@@ -121,6 +123,18 @@ impl Topics {
         format!("{}/events/{}", self.base, level(event_type))
     }
 
+    /// An event's payload: the stream's envelope, plus `host` and `cursor` (its place in this
+    /// hub's log, `<log id>-<seq>`), by which a fleet hub stores it once however often it
+    /// arrives.
+    pub(crate) fn payload(&self, e: &Event) -> String {
+        let mut v = e.envelope();
+        if let Value::Object(m) = &mut v {
+            m.insert("host".into(), Value::String(self.host.clone()));
+            m.insert("cursor".into(), Value::String(e.cursor.to_string()));
+        }
+        v.to_string()
+    }
+
     /// A camera's retained state: `<prefix>/<host>/cameras/<id>/state`.
     pub(crate) fn camera_state(&self, camera_id: i64) -> String {
         format!("{}/cameras/{camera_id}/state", self.base)
@@ -180,6 +194,23 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_payload_is_the_envelope_with_host_and_cursor() {
+        let t = Topics::new("timelapse", "garden", "homeassistant");
+        let e = Event::for_test(
+            42,
+            "image_captured",
+            "2026-12-01T10:00:00.000Z",
+            json!({"camera_id": 1}),
+        );
+        let v: Value = serde_json::from_str(&t.payload(&e)).unwrap_or_default();
+        assert_eq!(v["host"], "garden");
+        assert_eq!(v["cursor"], "00000001-42");
+        assert_eq!(v["type"], "image_captured");
+        assert_eq!(v["data"], json!({"camera_id": 1}));
+        assert_eq!(v["id"], 42);
+    }
 
     #[test]
     fn topics_follow_prefix_host_and_type() {
