@@ -44,6 +44,7 @@ mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod mqtt;
 mod notify;
 mod poller;
 mod retention;

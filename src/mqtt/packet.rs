@@ -94,10 +94,13 @@ pub(crate) struct Will {
     pub(crate) retain: bool,
 }
 
-/// CONNECT's fields (always a clean session: our cursor is the session).
+/// CONNECT's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Connect {
     pub(crate) client_id: String,
+    /// A publisher whose cursor is its session asks for a clean one; a subscriber that must
+    /// not miss what arrives while it is away keeps its session (and its client id).
+    pub(crate) clean_session: bool,
     pub(crate) keep_alive_secs: u16,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
@@ -113,7 +116,7 @@ impl Connect {
         let mut body = Vec::new();
         put_str(&mut body, b"MQTT")?;
         body.push(4); // protocol level 3.1.1
-        let mut flags = 0x02; // clean session
+        let mut flags = if self.clean_session { 0x02 } else { 0 };
         if let Some(w) = &self.will {
             flags |= 0x04 | ((w.qos & 0x03) << 3);
             if w.retain {
@@ -336,6 +339,7 @@ mod tests {
             keep_alive_secs: 30,
             username: Some("u".into()),
             password: Some("p".into()),
+            clean_session: true,
             will: Some(Will {
                 topic: "t/a".into(),
                 payload: b"offline".to_vec(),
@@ -355,6 +359,7 @@ mod tests {
         let bare = Connect {
             username: None,
             password: Some("ignored".into()),
+            clean_session: true,
             will: None,
             ..c
         }
