@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 /// round trip): a client sending unknown names cannot make every request pay for one.
 pub(crate) const REREAD_EVERY: Duration = Duration::from_secs(10);
 
+/// The machine's short name (its hostname's first label), for MQTT topics and ids when
+/// none is set; `localhost` when it has none.
+pub(crate) fn machine_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .and_then(|h| h.split('.').next().map(str::to_owned))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// The machine's names and addresses, as last read.
 #[derive(Debug)]
 pub(crate) struct Names {

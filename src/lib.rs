@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+mod backoff;
 mod broadcast;
 mod checkpoint;
 mod config;

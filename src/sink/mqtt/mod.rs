@@ -47,23 +47,16 @@ pub(crate) struct Mqtt {
     down_because: Option<String>,
 }
 
-/// The machine's name, for topics when none is set.
-fn machine_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .and_then(|h| h.split('.').next().map(str::to_owned))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 /// The transport for an MQTT sink.
 ///
 /// # Errors
 /// The URL is not `mqtt://[user@]host[:port]`.
 pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Transport>> {
     let (user, addr) = split_url(&m.url)?;
-    let host = m.host_name.clone().unwrap_or_else(machine_name);
+    let host = m
+        .host_name
+        .clone()
+        .unwrap_or_else(crate::host::machine_name);
     let topics = Topics::new(&m.prefix, &host, &m.discovery_prefix);
     let connect = Connect {
         client_id: m
