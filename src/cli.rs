@@ -393,9 +393,43 @@ pub struct ServeArgs {
         default_value = "homeassistant"
     )]
     pub mqtt_discovery_prefix: String,
+    /// Store the events other camera hosts publish to this MQTT broker
+    /// (mqtt://[user@]host[:port]; topics <prefix>/+/events/#, this host's own skipped),
+    /// so that this hub streams, keeps and shows them too: the fleet's view.
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_SUBSCRIBE")]
+    pub mqtt_subscribe: Option<String>,
 }
 
 impl ServeArgs {
+    /// The MQTT password: from `--mqtt-password-file` (its first line), else the
+    /// environment only, since a command line is visible to every local user.
+    fn mqtt_password(&self) -> Result<Option<String>> {
+        Ok(match &self.mqtt_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                    op: "read the --mqtt-password-file",
+                    source,
+                })?;
+                text.lines()
+                    .next()
+                    .map(|l| l.trim_end_matches('\r').to_owned())
+            }
+            None => std::env::var("TIMELAPSE_EVENTS_MQTT_PASSWORD").ok(),
+        })
+    }
+
+    /// The fleet ingest `--mqtt-subscribe` describes, with the shared MQTT flags.
+    fn mqtt_subscribe(&self) -> Result<Option<MqttTarget>> {
+        let Some(url) = self.mqtt_subscribe.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let mut target = MqttTarget::new(url);
+        target.password = self.mqtt_password()?;
+        target.prefix.clone_from(&self.mqtt_prefix);
+        target.host_name.clone_from(&self.mqtt_host_name);
+        Ok(Some(target))
+    }
+
     /// The sinks these flags describe: `hook1`, `hook2`… in order, then `ntfy1`…
     fn sinks(&self) -> Result<Vec<SinkConfig>> {
         let mut lines = self.webhook_headers.clone();
@@ -435,19 +469,7 @@ impl ServeArgs {
         }
         if let Some(url) = self.mqtt.as_deref().filter(|u| !u.is_empty()) {
             let mut target = MqttTarget::new(url);
-            target.password = match &self.mqtt_password_file {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                        op: "read the --mqtt-password-file",
-                        source,
-                    })?;
-                    text.lines()
-                        .next()
-                        .map(|l| l.trim_end_matches('\r').to_owned())
-                }
-                // From the environment only: a command line is visible to every local user.
-                None => std::env::var("TIMELAPSE_EVENTS_MQTT_PASSWORD").ok(),
-            };
+            target.password = self.mqtt_password()?;
             target.client_id.clone_from(&self.mqtt_client_id);
             target.prefix.clone_from(&self.mqtt_prefix);
             target.host_name.clone_from(&self.mqtt_host_name);
@@ -495,6 +517,7 @@ impl ServeArgs {
                 .chain(self.sinks()?)
                 .collect(),
             public_url: self.public_url.clone(),
+            mqtt_subscribe: self.mqtt_subscribe()?,
             ..Config::default()
         };
         config.validate()?;

@@ -140,6 +140,10 @@ pub struct Config {
     /// The dashboard's address as a phone should open it (ntfy's `click`). Defaults to
     /// none: `http://<bind>/`, with this machine's name for an unspecified address.
     pub public_url: Option<String>,
+    /// The fleet ingest (`--mqtt-subscribe`): the broker whose other camera hosts' events
+    /// this hub stores in its own log. Its `prefix` and `host_name` (this host, whose own
+    /// topics are skipped) mean what they mean for the MQTT sink. Defaults to none.
+    pub mqtt_subscribe: Option<MqttTarget>,
 }
 
 /// Where a sink delivers.
@@ -408,16 +412,33 @@ impl Default for Config {
             max_event_types: DEFAULT_MAX_EVENT_TYPES,
             sinks: Vec::new(),
             public_url: None,
+            mqtt_subscribe: None,
         }
     }
 }
 
 impl Config {
+    /// This host's name among camera hosts: the fleet's or an MQTT sink's `host_name` when
+    /// set, else the machine's.
+    pub fn host_name(&self) -> String {
+        self.mqtt_subscribe
+            .iter()
+            .chain(self.sinks.iter().filter_map(|s| match &s.target {
+                SinkTarget::Mqtt(m) => Some(m),
+                _ => None,
+            }))
+            .find_map(|m| m.host_name.clone())
+            .unwrap_or_else(crate::host::machine_name)
+    }
+
     /// Refuses settings that cannot work.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first bad field.
     pub fn validate(&self) -> Result<()> {
+        if let Some(m) = &self.mqtt_subscribe {
+            crate::mqtt::split_url(&m.url)?;
+        }
         let bad = |field, reason: &str| {
             Err(Error::Config {
                 field,

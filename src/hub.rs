@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
+use crate::fleet::Fleet;
 use crate::http::{self, Ctx, Listener, Server};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
@@ -45,6 +46,8 @@ pub struct Hub {
     watcher: Option<JoinHandle<Result<()>>>,
     /// The `tle-sink-<name>` threads.
     sinks: Sinks,
+    /// The `tle-fleet` thread, with `--mqtt-subscribe`.
+    fleet: Fleet,
     poller_stop: Option<Sender<()>>,
     out: Outputs,
     streams: Arc<Group>,
@@ -142,6 +145,7 @@ impl Hub {
         // Registers the sinks' cursors before retention's first round, which they hold.
         // (On an error below, dropping `sinks` drops its stop channel: its threads end.)
         let sinks = Sinks::start(&config, &store)?;
+        let fleet = Fleet::start(&config, &store)?;
         let retention = {
             let (store, stop) = (store.clone(), stop_rx);
             let (policy, interval) = (retention::policy(&config), config.retention_interval);
@@ -166,6 +170,7 @@ impl Hub {
             bound: std::sync::OnceLock::new(),
             machine: crate::host::Machine::read(),
             sinks: sinks.statuses(),
+            fleet: fleet.enabled().then(|| fleet.status()),
         });
         let mut hub = Hub {
             config,
@@ -176,6 +181,7 @@ impl Hub {
             checkpointer: Some(checkpointer),
             watcher,
             sinks,
+            fleet,
             poller_stop: Some(stop_tx),
             out,
             streams,
@@ -316,6 +322,8 @@ impl Hub {
         if let Some(mut http) = self.http.take() {
             keep(http.stop(Instant::now() + self.config.shutdown_grace));
         }
+        // The ingest stores and acknowledges its batch under way, then ends.
+        keep(self.fleet.stop());
         // Each sink records its cursor and ends (after the delivery under way, if any).
         keep(self.sinks.stop());
         // Disconnects the poller's and retention's select!; the poller stores and answers

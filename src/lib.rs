@@ -40,6 +40,7 @@ mod config_file;
 mod emitter;
 mod error;
 mod event;
+mod fleet;
 mod host;
 mod http;
 mod hub;

@@ -7,6 +7,7 @@ use super::peers::PeerSlots;
 use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::emitter::Emitter;
+use crate::fleet::FleetStatus;
 use crate::host::Machine;
 use crate::metrics::Metrics;
 use crate::sink::SinkStatus;
@@ -35,6 +36,8 @@ pub(crate) struct Ctx {
     pub(crate) machine: Machine,
     /// Each outbound sink's figures, in configured order.
     pub(crate) sinks: Arc<Vec<Arc<SinkStatus>>>,
+    /// The fleet ingest's figures and the remote hosts it heard, with `--mqtt-subscribe`.
+    pub(crate) fleet: Option<Arc<FleetStatus>>,
 }
 
 /// The stream threads' group, sized by `--max-clients`.

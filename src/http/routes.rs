@@ -17,9 +17,10 @@ use crate::error::{QUOTE_CHARS, clip, quote};
 use crate::event::{NewEvent, Priority};
 use crate::store::{self, events};
 
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "/",
     "/api/events",
+    "/api/hosts",
     "/health",
     "/favicon.ico",
     "/dashboard-worker.js",
@@ -31,9 +32,10 @@ const PATHS: [&str; 8] = [
 /// Routes that answer with the hub's data: with `--read-token`, each needs it (or the
 /// write token). `/health` (counts only, for monitors), `/favicon.ico`, preflights and
 /// `/login` stay open; every route, these too, passes the `Host` check first.
-const READS: [&str; 9] = [
+const READS: [&str; 10] = [
     "/",
     "/api/events",
+    "/api/hosts",
     "/api/state",
     "/api/events/stats",
     "/api/sinks",
@@ -82,6 +84,7 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
             ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
             ("GET" | "HEAD", "/metrics") => metrics(ctx),
             ("GET" | "HEAD", "/api/sinks") => Ok(sinks(ctx)),
+            ("GET" | "HEAD", "/api/hosts") => Ok(hosts(ctx)),
             ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
             ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
             ("GET" | "HEAD", "/dashboard.js") => Ok(dashboard::script(rq)),
@@ -493,6 +496,35 @@ fn sinks(ctx: &Ctx) -> Reply {
     Reply::json(200, &Value::from(list))
 }
 
+/// This hub's host and, with the fleet ingest, every other host it has heard.
+fn hosts(ctx: &Ctx) -> Reply {
+    let others: Vec<Value> = ctx.fleet.as_ref().map_or_else(Vec::new, |f| {
+        f.hosts()
+            .into_iter()
+            .map(|(host, h)| {
+                json!({
+                    "host": host,
+                    "online": h.online,
+                    "last_heard_at": h.last_heard_at,
+                    "events": h.events,
+                })
+            })
+            .collect()
+    });
+    let fleet = ctx.fleet.as_ref().map(|f| {
+        json!({
+            "connected": f.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "stored": f.stored.load(std::sync::atomic::Ordering::Relaxed),
+            "duplicates": f.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+            "ignored": f.ignored.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    });
+    Reply::json(
+        200,
+        &json!({"host": ctx.config.host_name(), "fleet": fleet, "hosts": others}),
+    )
+}
+
 /// Every route answered in memory: a real database in a temp dir, no socket.
 #[cfg(test)]
 mod tests {
@@ -533,6 +565,7 @@ mod tests {
             bound: std::sync::OnceLock::new(),
             machine: crate::host::Machine::read(),
             sinks: Arc::default(),
+            fleet: None,
         };
         let bound = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
         ctx.bound.set(bound).expect("set once");

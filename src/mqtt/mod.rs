@@ -11,3 +11,16 @@ pub(crate) use client::{Client, split_url};
 
 /// The keep-alive asked of the broker; a client pings after half of it without traffic.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// A topic level made safe: `/`, `+`, `#` and spaces become `_` (a level never splits).
+pub(crate) fn level(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#' | ' ') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}

@@ -77,6 +77,7 @@ fn insert_rows(conn: &Connection, rows: &[Insert<'_>]) -> Result<Vec<EventId>> {
 }
 
 /// One event another camera host published, to store here (`serve --mqtt-subscribe`).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Remote {
     /// The host it came from (`origin_host`).
     pub(crate) host: String,

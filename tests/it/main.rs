@@ -10,6 +10,7 @@ mod config;
 mod door;
 mod examples;
 mod faults;
+mod fleet;
 mod hostile;
 mod identity;
 mod lan;

@@ -36,7 +36,7 @@ fn mosquitto_bin() -> String {
 }
 
 /// Whether the tests can run; panics when required and missing.
-fn mosquitto_here() -> bool {
+pub(crate) fn mosquitto_here() -> bool {
     let ok = have("mosquitto") && have("mosquitto_sub") && have("mosquitto_passwd");
     if !ok {
         assert!(
@@ -52,14 +52,14 @@ fn mosquitto_here() -> bool {
 
 /// A Mosquitto of our own: persistence on, so that queued QoS 1 messages for a persistent
 /// subscriber survive its SIGKILL (saved on every change).
-struct Broker {
+pub(crate) struct Broker {
     conf: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
-    fn start(dir: &Path, password_file: Option<&Path>) -> Broker {
+    pub(crate) fn start(dir: &Path, password_file: Option<&Path>) -> Broker {
         let port = reserve_port().port();
         let conf = dir.join("mosquitto.conf");
         let auth = match password_file {
@@ -89,7 +89,7 @@ impl Broker {
         b
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -105,14 +105,14 @@ impl Broker {
         );
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
     }
 
-    fn url(&self, user: Option<&str>) -> String {
+    pub(crate) fn url(&self, user: Option<&str>) -> String {
         match user {
             Some(u) => format!("mqtt://{u}@127.0.0.1:{}", self.port),
             None => format!("mqtt://127.0.0.1:{}", self.port),

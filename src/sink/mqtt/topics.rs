@@ -6,18 +6,7 @@ use serde_json::{Value, json};
 
 use crate::event::Event;
 
-/// A topic level made safe: `/`, `+`, `#` and spaces become `_` (a level never splits).
-pub(crate) fn level(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if matches!(c, '/' | '+' | '#' | ' ') {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::mqtt::level;
 
 /// An id part for Home Assistant: lowercase a-z 0-9, anything else `_`.
 pub(crate) fn id_part(s: &str) -> String {
