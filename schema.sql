@@ -130,3 +130,12 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
 -- Partial, so a local INSERT (origin_cursor NULL) does not write it.
 CREATE UNIQUE INDEX IF NOT EXISTS sse_events_origin ON sse_events (origin_host, origin_cursor)
     WHERE origin_cursor IS NOT NULL;
+
+-- Other camera hosts' cameras, folded from their events like camera_state (which holds only
+-- this host's): one JSON record per (host, camera id), written in the dispatch transaction.
+CREATE TABLE IF NOT EXISTS remote_camera_state (
+    host      TEXT    NOT NULL,
+    camera_id INTEGER NOT NULL,
+    state     TEXT    NOT NULL,
+    PRIMARY KEY (host, camera_id)
+) WITHOUT ROWID;

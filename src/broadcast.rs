@@ -281,6 +281,7 @@ mod tests {
             Filter {
                 types: None,
                 camera_id: Some(2),
+                host: None,
             },
             "b".into(),
         )?;

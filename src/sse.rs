@@ -23,6 +23,8 @@ pub(crate) struct Frame {
     pub(crate) seq: i64,
     pub(crate) event_type: String,
     pub(crate) camera_id: Option<i64>,
+    /// The camera host it came from (`None`: this one).
+    pub(crate) host: Option<String>,
     /// `id:` + `data:` lines.
     pub(crate) plain: Box<[u8]>,
     /// The same with an `event: <type>` line, for `?named=1`.
@@ -55,6 +57,7 @@ impl Frame {
             seq: event.cursor.seq,
             event_type: event.event_type.clone(),
             camera_id: event.camera_id(),
+            host: event.host.clone(),
             plain: plain.into_bytes().into_boxed_slice(),
             named: named.into_bytes().into_boxed_slice(),
         })
@@ -102,12 +105,24 @@ pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 pub(crate) struct Filter {
     pub(crate) types: Option<Vec<String>>,
     pub(crate) camera_id: Option<i64>,
+    /// One camera host's events: `Some(None)` this host's own, `Some(Some(name))` another's.
+    pub(crate) host: Option<Option<String>>,
 }
 
 impl Filter {
-    pub(crate) fn matches(&self, event_type: &str, camera_id: Option<i64>) -> bool {
+    pub(crate) fn matches(
+        &self,
+        event_type: &str,
+        camera_id: Option<i64>,
+        host: Option<&str>,
+    ) -> bool {
         if let Some(types) = &self.types
             && !types.iter().any(|t| t == event_type)
+        {
+            return false;
+        }
+        if let Some(want) = &self.host
+            && want.as_deref() != host
         {
             return false;
         }
@@ -117,12 +132,16 @@ impl Filter {
         }
     }
 
+    pub(crate) fn matches_event(&self, e: &Event) -> bool {
+        self.matches(&e.event_type, e.camera_id(), e.host.as_deref())
+    }
+
     pub(crate) fn matches_frame(&self, f: &Frame) -> bool {
-        self.matches(&f.event_type, f.camera_id)
+        self.matches(&f.event_type, f.camera_id, f.host.as_deref())
     }
 
     pub(crate) fn describe(&self) -> serde_json::Value {
-        json!({"types": self.types, "camera_id": self.camera_id})
+        json!({"types": self.types, "camera_id": self.camera_id, "host": self.host})
     }
 }
 

@@ -77,6 +77,10 @@ const INTERVAL_EWMA_WEIGHT: f64 = 0.3;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CameraState {
     pub camera_id: i64,
+    /// The camera host it belongs to: `None` for this hub's own (a camera of another host
+    /// arrives through the fleet ingest; two hosts may both have camera 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub status: Option<String>,
     pub health_status: Option<String>,
     pub last_capture_at: Option<String>,
@@ -104,7 +108,11 @@ pub(crate) struct TimelapseState {
 /// Everything the projection knows, plus the stream position it reflects.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct State {
+    /// This host's cameras (the watchdog's, and the MQTT sink's).
     pub cameras: BTreeMap<i64, CameraState>,
+    /// Other camera hosts' cameras, by (host, camera id): folded from their events like
+    /// ours, judged stale by their own hosts; no timelapse records.
+    pub remote: BTreeMap<(String, i64), CameraState>,
     pub timelapses: BTreeMap<i64, TimelapseState>,
     /// Seq of the last event that changed anything.
     pub seq: i64,
@@ -116,6 +124,8 @@ pub(crate) struct State {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Changed {
     pub camera: Option<i64>,
+    /// Another host's camera.
+    pub remote: Option<(String, i64)>,
     pub timelapse: Option<i64>,
     /// A timelapse dropped to make room (its record is to be deleted).
     pub evicted: Option<i64>,
@@ -125,7 +135,7 @@ pub(crate) struct Changed {
 
 impl Changed {
     pub fn any(&self) -> bool {
-        self.camera.is_some() || self.timelapse.is_some()
+        self.camera.is_some() || self.timelapse.is_some() || self.remote.is_some()
     }
 }
 
@@ -145,16 +155,63 @@ fn text(data: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+/// Folds one event (of a type the projection reads) into its camera's record.
+fn fold_camera(cam: &mut CameraState, e: &Event) {
+    let d = &e.data;
+    let at = e.created_at.clone();
+    match e.event_type.as_str() {
+        IMAGE_CAPTURED => {
+            if let (Some(prev), Some(now)) = (
+                cam.last_capture_at.as_deref().and_then(parse_utc_ms),
+                parse_utc_ms(&at),
+            ) {
+                let gap = (now - prev) as f64;
+                if gap > 0.0 {
+                    cam.capture_interval_ms = Some(match cam.capture_interval_ms {
+                        Some(avg) => avg + INTERVAL_EWMA_WEIGHT * (gap - avg),
+                        None => gap,
+                    });
+                }
+            }
+            cam.last_capture_at = Some(at.clone());
+            cam.image_count = int(d, "image_count").or(cam.image_count);
+            cam.day_number = int(d, "day_number").or(cam.day_number);
+            if let Some(t) = int(d, "timelapse_id") {
+                if cam.timelapse_id != Some(t) {
+                    cam.timelapse_status = None;
+                }
+                cam.timelapse_id = Some(t);
+            }
+            if cam.status.is_none() {
+                cam.status = Some("online".into());
+            }
+        }
+        CAMERA_STATUS_CHANGED => {
+            cam.status = text(d, "status").or(cam.status.take());
+            cam.health_status = text(d, "health_status").or(cam.health_status.take());
+        }
+        TIMELAPSE_STATUS_CHANGED => {
+            if let Some(t) = int(d, "timelapse_id") {
+                cam.timelapse_id = Some(t);
+            }
+            cam.timelapse_status = text(d, "status").or(cam.timelapse_status.take());
+        }
+        CAMERA_STALE => cam.stale = true,
+        CAMERA_RECOVERED => cam.stale = false,
+        _ => {}
+    }
+    cam.updated_at = at;
+}
+
 impl State {
     /// Folds one event in; returns what changed (nothing for types it does not read,
-    /// events without a camera_id, or a camera beyond [`Limits::max_cameras`]).
+    /// events without a camera_id, or a camera beyond [`Limits::max_cameras`], which counts
+    /// every host's cameras).
     pub fn apply(&mut self, e: &Event) -> Changed {
         let mut changed = Changed::default();
         let Some(camera_id) = e.camera_id() else {
             return changed;
         };
-        let d = &e.data;
-        let at = e.created_at.clone();
         let relevant = matches!(
             e.event_type.as_str(),
             IMAGE_CAPTURED
@@ -166,7 +223,27 @@ impl State {
         if !relevant {
             return changed;
         }
-        if self.cameras.len() >= self.limits.max_cameras && !self.cameras.contains_key(&camera_id) {
+        let full = self.cameras.len() + self.remote.len() >= self.limits.max_cameras;
+        if let Some(host) = &e.host {
+            let key = (host.clone(), camera_id);
+            if full && !self.remote.contains_key(&key) {
+                changed.over_cap = true;
+                return changed;
+            }
+            let cam = self
+                .remote
+                .entry(key.clone())
+                .or_insert_with(|| CameraState {
+                    camera_id,
+                    host: Some(host.clone()),
+                    ..CameraState::default()
+                });
+            fold_camera(cam, e);
+            changed.remote = Some(key);
+            self.seq = e.cursor.seq;
+            return changed;
+        }
+        if full && !self.cameras.contains_key(&camera_id) {
             changed.over_cap = true;
             return changed;
         }
@@ -177,49 +254,10 @@ impl State {
                 camera_id,
                 ..CameraState::default()
             });
-        match e.event_type.as_str() {
-            IMAGE_CAPTURED => {
-                if let (Some(prev), Some(now)) = (
-                    cam.last_capture_at.as_deref().and_then(parse_utc_ms),
-                    parse_utc_ms(&at),
-                ) {
-                    let gap = (now - prev) as f64;
-                    if gap > 0.0 {
-                        cam.capture_interval_ms = Some(match cam.capture_interval_ms {
-                            Some(avg) => avg + INTERVAL_EWMA_WEIGHT * (gap - avg),
-                            None => gap,
-                        });
-                    }
-                }
-                cam.last_capture_at = Some(at.clone());
-                cam.image_count = int(d, "image_count").or(cam.image_count);
-                cam.day_number = int(d, "day_number").or(cam.day_number);
-                if let Some(t) = int(d, "timelapse_id") {
-                    if cam.timelapse_id != Some(t) {
-                        cam.timelapse_status = None;
-                    }
-                    cam.timelapse_id = Some(t);
-                }
-                if cam.status.is_none() {
-                    cam.status = Some("online".into());
-                }
-            }
-            CAMERA_STATUS_CHANGED => {
-                cam.status = text(d, "status").or(cam.status.take());
-                cam.health_status = text(d, "health_status").or(cam.health_status.take());
-            }
-            TIMELAPSE_STATUS_CHANGED => {
-                if let Some(t) = int(d, "timelapse_id") {
-                    cam.timelapse_id = Some(t);
-                }
-                cam.timelapse_status = text(d, "status").or(cam.timelapse_status.take());
-            }
-            CAMERA_STALE => cam.stale = true,
-            CAMERA_RECOVERED => cam.stale = false,
-            _ => {}
-        }
-        cam.updated_at = at.clone();
+        fold_camera(cam, e);
         changed.camera = Some(camera_id);
+        let d = &e.data;
+        let at = e.created_at.clone();
         let timelapse_id = match e.event_type.as_str() {
             IMAGE_CAPTURED | TIMELAPSE_STATUS_CHANGED => int(d, "timelapse_id"),
             _ => None,
@@ -269,7 +307,12 @@ impl State {
 
     /// The `/api/state` document at `cursor`.
     pub fn to_json(&self, cursor: Cursor) -> Value {
-        let cameras: Vec<Value> = self.cameras.values().map(camera_json).collect();
+        let cameras: Vec<Value> = self
+            .cameras
+            .values()
+            .chain(self.remote.values())
+            .map(camera_json)
+            .collect();
         let timelapses: Vec<&TimelapseState> = self.timelapses.values().collect();
         json!({"cursor": cursor.to_string(), "cameras": cameras, "timelapses": timelapses})
     }
@@ -277,7 +320,7 @@ impl State {
 
 /// One camera as `/api/state` shows it (and the MQTT sink's retained state topic).
 pub(crate) fn camera_json(c: &CameraState) -> Value {
-    json!({
+    let mut v = json!({
         "camera_id": c.camera_id,
         "status": c.status,
         "health_status": c.health_status,
@@ -289,7 +332,12 @@ pub(crate) fn camera_json(c: &CameraState) -> Value {
         "stale": c.stale,
         "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
         "updated_at": c.updated_at,
-    })
+    });
+    // Another host's camera says whose it is; this host's look as they always did.
+    if let (Some(host), Value::Object(m)) = (&c.host, &mut v) {
+        m.insert("host".into(), Value::String(host.clone()));
+    }
+    v
 }
 
 /// The encoded state as served: body, ETag and the cursor it reflects.
@@ -351,6 +399,49 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_hosts_camera_1_is_not_ours() {
+        let mut state = State::default();
+        let mut theirs = Event::for_test(
+            1,
+            IMAGE_CAPTURED,
+            "2026-12-01T10:00:00.000Z",
+            json!({"camera_id": 1, "image_count": 9}),
+        );
+        theirs.host = Some("garden".into());
+        let ours = Event::for_test(
+            2,
+            IMAGE_CAPTURED,
+            "2026-12-01T10:00:01.000Z",
+            json!({"camera_id": 1, "image_count": 3, "timelapse_id": 5}),
+        );
+        let c = state.apply(&theirs);
+        assert_eq!(
+            (c.camera, c.remote.clone()),
+            (None, Some(("garden".into(), 1)))
+        );
+        state.apply(&ours);
+        assert_eq!(state.cameras[&1].image_count, Some(3));
+        assert_eq!(state.remote[&("garden".to_owned(), 1)].image_count, Some(9));
+        assert_eq!(state.timelapses.len(), 1, "only ours has timelapse records");
+        let doc = state.to_json(Cursor { log_id: 1, seq: 2 });
+        let cams = doc["cameras"].as_array().cloned().unwrap_or_default();
+        assert_eq!(cams.len(), 2);
+        assert!(
+            cams[0].get("host").is_none(),
+            "ours has no host field: {}",
+            cams[0]
+        );
+        assert_eq!(cams[1]["host"], "garden");
+        // The cap counts every host's cameras.
+        let mut small = State {
+            limits: Limits::new(1, 8),
+            ..State::default()
+        };
+        small.apply(&theirs);
+        assert!(small.apply(&ours).over_cap);
+    }
 
     fn ev(seq: i64, t: &str, at: &str, data: Value) -> Event {
         Event::for_test(seq, t, at, data)

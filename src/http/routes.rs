@@ -372,17 +372,51 @@ fn state(rq: &Request<'_>, ctx: &Ctx) -> Reply {
             .with_header("Retry-After", "1")
             .into_reply();
     };
+    let host = rq.query_value("host").map(str::trim);
+    if let Some(h) = host
+        && (h.is_empty()
+            || h.len() > 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return HttpError::new(400, "host: 1 to 64 characters of A-Z a-z 0-9 - _ .").into_reply();
+    }
+    let etag = match host {
+        Some(h) => format!("\"{};host={h}\"", snap.etag.trim_matches('"')),
+        None => snap.etag.clone(),
+    };
     let fresh = rq
         .header("If-None-Match")
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == snap.etag));
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     let reply = if fresh {
         Reply::empty(304)
     } else {
-        Reply::bytes(200, "application/json", snap.body.as_bytes().to_vec())
+        match host {
+            Some(h) => Reply::json(200, &state_of_host(&snap.body, h, &ctx.config.host_name())),
+            None => Reply::bytes(200, "application/json", snap.body.as_bytes().to_vec()),
+        }
     };
     reply
-        .with_header("ETag", snap.etag.clone())
+        .with_header("ETag", etag)
         .with_header("Cache-Control", "no-cache")
+}
+
+/// The state document narrowed to one camera host's cameras (and, for this host, its
+/// timelapses): `/api/state?host=NAME`, decoded from the shared snapshot.
+fn state_of_host(body: &str, host: &str, local: &str) -> Value {
+    let mut doc: Value = serde_json::from_str(body).unwrap_or_else(|_| json!({}));
+    let ours = host == local;
+    if let Some(cams) = doc.get_mut("cameras").and_then(Value::as_array_mut) {
+        cams.retain(|c| match c.get("host").and_then(Value::as_str) {
+            Some(h) => h == host,
+            None => ours,
+        });
+    }
+    if !ours && let Some(t) = doc.get_mut("timelapses") {
+        *t = json!([]);
+    }
+    doc
 }
 
 /// `GET /api/events/stats`: computed on every request from indexes and kept counters.

@@ -53,7 +53,8 @@ pub(super) fn open(
     ctx: &Ctx,
     cors: Vec<(&'static str, String)>,
 ) -> std::result::Result<Takeover, HttpError> {
-    let filter = filter_from_query(&rq.query).map_err(|msg| HttpError::new(400, msg))?;
+    let filter = filter_from_query(&rq.query, &ctx.config.host_name())
+        .map_err(|msg| HttpError::new(400, msg))?;
     let resume = sse::resume_from(rq.header("Last-Event-ID"), rq.query_value("last_event_id"));
     let peer_place = match rq.peer.map(|p| ctx.stream_peers.take(p.ip())) {
         None => None,
@@ -118,11 +119,15 @@ pub(super) fn open(
     }))
 }
 
-/// Builds a filter from query pairs: `?types=a,b` (or `type`) and `?camera_id=N`.
+/// Builds a filter from query pairs: `?types=a,b` (or `type`), `?camera_id=N` and
+/// `?host=NAME` (`local` is this host's own name).
 ///
 /// # Errors
 /// A message for a 400: an event type that cannot exist, or a camera id that is no number.
-pub(super) fn filter_from_query(pairs: &[(String, String)]) -> std::result::Result<Filter, String> {
+pub(super) fn filter_from_query(
+    pairs: &[(String, String)],
+    local: &str,
+) -> std::result::Result<Filter, String> {
     let mut filter = Filter::default();
     for (k, v) in pairs {
         match k.as_str() {
@@ -142,6 +147,13 @@ pub(super) fn filter_from_query(pairs: &[(String, String)]) -> std::result::Resu
                     format!("camera_id: {} is not an integer", crate::error::quote(v))
                 })?;
                 filter.camera_id = Some(id);
+            }
+            "host" => {
+                let h = v.trim();
+                if h.is_empty() || h.len() > 64 {
+                    return Err("host: 1 to 64 characters".into());
+                }
+                filter.host = Some((h != local).then(|| h.to_owned()));
             }
             _ => {}
         }
@@ -352,7 +364,7 @@ fn catch_up(out: &mut Out, plan: &Plan, store: &Store, mut after: i64) -> Result
         let full = page.len() == REPLAY_PAGE_ROWS;
         let mut buf = Vec::new();
         for e in &page {
-            if plan.filter.matches(&e.event_type, e.camera_id()) {
+            if plan.filter.matches_event(e) {
                 buf.extend_from_slice(sse::encode(e, plan.named).as_bytes());
             }
         }
@@ -428,12 +440,16 @@ mod tests {
     use super::*;
     use crate::http::request::split_target;
 
+    fn filter_from_query_here(pairs: &[(String, String)]) -> std::result::Result<Filter, String> {
+        filter_from_query(pairs, "here")
+    }
+
     #[test]
     fn filters_come_from_the_decoded_query() {
         let (_, q) = split_target(
             "/api/events?types=image_captured%2Ccamera_status_changed&camera_id=%203&x",
         );
-        let f = filter_from_query(&q).unwrap_or_default();
+        let f = filter_from_query_here(&q).unwrap_or_default();
         assert_eq!(
             f.types.as_deref(),
             Some(
@@ -449,17 +465,32 @@ mod tests {
     #[test]
     fn filters_reject_impossible_values() {
         let q = |s: &str| split_target(s).1;
-        assert!(filter_from_query(&q("/?camera_id=abc")).is_err());
-        assert!(filter_from_query(&q("/?types=a%0Ab")).is_err());
-        let f = filter_from_query(&q("/?types=a")).unwrap_or_default();
-        assert!(f.matches("a", None));
-        assert!(!f.matches("b", None));
+        assert!(filter_from_query_here(&q("/?camera_id=abc")).is_err());
+        assert!(filter_from_query_here(&q("/?types=a%0Ab")).is_err());
+        let f = filter_from_query_here(&q("/?types=a")).unwrap_or_default();
+        assert!(f.matches("a", None, None));
+        assert!(!f.matches("b", None, None));
         let c = Filter {
             types: None,
             camera_id: Some(2),
+            host: None,
         };
-        assert!(c.matches("x", Some(2)));
-        assert!(!c.matches("x", Some(3)));
-        assert!(!c.matches("x", None));
+        assert!(c.matches("x", Some(2), None));
+        assert!(!c.matches("x", Some(3), None));
+        assert!(!c.matches("x", None, None));
+        assert!(filter_from_query_here(&q("/?host=")).is_err());
+    }
+
+    #[test]
+    fn a_host_filter_names_this_host_or_another() {
+        let q = |s: &str| split_target(s).1;
+        let ours = filter_from_query_here(&q("/?host=here")).unwrap_or_default();
+        assert_eq!(ours.host, Some(None));
+        assert!(ours.matches("x", Some(1), None));
+        assert!(!ours.matches("x", Some(1), Some("garden")));
+        let garden = filter_from_query_here(&q("/?host=garden&camera_id=1")).unwrap_or_default();
+        assert!(garden.matches("x", Some(1), Some("garden")));
+        assert!(!garden.matches("x", Some(1), None));
+        assert!(!garden.matches("x", Some(1), Some("window")));
     }
 }

@@ -716,6 +716,7 @@ impl Runner {
         }
         let mut ids: Vec<i64> = events
             .iter()
+            .filter(|e| e.host.is_none())
             .filter_map(Event::camera_id)
             .filter(|id| self.filter.has_camera(*id))
             .collect();

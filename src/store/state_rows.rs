@@ -36,6 +36,13 @@ const TRIM_TYPES: &str = "DELETE FROM event_type_counts WHERE event_type NOT IN 
      (SELECT event_type FROM event_type_counts ORDER BY dispatched DESC, event_type LIMIT ?1)";
 
 const SELECT_CAMERAS: &str = "SELECT state FROM camera_state ORDER BY camera_id";
+const UPSERT_REMOTE: &str = "INSERT INTO remote_camera_state (host, camera_id, state) \
+     VALUES (?1, ?2, ?3) ON CONFLICT (host, camera_id) DO UPDATE SET state = excluded.state";
+const SELECT_REMOTE: &str = "SELECT state FROM remote_camera_state ORDER BY host, camera_id";
+/// Other hosts' cameras beyond the cap go the way this host's do: least recently updated.
+const TRIM_REMOTE: &str = "DELETE FROM remote_camera_state WHERE (host, camera_id) NOT IN \
+     (SELECT host, camera_id FROM remote_camera_state \
+      ORDER BY json_extract(state, '$.updated_at') DESC, host, camera_id DESC LIMIT ?1)";
 const SELECT_CAMERA: &str = "SELECT state FROM camera_state WHERE camera_id = ?1";
 const SELECT_TIMELAPSES: &str = "SELECT state FROM timelapse_state ORDER BY timelapse_id";
 
@@ -49,6 +56,11 @@ pub(crate) fn load(conn: &mut Connection, limits: Limits) -> Result<State> {
     };
     for c in records::<CameraState>(conn, SELECT_CAMERAS, "load camera state")? {
         state.cameras.insert(c.camera_id, c);
+    }
+    for c in records::<CameraState>(conn, SELECT_REMOTE, "load remote camera state")? {
+        if let Some(host) = c.host.clone() {
+            state.remote.insert((host, c.camera_id), c);
+        }
     }
     for t in records::<TimelapseState>(conn, SELECT_TIMELAPSES, "load timelapse state")? {
         state.timelapses.insert(t.timelapse_id, t);
@@ -70,7 +82,9 @@ fn trim(conn: &mut Connection, limits: Limits) -> Result<()> {
         .map_err(db("begin trimming the state"))?;
     let cameras = tx
         .execute(TRIM_CAMERAS, [cap(limits.max_cameras)])
-        .map_err(db("trim camera state"))?;
+        .map_err(db("trim camera state"))?
+        + tx.execute(TRIM_REMOTE, [cap(limits.max_cameras)])
+            .map_err(db("trim remote camera state"))?;
     let timelapses = tx
         .execute(TRIM_ORPHAN_TIMELAPSES, [])
         .map_err(db("trim timelapse state"))?
@@ -109,6 +123,20 @@ pub(crate) fn save(conn: &Connection, state: &State, changed: &[Changed]) -> Res
             let text = serde_json::to_string(c).unwrap_or_default();
             cam.execute(params![id, text])
                 .map_err(db("save camera state"))?;
+        }
+    }
+    let mut remote = conn
+        .prepare_cached(UPSERT_REMOTE)
+        .map_err(db("save remote camera state"))?;
+    let mut keys: Vec<&(String, i64)> = changed.iter().filter_map(|c| c.remote.as_ref()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        if let Some(c) = state.remote.get(key) {
+            let text = serde_json::to_string(c).unwrap_or_default();
+            remote
+                .execute(params![key.0, key.1, text])
+                .map_err(db("save remote camera state"))?;
         }
     }
     let mut tls: Vec<i64> = changed.iter().filter_map(|c| c.timelapse).collect();

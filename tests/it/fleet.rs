@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::mqtt::{Broker, mosquitto_here};
-use crate::support::{ChildHub, EmitOk, SseClient, WAIT, http, reserve_port, wait_until};
+use crate::support::{
+    ChildHub, EmitOk, SseClient, WAIT, http, reserve_port, stream_id, wait_until,
+};
 
 /// A camera host's hub: its MQTT sink publishes as `name`.
 fn camera_host(db: &Path, url: &str, name: &str) -> ChildHub {
@@ -134,7 +136,8 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
     let kills: Arc<Mutex<Vec<String>>> = Arc::default();
     let started = Instant::now();
     for n in 0..PER_HOST {
-        for (em, cam) in [(&em_a, 1), (&em_b, 2)] {
+        // Both hosts have a camera 1: the fleet tells them apart by host.
+        for (em, cam) in [(&em_a, 1), (&em_b, 1)] {
             em.emit_ok(NewEvent::new(
                 "image_captured",
                 json!({"camera_id": cam, "n": n, "image_count": n}),
@@ -235,5 +238,56 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
     let names: Vec<&str> = listed.iter().filter_map(|h| h["host"].as_str()).collect();
     assert_eq!(names, ["garden", "window"], "{hosts}");
     assert_eq!(hosts["host"], "fleet");
+    // The state: camera 1 twice, once per host; and narrowed to one host.
+    let state = http(fleet.addr, "GET", "/api/state", &[], b"").json();
+    let cams: Vec<(String, i64, i64)> = state["cameras"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["host"].as_str().unwrap_or("").to_owned(),
+                c["camera_id"].as_i64().unwrap_or(0),
+                c["image_count"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let last = PER_HOST - 1;
+    assert_eq!(
+        cams,
+        [
+            ("garden".to_owned(), 1, last),
+            ("window".to_owned(), 1, last)
+        ],
+        "{state}"
+    );
+    let garden_only = http(fleet.addr, "GET", "/api/state?host=garden", &[], b"").json();
+    assert_eq!(garden_only["cameras"].as_array().map(Vec::len), Some(1));
+    assert_eq!(garden_only["cameras"][0]["host"], "garden");
+    let ours = http(fleet.addr, "GET", "/api/state?host=fleet", &[], b"").json();
+    assert_eq!(
+        ours["cameras"],
+        json!([]),
+        "the fleet hub has no camera of its own"
+    );
+    // The stream, narrowed to one host, replayed from the start.
+    let from_start = format!("{}-0", stream_id(fleet.addr));
+    let mut c = SseClient::resume(fleet.addr, "/api/events?host=window", &from_start);
+    let mut ns: Vec<i64> = c
+        .take(PER_HOST as usize)
+        .iter()
+        .map(|e| {
+            let v = e.json();
+            assert_eq!(v["host"], "window", "{v}");
+            v["data"]["n"].as_i64().unwrap_or(-1)
+        })
+        .collect();
+    assert!(
+        c.next_event(Duration::from_millis(300)).is_none(),
+        "nothing of garden's"
+    );
+    ns.sort_unstable();
+    assert_eq!(ns, (0..PER_HOST).collect::<Vec<_>>());
     drop((garden, window, fleet));
 }
