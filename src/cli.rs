@@ -153,6 +153,20 @@ pub enum Command {
     Check(CheckArgs),
     /// Copy a (possibly running) database to a file with SQLite's online backup API.
     Backup(BackupArgs),
+    /// Find the hubs on the LAN (mDNS/DNS-SD, `_timelapse-events._tcp`): one line per hub
+    /// (host, addresses, port, version). Exits 0 when none answers.
+    Discover(DiscoverArgs),
+}
+
+/// `discover` flags.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Seconds to listen for answers.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub secs: u64,
+    /// Print a JSON array: each hub's host, addresses, port, version and TXT keys.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `check` flags.
@@ -386,6 +400,12 @@ pub struct ServeArgs {
     /// The <host> in MQTT topics and Home Assistant ids (default: this machine's name).
     #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_HOST_NAME")]
     pub mqtt_host_name: Option<String>,
+    /// Do not advertise the hub on the LAN with mDNS/DNS-SD (by default a hub listening
+    /// beyond loopback announces itself as _timelapse-events._tcp and _http._tcp).
+    #[arg(long, env = "TIMELAPSE_EVENTS_NO_MDNS", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_mdns: bool,
     /// Home Assistant's MQTT discovery prefix.
     #[arg(
         long,
@@ -518,6 +538,8 @@ impl ServeArgs {
                 .collect(),
             public_url: self.public_url.clone(),
             mqtt_subscribe: self.mqtt_subscribe()?,
+            mdns: !self.no_mdns,
+            host_name: self.mqtt_host_name.clone(),
             ..Config::default()
         };
         config.validate()?;
@@ -606,6 +628,32 @@ pub fn run(command: Command) -> Result<()> {
         Command::Backup(args) => {
             let pages = admin::backup(&args.db, &args.to)?;
             println!("backed up {pages} pages to {}", args.to.display());
+            Ok(())
+        }
+        Command::Discover(args) => {
+            let hubs = timelapse_events::discover(Duration::from_secs(args.secs))?;
+            if args.json {
+                let all: Vec<Value> = hubs
+                    .iter()
+                    .map(timelapse_events::FoundHub::to_json)
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+            } else {
+                for hub in &hubs {
+                    let addrs: Vec<String> =
+                        hub.addresses.iter().map(ToString::to_string).collect();
+                    println!(
+                        "{} {} port {} version {}",
+                        hub.host,
+                        addrs.join(","),
+                        hub.port,
+                        hub.version
+                    );
+                }
+            }
+            if hubs.is_empty() {
+                eprintln!("no hub found");
+            }
             Ok(())
         }
     }

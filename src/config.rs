@@ -144,6 +144,12 @@ pub struct Config {
     /// this hub stores in its own log. Its `prefix` and `host_name` (this host, whose own
     /// topics are skipped) mean what they mean for the MQTT sink. Defaults to none.
     pub mqtt_subscribe: Option<MqttTarget>,
+    /// Advertise the hub on the LAN with mDNS/DNS-SD (`_timelapse-events._tcp`,
+    /// `_http._tcp`) when it listens beyond loopback. Defaults to true.
+    pub mdns: bool,
+    /// The name the hub goes by on the LAN: its mDNS instance and TXT `host` (the MQTT sink
+    /// has its own `host_name`). Defaults to none: this machine's name.
+    pub host_name: Option<String>,
 }
 
 /// Where a sink delivers.
@@ -413,14 +419,19 @@ impl Default for Config {
             sinks: Vec::new(),
             public_url: None,
             mqtt_subscribe: None,
+            mdns: true,
+            host_name: None,
         }
     }
 }
 
 impl Config {
-    /// This host's name among camera hosts: the fleet's or an MQTT sink's `host_name` when
-    /// set, else the machine's.
-    pub fn host_name(&self) -> String {
+    /// This host's name among camera hosts: `host_name`, else the fleet's or an MQTT
+    /// sink's `host_name` when set, else the machine's.
+    pub fn this_host(&self) -> String {
+        if let Some(h) = &self.host_name {
+            return h.clone();
+        }
         self.mqtt_subscribe
             .iter()
             .chain(self.sinks.iter().filter_map(|s| match &s.target {

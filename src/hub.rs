@@ -13,6 +13,7 @@ use crate::emitter::Emitter;
 use crate::error::Result;
 use crate::fleet::Fleet;
 use crate::http::{self, Ctx, Listener, Server};
+use crate::mdns::Advert;
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::poller::{self, Outputs, Pace, Poller};
@@ -60,6 +61,9 @@ pub struct Hub {
     notifier: Option<Arc<Notifier>>,
     /// The `tle-notify` watchdog pinger and its stop channel.
     pinger: Option<(Sender<()>, JoinHandle<Result<()>>)>,
+    /// The mDNS advertisement (mdns-sd's `mDNS_daemon` thread), when listening beyond
+    /// loopback and not turned off.
+    mdns: Option<Advert>,
     /// Set once stop_all has run (Drop calls it again after `shutdown`).
     stopped: bool,
     /// This hub's lock on its database; the last field, so it is released only after
@@ -78,7 +82,8 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Binds the listener, then opens (creating if need be) the database, starts the poller,
     /// the sinks (`config.sinks`), retention, WAL watcher and HTTP workers, and returns once they run (so a client may
-    /// connect at once).
+    /// connect at once). Beyond loopback it then advertises itself with mDNS (unless
+    /// `config.mdns` is off); a failure there is a warning, not an error.
     ///
     /// # Errors
     /// A bad config; an address that cannot be bound ([`Error::Bind`](crate::Error::Bind),
@@ -191,6 +196,7 @@ impl Hub {
             poller_quiet,
             notifier: None,
             pinger: None,
+            mdns: None,
             stopped: false,
             _lock: lock,
         };
@@ -198,6 +204,8 @@ impl Hub {
         let server = http::start(ctx, listener, fatal)?;
         hub.addr = server.addr();
         hub.http = Some(server);
+        // Only now that the port is known (and taken): never a failed start.
+        hub.mdns = Advert::start(&hub.config, hub.addr);
         let counts = events::counts(&*hub.store.conn()?)?;
         log::info!(
             "timelapse-events listening on http://{} (database {}, schema version {}, {} events dispatched, {} pending)",
@@ -285,7 +293,8 @@ impl Hub {
         &self.config
     }
 
-    /// Stops everything, in this order: HTTP workers (no new requests or streams), and the
+    /// Stops everything, in this order: the mDNS advertisement (goodbye packets, then its
+    /// daemon); HTTP workers (no new requests or streams), and the
     /// uploads in progress (waited for up to `shutdown_grace`, so they are answered); the
     /// sinks (each records its cursor, after the delivery under way: at most its timeout); the
     /// poller (finishes its batch, then stores, dispatches and answers every queued emit;
@@ -318,6 +327,10 @@ impl Hub {
         if let Some((stop, pinger)) = self.pinger.take() {
             drop(stop);
             keep(join_thread("notify", pinger));
+        }
+        // Goodbyes first: the LAN stops being pointed at a hub that is going away.
+        if let Some(advert) = self.mdns.take() {
+            advert.stop();
         }
         if let Some(mut http) = self.http.take() {
             keep(http.stop(Instant::now() + self.config.shutdown_grace));

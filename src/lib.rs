@@ -27,7 +27,8 @@
 //! The public API is small: [`Hub`], [`Config`] (with [`SinkConfig`] and [`SinkTarget`]),
 //! [`Emitter`], [`NewEvent`], [`Event`], [`Priority`], [`EventId`], [`Cursor`] and [`Error`],
 //! plus [`admin`] for maintenance of a database file without a hub (what the binary's
-//! `stats`, `sinks` ([`SinkCursor`]), `cleanup`, `check` and `backup` run). ARCHITECTURE.md gives the modules floor by floor and the threads.
+//! `stats`, `sinks` ([`SinkCursor`]), `cleanup`, `check` and `backup` run), and [`discover`]
+//! ([`FoundHub`]), which finds the hubs on the LAN by mDNS. ARCHITECTURE.md gives the modules floor by floor and the threads.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -45,6 +46,7 @@ mod host;
 mod http;
 mod hub;
 mod limits;
+mod mdns;
 mod metrics;
 mod mqtt;
 mod notify;
@@ -68,5 +70,6 @@ pub use emitter::Emitter;
 pub use error::{DbFileProblem, Error, Result};
 pub use event::{Cursor, Event, EventId, NewEvent, Priority};
 pub use hub::Hub;
+pub use mdns::{FoundHub, SERVICE as MDNS_SERVICE, discover};
 pub use store::SCHEMA_VERSION;
 pub use store::sinks::SinkCursor;

@@ -393,7 +393,7 @@ fn state(rq: &Request<'_>, ctx: &Ctx) -> Reply {
         Reply::empty(304)
     } else {
         match host {
-            Some(h) => Reply::json(200, &state_of_host(&snap.body, h, &ctx.config.host_name())),
+            Some(h) => Reply::json(200, &state_of_host(&snap.body, h, &ctx.config.this_host())),
             None => Reply::bytes(200, "application/json", snap.body.as_bytes().to_vec()),
         }
     };
@@ -555,7 +555,7 @@ fn hosts(ctx: &Ctx) -> Reply {
     });
     Reply::json(
         200,
-        &json!({"host": ctx.config.host_name(), "fleet": fleet, "hosts": others}),
+        &json!({"host": ctx.config.this_host(), "fleet": fleet, "hosts": others}),
     )
 }
 

@@ -53,7 +53,7 @@ pub(super) fn open(
     ctx: &Ctx,
     cors: Vec<(&'static str, String)>,
 ) -> std::result::Result<Takeover, HttpError> {
-    let filter = filter_from_query(&rq.query, &ctx.config.host_name())
+    let filter = filter_from_query(&rq.query, &ctx.config.this_host())
         .map_err(|msg| HttpError::new(400, msg))?;
     let resume = sse::resume_from(rq.header("Last-Event-ID"), rq.query_value("last_event_id"));
     let peer_place = match rq.peer.map(|p| ctx.stream_peers.take(p.ip())) {

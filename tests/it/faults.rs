@@ -790,7 +790,9 @@ fn stuck_and_vanished_clients_are_released_and_healthy_ones_get_everything() {
     } else {
         "127.0.0.1:0"
     };
-    let flags = MANY_CLIENTS;
+    // On 0.0.0.0 in this namespace: announce nothing on this machine's real network.
+    let mut flags = MANY_CLIENTS.to_vec();
+    flags.push("--no-mdns");
     let hub = ChildHub::start_on(&db, bind, &flags);
     let addr = SocketAddr::from(([127, 0, 0, 1], hub.addr.port()));
     let pid = hub.child.id();

@@ -271,7 +271,10 @@ fn post_needs_the_bearer_token_when_one_is_set() {
 
 #[test]
 fn post_is_refused_off_loopback_without_a_token() {
-    let hub = TestHub::start_with(|c| c.bind = ([0, 0, 0, 0], 0).into());
+    let hub = TestHub::start_with(|c| {
+        c.bind = ([0, 0, 0, 0], 0).into();
+        c.mdns = false; // a test announces nothing on this machine's real network
+    });
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], hub.addr().port()));
     let r = post_json(addr, r#"{"type":"a","data":{}}"#, &[]);
     assert_eq!(r.status, 403);
