@@ -19,8 +19,8 @@ use serde_json::json;
 use timelapse_events::{Emitter, NewEvent};
 
 use crate::support::{
-    ChildHub, EmitOk, SseClient, TestHub, WAIT, hub_stats, lines_of, post_json, sql_value,
-    stream_id, wait_until,
+    ChildHub, EmitOk, Netns, SseClient, TestHub, WAIT, hub_stats, lines_of, post_json, skip,
+    sql_value, stream_id, wait_until,
 };
 
 /// A hub for tests of many clients, all from loopback: one address may hold them all.
@@ -37,17 +37,6 @@ const MANY_CLIENTS: [&str; 8] = [
 
 // ---------------------------------------------------------------------------------------
 // helpers
-
-/// True when a missing facility must fail the test instead of skipping it.
-fn required() -> bool {
-    std::env::var("TLE_REQUIRE_FAULTS").is_ok_and(|v| v == "1")
-}
-
-/// Prints `SKIPPED: why`, or panics when `TLE_REQUIRE_FAULTS=1`.
-fn skip(why: &str) {
-    assert!(!required(), "TLE_REQUIRE_FAULTS=1 but {why}");
-    eprintln!("SKIPPED: {why}");
-}
 
 fn python3() -> bool {
     Command::new("python3")
@@ -679,69 +668,6 @@ while True:
         except BlockingIOError:
             pass
 "#;
-
-/// A network namespace joined to this one by a veth pair: clients in it reach the hub at
-/// `host_ip`; setting their end down makes them vanish without a FIN.
-struct Netns {
-    ns: String,
-    host_if: String,
-    peer_if: String,
-    host_ip: String,
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl Netns {
-    fn create() -> Option<Netns> {
-        let pid = std::process::id();
-        let net = 16 + pid % 200; // 10.251.<net>.0/30, unlikely to collide with a real LAN
-        let n = Netns {
-            ns: format!("tle-faults-{pid}"),
-            host_if: format!("tlef{pid}h"),
-            peer_if: format!("tlef{pid}p"),
-            host_ip: format!("10.251.{net}.1"),
-        };
-        let peer_ip = format!("10.251.{net}.2/30");
-        let host_cidr = format!("{}/30", n.host_ip);
-        let ok = ip(&["netns", "add", &n.ns])
-            && ip(&[
-                "link", "add", &n.host_if, "type", "veth", "peer", "name", &n.peer_if,
-            ])
-            && ip(&["link", "set", &n.peer_if, "netns", &n.ns])
-            && ip(&["addr", "add", &host_cidr, "dev", &n.host_if])
-            && ip(&["link", "set", &n.host_if, "up"])
-            && n.exec(&["addr", "add", &peer_ip, "dev", &n.peer_if])
-            && n.exec(&["link", "set", &n.peer_if, "up"])
-            && n.exec(&["link", "set", "lo", "up"]);
-        ok.then_some(n) // on failure, drop deletes what was made
-    }
-
-    fn exec(&self, args: &[&str]) -> bool {
-        let mut all = vec!["netns", "exec", &self.ns, "ip"];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// Pulls the clients' cable: nothing from or to them passes any more.
-    fn cut(&self) -> bool {
-        self.exec(&["link", "set", &self.peer_if, "down"])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its veth end, and with it ours.
-        ip(&["netns", "del", &self.ns]);
-        ip(&["link", "del", &self.host_if]);
-    }
-}
 
 /// A stream whose response head arrived, retried (and counted in `retries`) when it does
 /// not within 3 s: tiny_http 0.12 can leave an accepted connection unserved. With `rcvbuf`,

@@ -7,6 +7,7 @@ mod browser;
 mod caps;
 mod cli;
 mod config;
+mod discovery;
 mod door;
 mod examples;
 mod faults;

@@ -668,8 +668,26 @@ impl ChildHub {
 
     /// `serve` with exactly these arguments (no `--db` or `--bind` of its own).
     pub fn start_args(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> ChildHub {
+        ChildHub::start_under(&[], args, env)
+    }
+
+    /// `serve` as [`ChildHub::start_args`], run by `wrapper` (e.g. [`Netns::run_in`]'s
+    /// `ip netns exec <ns>`, which execs the hub: the child is the hub itself).
+    pub fn start_under(
+        wrapper: &[&str],
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+    ) -> ChildHub {
         let bind = "the configured address";
-        let mut child = Command::new(bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .envs(env.iter().copied())
             .arg("serve")
             .args(args)
@@ -739,4 +757,173 @@ pub fn sinks_of(addr: SocketAddr) -> Vec<serde_json::Value> {
     let r = http(addr, "GET", "/api/sinks", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     r.json().as_array().cloned().unwrap_or_default()
+}
+
+/// True when a test that needs root or a missing tool must fail instead of skipping
+/// (`TLE_REQUIRE_FAULTS=1`: CI runs as root and sets it).
+pub fn required() -> bool {
+    std::env::var("TLE_REQUIRE_FAULTS").is_ok_and(|v| v == "1")
+}
+
+/// Prints `SKIPPED: why`, or panics when `TLE_REQUIRE_FAULTS=1`.
+pub fn skip(why: &str) {
+    assert!(!required(), "TLE_REQUIRE_FAULTS=1 but {why}");
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Runs `ip` with `args`; true when it succeeded.
+pub fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the `ip` tool (iproute2) is installed.
+pub fn ip_tool() -> bool {
+    Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A network namespace `ns` joined by a veth pair to this one ([`Netns::create`]: clients
+/// in it reach a hub here at `host_ip`; setting their end down makes them vanish without a
+/// FIN), or to a second namespace `host_ns` of its own ([`Netns::pair`]: nothing either
+/// side sends, multicast included, reaches this machine's interfaces). Deleted on drop.
+pub struct Netns {
+    pub ns: String,
+    /// The namespace of our end of the veth; `None`: this one.
+    pub host_ns: Option<String>,
+    pub host_if: String,
+    pub peer_if: String,
+    /// Our end's address.
+    pub host_ip: String,
+    /// The address of the end in `ns`.
+    pub peer_ip: String,
+}
+
+impl Netns {
+    /// A namespace joined to this one, at 10.251.<net>.0/30.
+    pub fn create() -> Option<Netns> {
+        let pid = std::process::id();
+        let net = 16 + pid % 200; // 10.251.<net>.0/30, unlikely to collide with a real LAN
+        Netns {
+            ns: format!("tle-faults-{pid}"),
+            host_ns: None,
+            host_if: format!("tlef{pid}h"),
+            peer_if: format!("tlef{pid}p"),
+            host_ip: format!("10.251.{net}.1"),
+            peer_ip: format!("10.251.{net}.2"),
+        }
+        .make()
+    }
+
+    /// Two namespaces of their own joined by a veth pair, `host_ns` at `host_ip` and `ns`
+    /// at `peer_ip` (10.252.<n>.0/30); `tag` tells a test's pair from another's.
+    pub fn pair(tag: &str) -> Option<Netns> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let net = 1 + n % 250;
+        Netns {
+            ns: format!("tle-{tag}-{pid}-{n}b"),
+            host_ns: Some(format!("tle-{tag}-{pid}-{n}a")),
+            host_if: format!("tlp{pid}x{n}a"),
+            peer_if: format!("tlp{pid}x{n}b"),
+            host_ip: format!("10.252.{net}.1"),
+            peer_ip: format!("10.252.{net}.2"),
+        }
+        .make()
+    }
+
+    fn make(self) -> Option<Netns> {
+        let (host_cidr, peer_cidr) = (
+            format!("{}/30", self.host_ip),
+            format!("{}/30", self.peer_ip),
+        );
+        let host_ns_made = self.host_ns.as_ref().is_none_or(|h| {
+            ip(&["netns", "add", h]) && self.host_exec(&["link", "set", "lo", "up"])
+        });
+        let ok = host_ns_made
+            && ip(&["netns", "add", &self.ns])
+            && ip(&[
+                "link",
+                "add",
+                &self.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &self.peer_if,
+            ])
+            && ip(&["link", "set", &self.peer_if, "netns", &self.ns])
+            && self
+                .host_ns
+                .as_ref()
+                .is_none_or(|h| ip(&["link", "set", &self.host_if, "netns", h]))
+            && self.host_exec(&["addr", "add", &host_cidr, "dev", &self.host_if])
+            && self.host_exec(&["link", "set", &self.host_if, "up"])
+            && self.exec(&["addr", "add", &peer_cidr, "dev", &self.peer_if])
+            && self.exec(&["link", "set", &self.peer_if, "up"])
+            && self.exec(&["link", "set", "lo", "up"]);
+        ok.then_some(self) // on failure, drop deletes what was made
+    }
+
+    /// `ip <args>` inside `ns`.
+    pub fn exec(&self, args: &[&str]) -> bool {
+        let mut all = vec!["netns", "exec", &self.ns, "ip"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// `ip <args>` on our end's side.
+    pub fn host_exec(&self, args: &[&str]) -> bool {
+        match &self.host_ns {
+            Some(h) => {
+                let mut all = vec!["netns", "exec", h, "ip"];
+                all.extend_from_slice(args);
+                ip(&all)
+            }
+            None => ip(args),
+        }
+    }
+
+    /// The words that run a program inside `ns`: `ip netns exec <ns>` (which execs it, so
+    /// the child's pid is the program's).
+    pub fn run_in(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
+    }
+
+    /// The words that run a program on our end's side (nothing for this namespace).
+    pub fn run_on_host_side(&self) -> Vec<&str> {
+        match &self.host_ns {
+            Some(h) => vec!["ip", "netns", "exec", h],
+            None => Vec::new(),
+        }
+    }
+
+    /// Pulls the clients' cable: nothing from or to them passes any more.
+    pub fn cut(&self) -> bool {
+        self.exec(&["link", "set", &self.peer_if, "down"])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth end, and with it the other.
+        ip(&["netns", "del", &self.ns]);
+        match &self.host_ns {
+            Some(h) => {
+                ip(&["netns", "del", h]);
+            }
+            None => {
+                ip(&["link", "del", &self.host_if]);
+            }
+        }
+    }
 }
