@@ -154,6 +154,15 @@ impl Advert {
             "advertised on the LAN with mDNS as {host} ({SERVICE}, {HTTP_SERVICE}, port {})",
             addr.port()
         );
+        match multicast_interfaces(addr.ip()) {
+            Ok(names) if names.is_empty() => log::warn!(
+                "no multicast interface beyond loopback is up for {}: the LAN sees this hub \
+                 only once one is (mDNS follows interfaces as they come)",
+                addr.ip()
+            ),
+            Ok(names) => log::debug!("mDNS on {names:?}"),
+            Err(e) => log::warn!("cannot list the interfaces ({e}): mDNS may not reach the LAN"),
+        }
         Ok(advert)
     }
 
@@ -174,6 +183,35 @@ impl Advert {
         shut_down(&self.daemon);
         log::info!("mDNS advertisement withdrawn");
     }
+}
+
+/// The interfaces an advertisement for a listener on `ip` goes out on: up, multicast,
+/// not loopback, with `ip` itself or (unspecified) an address of its family (`::`: any).
+fn multicast_interfaces(ip: IpAddr) -> nix::Result<Vec<String>> {
+    use nix::net::if_::InterfaceFlags;
+    let mut names: Vec<String> = nix::ifaddrs::getifaddrs()?
+        .filter(|i| {
+            i.flags
+                .contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_MULTICAST)
+                && !i.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter(|i| {
+            let Some(a) = i.address.as_ref() else {
+                return false;
+            };
+            let v4 = a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip()));
+            let v6 = a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip()));
+            match ip {
+                IpAddr::V4(u) if u.is_unspecified() => v4.is_some(),
+                IpAddr::V6(u) if u.is_unspecified() => v4.is_some() || v6.is_some(),
+                _ => v4 == Some(ip) || v6 == Some(ip),
+            }
+        })
+        .map(|i| i.interface_name)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
 }
 
 /// Shuts `daemon` down and waits (at most [`STOP_WAIT`]) until its thread has.
@@ -327,6 +365,12 @@ mod tests {
             let addr: SocketAddr = bind.parse().expect("an address");
             assert_eq!(advertised(addr), want, "{bind}");
         }
+    }
+
+    #[test]
+    fn loopback_is_never_an_interface_to_advertise_on() {
+        let names = multicast_interfaces([127, 0, 0, 1].into()).expect("getifaddrs");
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]

@@ -208,3 +208,22 @@ fn a_hub_with_no_mdns_is_not_discovered_beside_one_that_is() {
     assert_eq!(quiet.terminate().code(), Some(0));
     assert_eq!(shown.terminate().code(), Some(0));
 }
+
+#[test]
+fn a_hub_without_a_multicast_interface_warns_and_serves() {
+    let Some(netns) = namespaces("nolink") else {
+        return;
+    };
+    // Only loopback is up in the hub's namespace: its veth end is down.
+    assert!(netns.cut(), "set the hub's link down");
+    let dir = tempfile::tempdir().expect("tmp");
+    let name = format!("tle-alone-{}", std::process::id());
+    let hub = hub_in(&netns, &dir, &["--mqtt-host-name", &name]);
+    let log = hub.log();
+    println!("{log}");
+    assert!(
+        log.contains("no multicast interface beyond loopback"),
+        "{log}"
+    );
+    assert_eq!(hub.terminate().code(), Some(0), "a clean stop");
+}
