@@ -852,6 +852,32 @@ mod tests {
     }
 
     #[test]
+    fn no_mdns_is_a_flag_with_or_without_a_value_and_a_config_file_key() -> Result<()> {
+        let mdns = |argv: &[&str]| -> Result<bool> {
+            let mut all = vec!["timelapse-events", "serve"];
+            all.extend(argv);
+            let cli = Cli::try_parse_from(all).map_err(usage)?;
+            let Command::Serve(args) = cli.command else {
+                return Err(Error::Config {
+                    field: "cli",
+                    reason: "not serve".into(),
+                });
+            };
+            Ok(args.config()?.mdns)
+        };
+        assert!(mdns(&[])?, "advertised by default");
+        assert!(!mdns(&["--no-mdns"])?);
+        assert!(!mdns(&["--no-mdns=true", "--bind", "0.0.0.0:8080"])?);
+        assert!(mdns(&["--no-mdns=false"])?);
+        let from_file = merged("no_mdns = true\n", &[])?;
+        assert_eq!(from_file, ["--no-mdns=true"]);
+        assert!(!mdns(
+            &from_file.iter().map(String::as_str).collect::<Vec<_>>()
+        )?);
+        Ok(())
+    }
+
+    #[test]
     fn every_serve_flag_has_an_env_var() {
         use clap::CommandFactory;
         let cmd = Cli::command();
