@@ -141,7 +141,7 @@ fn a_hub_in_one_namespace_is_discovered_from_the_other_with_its_txt_until_it_say
 
     // A browser that has seen the hub forgets it at its goodbye, not at its records' TTL
     // (two minutes): what it lists when its time is up no longer has the hub.
-    let mut watcher = Proc::spawn(&mut discover_cmd(&netns, &["--json", "--secs", "6"]));
+    let mut watcher = Proc::spawn(&mut discover_cmd(&netns, &["--json", "--secs", "8"]));
     let resolved = format!("resolved {name}.");
     assert!(
         wait_until(Duration::from_secs(5), || watcher
