@@ -380,13 +380,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TIMELAPSE_EVENTS_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Publish every event to this MQTT broker, as mqtt://[user@]host[:port], with Home
-    /// Assistant discovery (no TLS: mqtts:// is refused).
+    /// Assistant discovery; mqtts://[user@]host[:port] (TLS, port 8883) in a build with the
+    /// `tls` feature.
     #[arg(long, env = "TIMELAPSE_EVENTS_MQTT")]
     pub mqtt: Option<String>,
     /// The MQTT password, read from this file (first line); or set
     /// TIMELAPSE_EVENTS_MQTT_PASSWORD in the environment.
     #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_PASSWORD_FILE")]
     pub mqtt_password_file: Option<PathBuf>,
+    /// For mqtts://: a PEM file of CA certificates to trust besides the built-in roots (a
+    /// broker with its own CA).
+    #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
     /// The MQTT client id (default: timelapse-events-<host>).
     #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_CLIENT_ID")]
     pub mqtt_client_id: Option<String>,
@@ -490,6 +495,7 @@ impl ServeArgs {
         if let Some(url) = self.mqtt.as_deref().filter(|u| !u.is_empty()) {
             let mut target = MqttTarget::new(url);
             target.password = self.mqtt_password()?;
+            target.ca_file.clone_from(&self.mqtt_ca_file);
             target.client_id.clone_from(&self.mqtt_client_id);
             target.prefix.clone_from(&self.mqtt_prefix);
             target.host_name.clone_from(&self.mqtt_host_name);

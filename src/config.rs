@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::{Error, Result, quote};
+use crate::error::{Error, NO_TLS, Result, quote};
 use crate::event::Priority;
 
 /// The default database file, relative to the working directory.
@@ -176,8 +176,12 @@ pub enum SinkTarget {
 /// An MQTT sink's broker and topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttTarget {
-    /// `mqtt://[user@]host[:port]` (port 1883 by default; no TLS in this build).
+    /// `mqtt://[user@]host[:port]` (port 1883 by default), or `mqtts://` (TLS, port 8883
+    /// by default; only in a build with the `tls` feature).
     pub url: String,
+    /// For `mqtts://`: a PEM file of CA certificates trusted besides the built-in roots
+    /// (a home broker's own CA). Defaults to none.
+    pub ca_file: Option<PathBuf>,
     /// The password (a secret: from a file or the environment).
     pub password: Option<String>,
     /// The MQTT client id. Defaults to `timelapse-events-<host>`.
@@ -195,6 +199,7 @@ impl MqttTarget {
     pub fn new(url: &str) -> MqttTarget {
         MqttTarget {
             url: url.to_owned(),
+            ca_file: None,
             password: None,
             client_id: None,
             prefix: "timelapse".to_owned(),
@@ -297,14 +302,15 @@ impl SinkConfig {
             SinkTarget::Webhook { url, .. } => url,
             SinkTarget::Ntfy { server, .. } => server,
             SinkTarget::Mqtt(m) => {
-                if m.url.starts_with("mqtts://") {
-                    return bad(format!(
-                        "{}: mqtts:// needs TLS, which is not built in; use mqtt:// on a trusted network or a TLS tunnel",
-                        quote(&m.url)
-                    ));
+                let tls = m.url.starts_with("mqtts://");
+                if tls && !cfg!(feature = "tls") {
+                    return bad(format!("{}: mqtts:// {NO_TLS}", quote(&m.url)));
                 }
-                if !m.url.starts_with("mqtt://") {
+                if !tls && !m.url.starts_with("mqtt://") {
                     return bad(format!("{} is not an mqtt:// URL", quote(&m.url)));
+                }
+                if !tls && m.ca_file.is_some() {
+                    return bad("a CA file is only for an mqtts:// broker".into());
                 }
                 let bad_part = |s: &str| s.is_empty() || s.contains(['/', '+', '#']);
                 if bad_part(&m.prefix) || bad_part(&m.discovery_prefix) {
@@ -313,11 +319,14 @@ impl SinkConfig {
                 &m.url
             }
         };
-        if !url.starts_with("http://") && !url.starts_with("mqtt://") {
-            return bad(format!(
-                "{} is not an http:// URL (this build has no TLS)",
-                quote(url)
-            ));
+        if url.starts_with("https://") && !cfg!(feature = "tls") {
+            return bad(format!("{}: https:// {NO_TLS}", quote(url)));
+        }
+        if !["http://", "https://", "mqtt://", "mqtts://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return bad(format!("{} is not an http:// or https:// URL", quote(url)));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
             return bad("timeout must be between 1 ms and 10 minutes".into());
@@ -359,19 +368,20 @@ pub fn parse_header(line: &str) -> Result<(String, String)> {
     Ok((name.to_owned(), value.to_owned()))
 }
 
-/// `http://ntfy.local/camera-alerts` → (`http://ntfy.local/`, `camera-alerts`).
+/// `http://ntfy.local/camera-alerts` → (`http://ntfy.local/`, `camera-alerts`); `https://`
+/// alike (refused by the validation of a build without TLS).
 fn split_ntfy_url(url: &str) -> Result<(String, String)> {
     let no_topic = || Error::Config {
         field: "ntfy",
         reason: format!("{} has no topic: use http://server/topic", quote(url)),
     };
-    let rest = url.strip_prefix("http://").ok_or_else(|| Error::Config {
-        field: "ntfy",
-        reason: format!(
-            "{} is not an http:// URL (this build has no TLS)",
-            quote(url)
-        ),
-    })?;
+    let (scheme, rest) = ["http://", "https://"]
+        .into_iter()
+        .find_map(|scheme| url.strip_prefix(scheme).map(|rest| (scheme, rest)))
+        .ok_or_else(|| Error::Config {
+            field: "ntfy",
+            reason: format!("{} is not an http:// or https:// URL", quote(url)),
+        })?;
     let rest = rest.trim_end_matches('/');
     let (host_path, topic) = rest.rsplit_once('/').ok_or_else(no_topic)?;
     let topic_ok = !topic.is_empty()
@@ -382,7 +392,7 @@ fn split_ntfy_url(url: &str) -> Result<(String, String)> {
     if !topic_ok || host_path.is_empty() {
         return Err(no_topic());
     }
-    Ok((format!("http://{host_path}/"), topic.to_owned()))
+    Ok((format!("{scheme}{host_path}/"), topic.to_owned()))
 }
 
 impl Default for Config {
@@ -579,6 +589,7 @@ mod tests {
                 "cams",
             ),
             ("http://host/sub/path/t_1", "http://host/sub/path/", "t_1"),
+            ("https://ntfy.sh/cams", "https://ntfy.sh/", "cams"),
         ] {
             let got = split_ntfy_url(url).expect(url);
             assert_eq!(got, (server.to_owned(), topic.to_owned()), "{url}");
@@ -586,7 +597,7 @@ mod tests {
         for bad in [
             "http://ntfy.local",
             "http://ntfy.local/",
-            "https://n/t",
+            "ftp://n/t",
             "n/t",
             "http://h/a b",
         ] {
@@ -607,7 +618,11 @@ mod tests {
             "same name"
         );
         let https = SinkConfig::webhook("hook1", "https://x/", vec![]);
-        assert!(config(vec![https]).validate().is_err(), "no TLS");
+        assert_eq!(
+            config(vec![https]).validate().is_ok(),
+            cfg!(feature = "tls"),
+            "https:// only with TLS"
+        );
         let long = SinkConfig::webhook("webhook1", "http://x/", vec![]);
         assert!(
             config(vec![long]).validate().is_err(),
@@ -615,6 +630,30 @@ mod tests {
         );
         let zero = SinkConfig { window: 0, ..ok };
         assert!(config(vec![zero]).validate().is_err());
+    }
+
+    #[test]
+    fn tls_urls_are_refused_without_the_tls_feature() {
+        let config = |sink: SinkConfig| Config {
+            sinks: vec![sink],
+            ..Config::default()
+        };
+        let mqtts = SinkConfig::mqtt("mqtt1", MqttTarget::new("mqtts://broker.lan"));
+        let webhook = SinkConfig::webhook("hook1", "https://hooks.example/x", vec![]);
+        let ntfy = SinkConfig::ntfy("ntfy1", "https://ntfy.sh/cams").expect("an ntfy URL");
+        for sink in [mqtts, webhook, ntfy] {
+            let got = config(sink.clone()).validate();
+            if cfg!(feature = "tls") {
+                assert!(got.is_ok(), "{sink:?}: {got:?}");
+            } else {
+                let e = got.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(e.contains("--features tls"), "{sink:?}: {e}");
+            }
+        }
+        let mut plain_ca = MqttTarget::new("mqtt://broker.lan");
+        plain_ca.ca_file = Some("/etc/ca.pem".into());
+        let got = config(SinkConfig::mqtt("mqtt1", plain_ca)).validate();
+        assert!(got.is_err(), "a CA file on mqtt://");
     }
 
     #[test]

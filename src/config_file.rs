@@ -57,6 +57,7 @@ struct FileSink {
     password_file: Option<Spanned<PathBuf>>,
     password_env: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
     prefix: Option<Spanned<String>>,
     host_name: Option<Spanned<String>>,
     discovery_prefix: Option<Spanned<String>>,
@@ -65,14 +66,16 @@ struct FileSink {
 impl FileSink {
     /// The first MQTT-only key given, with its span.
     fn mqtt_key(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
         [
-            ("client_id", &self.client_id),
-            ("prefix", &self.prefix),
-            ("host_name", &self.host_name),
-            ("discovery_prefix", &self.discovery_prefix),
+            ("client_id", span(&self.client_id)),
+            ("ca_file", self.ca_file.as_ref().map(Spanned::span)),
+            ("prefix", span(&self.prefix)),
+            ("host_name", span(&self.host_name)),
+            ("discovery_prefix", span(&self.discovery_prefix)),
         ]
         .into_iter()
-        .find_map(|(k, v)| v.as_ref().map(|v| (k, v.span())))
+        .find_map(|(k, span)| span.map(|span| (k, span)))
     }
 }
 
@@ -277,6 +280,7 @@ impl Locator<'_> {
                 }
                 let mut target = MqttTarget::new(&url);
                 target.password = password;
+                target.ca_file = raw.ca_file.map(Spanned::into_inner);
                 target.client_id = raw.client_id.map(Spanned::into_inner);
                 target.host_name = raw.host_name.map(Spanned::into_inner);
                 if let Some(p) = raw.prefix {
@@ -509,6 +513,22 @@ prefix = "cams"
                 5,
                 "sink.prefix",
                 "only an `mqtt` sink",
+            ),
+            (
+                format!("{sink}ca_file = \"/etc/ca.pem\"\n"),
+                5,
+                "sink.ca_file",
+                "only an `mqtt` sink",
+            ),
+            (
+                format!(
+                    "{}ca_file = \"/etc/ca.pem\"\n",
+                    sink.replace("webhook\"", "mqtt\"")
+                        .replace("http:", "mqtt:")
+                ),
+                3,
+                "sink.name",
+                "only for an mqtts://",
             ),
             (
                 sink.replace("webhook", "mqtt"),

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Why a build without the `tls` feature refuses `mqtts://` and `https://`.
+pub(crate) const NO_TLS: &str = "needs TLS, which this build does not have: build with \
+    `cargo build --release --features tls`, or use mqtt:// or http:// on a trusted network";
+
 /// Shorthand for `Result<T, timelapse_events::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -25,7 +25,7 @@ use crate::config::{Config, MqttTarget};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, Priority};
 use crate::mqtt::packet::{Connect, Incoming};
-use crate::mqtt::{Client, KEEP_ALIVE, level, split_url};
+use crate::mqtt::{BrokerUrl, Client, KEEP_ALIVE, Security, level, split_url};
 use crate::state::parse_utc_ms;
 use crate::store::{Store, events};
 use crate::thread::spawn_named;
@@ -227,6 +227,7 @@ impl Drop for Fleet {
 
 struct Ingest {
     addr: String,
+    security: Security,
     connect: Connect,
     prefix: String,
     own: String,
@@ -242,7 +243,9 @@ impl Ingest {
         status: Arc<FleetStatus>,
         stop: Receiver<()>,
     ) -> Result<Ingest> {
-        let (user, addr) = split_url(&m.url)?;
+        let url = split_url(&m.url)?;
+        let security = crate::mqtt::security(&url, m.ca_file.as_deref())?;
+        let BrokerUrl { user, addr, .. } = url;
         let own = m
             .host_name
             .clone()
@@ -261,6 +264,7 @@ impl Ingest {
         };
         Ok(Ingest {
             addr,
+            security,
             connect,
             prefix: m.prefix.clone(),
             own,
@@ -327,7 +331,7 @@ impl Ingest {
     /// One connection: subscribe, then store and acknowledge until the stop (`Ok`) or an
     /// error. `connected` runs once the subscription is sent.
     fn session(&self, connected: &mut dyn FnMut()) -> Result<()> {
-        let mut client = Client::connect(&self.addr, &self.connect, TIMEOUT)?;
+        let mut client = Client::connect(&self.addr, &self.security, &self.connect, TIMEOUT)?;
         client.manual_acks();
         client.subscribe(&format!("{}/+/events/#", self.prefix), 1)?;
         client.subscribe(&format!("{}/+/availability", self.prefix), 1)?;

@@ -1,12 +1,15 @@
-//! Our MQTT 3.1.1 client over a std `TcpStream`, for QoS 0 and 1: the sink's publisher and
-//! the fleet's subscriber. Blocking, with deadlines, on the thread that owns it.
+//! Our MQTT 3.1.1 client over a std `TcpStream` (or, with the `tls` feature, rustls over
+//! it: [`super::tls`]), for QoS 0 and 1: the sink's publisher and the fleet's subscriber.
+//! Blocking, with deadlines, on the thread that owns it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::KEEP_ALIVE;
 use super::packet::{self, Connect, Incoming};
+#[cfg(feature = "tls")]
+use super::tls;
+use super::{KEEP_ALIVE, Security};
 use crate::error::{Error, Result};
 
 /// The largest packet we accept from the broker (a remote event is at most a few KiB).
@@ -19,16 +22,31 @@ pub(crate) fn mqtt_err(op: &'static str) -> impl FnOnce(std::io::Error) -> Error
     }
 }
 
-/// `mqtt://[user@]host[:port]` → (user, host:port).
-pub(crate) fn split_url(url: &str) -> Result<(Option<String>, String)> {
+/// A broker's address from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BrokerUrl {
+    pub(crate) user: Option<String>,
+    /// `host:port`.
+    pub(crate) addr: String,
+    /// `mqtts://`.
+    pub(crate) tls: bool,
+}
+
+/// `mqtt://[user@]host[:port]` (port 1883) or `mqtts://…` (port 8883).
+pub(crate) fn split_url(url: &str) -> Result<BrokerUrl> {
     // The URL may hold a password: the reason names only what is wrong.
     let bad = |reason: &str| Error::Config {
         field: "mqtt",
         reason: format!("the MQTT URL: {reason}"),
     };
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| bad("not an mqtt:// URL"))?;
+    let (rest, tls) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("mqtt://")
+                .ok_or_else(|| bad("not an mqtt:// or mqtts:// URL"))?,
+            false,
+        ),
+    };
     let rest = rest.trim_end_matches('/');
     let (user, host) = match rest.rsplit_once('@') {
         Some((u, h)) => (Some(u.split(':').next().unwrap_or(u).to_owned()), h),
@@ -44,14 +62,52 @@ pub(crate) fn split_url(url: &str) -> Result<(Option<String>, String)> {
     let addr = if has_port {
         host.to_owned()
     } else {
-        format!("{host}:1883")
+        format!("{host}:{}", if tls { 8883 } else { 1883 })
     };
-    Ok((user.filter(|u| !u.is_empty()), addr))
+    Ok(BrokerUrl {
+        user: user.filter(|u| !u.is_empty()),
+        addr,
+        tls,
+    })
+}
+
+/// The byte stream to the broker; the timeouts are set on the socket under it.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tls::TlsStream>),
+}
+
+impl Stream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes),
+            // rustls buffers: only the flush reports a failed write to the socket.
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write_all(bytes).and_then(|()| s.flush()),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
 }
 
 /// One connection to the broker.
 pub(crate) struct Client {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     next_id: u16,
     last_sent: Instant,
@@ -64,24 +120,47 @@ impl Client {
     /// Connects, sends CONNECT and waits for an accepting CONNACK.
     ///
     /// # Errors
-    /// The broker cannot be reached, does not answer within `timeout`, or refuses us.
-    pub(crate) fn connect(addr: &str, connect: &Connect, timeout: Duration) -> Result<Client> {
-        let sock = addr
+    /// The broker cannot be reached, does not answer within `timeout`, or refuses us (or,
+    /// over TLS, its certificate is not trusted).
+    pub(crate) fn connect(
+        addr: &str,
+        security: &Security,
+        connect: &Connect,
+        timeout: Duration,
+    ) -> Result<Client> {
+        // Each address in turn: `localhost` may give ::1 first to a broker on 127.0.0.1.
+        let mut stream = Err(Error::Mqtt {
+            op: "resolve the broker",
+            reason: format!("{addr} has no address"),
+        });
+        for sock in addr
             .to_socket_addrs()
             .map_err(mqtt_err("resolve the broker"))?
-            .next()
-            .ok_or_else(|| Error::Mqtt {
-                op: "resolve the broker",
-                reason: format!("{addr} has no address"),
-            })?;
-        let stream = TcpStream::connect_timeout(&sock, timeout)
-            .map_err(mqtt_err("connect to the broker"))?;
+        {
+            stream = TcpStream::connect_timeout(&sock, timeout)
+                .map_err(mqtt_err("connect to the broker"));
+            if stream.is_ok() {
+                break;
+            }
+        }
+        let stream = stream?;
         stream
             .set_nodelay(true)
             .map_err(mqtt_err("set TCP_NODELAY"))?;
         stream
             .set_write_timeout(Some(timeout))
             .map_err(mqtt_err("set a write timeout"))?;
+        let stream = match security {
+            Security::Plain => Stream::Plain(stream),
+            #[cfg(feature = "tls")]
+            Security::Tls(config) => {
+                // The handshake's reads; `read` sets its own before each read.
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .map_err(mqtt_err("set a read timeout"))?;
+                Stream::Tls(Box::new(tls::connect(config, addr, stream)?))
+            }
+        };
         let mut client = Client {
             stream,
             buf: Vec::with_capacity(4096),
@@ -192,6 +271,7 @@ impl Client {
             // A zero timeout means "block forever" to std: at least 1 ms.
             let wait = (deadline - now).max(Duration::from_millis(1));
             self.stream
+                .socket()
                 .set_read_timeout(Some(wait))
                 .map_err(mqtt_err("set a read timeout"))?;
             let mut chunk = [0u8; 4096];
@@ -216,5 +296,46 @@ impl Client {
     pub(crate) fn disconnect(mut self) {
         // Best effort: the socket closes on drop anyway.
         let _ = self.send(&packet::DISCONNECT);
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = &mut self.stream {
+            tls::close(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_user_address_and_tls() -> Result<()> {
+        for (url, user, addr) in [
+            ("mqtt://broker", None, "broker:1883"),
+            ("mqtt://broker:1884", None, "broker:1884"),
+            ("mqtt://ha@broker/", Some("ha"), "broker:1883"),
+            (
+                "mqtt://ha:secret@10.0.0.2:1999",
+                Some("ha"),
+                "10.0.0.2:1999",
+            ),
+            ("mqtt://[::1]:1883", None, "[::1]:1883"),
+            ("mqtts://broker", None, "broker:8883"),
+            ("mqtts://ha@broker:8884", Some("ha"), "broker:8884"),
+        ] {
+            let tls = url.starts_with("mqtts://");
+            assert_eq!(
+                split_url(url)?,
+                BrokerUrl {
+                    user: user.map(str::to_owned),
+                    addr: addr.to_owned(),
+                    tls
+                },
+                "{url}"
+            );
+        }
+        for bad in ["http://x", "mqtt://", "mqtt://u@", "mqtts://"] {
+            assert!(split_url(bad).is_err(), "{bad}");
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP transports: a webhook (POST the event's JSON envelope, as the stream sends it)
 //! and the ntfy preset (POST ntfy's JSON publish format to the server root). One blocking
-//! `ureq` agent per sink, on the sink's own thread; plain `http://` (no TLS in this build).
+//! `ureq` agent per sink, on the sink's own thread; `http://`, and `https://` in a build with
+//! the `tls` feature (ureq's rustls, on ring, trusting webpki-roots).
 
 use std::time::Duration;
 

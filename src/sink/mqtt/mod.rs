@@ -1,5 +1,5 @@
-//! The MQTT transport: a QoS 1 publisher on our own client ([`crate::mqtt`]), run on its
-//! sink's `tle-sink-<name>` thread.
+//! The MQTT transport: a QoS 1 publisher on our own client ([`crate::mqtt`]; `mqtts://`
+//! over rustls with the `tls` feature), run on its sink's `tle-sink-<name>` thread.
 //!
 //! A clean session is enough: our cursor is the session. Each batch of up to `window`
 //! events is published at QoS 1, then the PUBACKs are read; the events acknowledged in an
@@ -21,7 +21,7 @@ use crate::config::{MqttTarget, SinkConfig, SinkTarget};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::mqtt::packet::{Connect, Incoming, Will};
-use crate::mqtt::{Client, KEEP_ALIVE, split_url};
+use crate::mqtt::{BrokerUrl, Client, KEEP_ALIVE, Security, split_url};
 use crate::state::{CameraState, camera_json};
 /// How often an idle, disconnected sink tries to connect (so availability comes back).
 const IDLE_CONNECT_EVERY: Duration = Duration::from_secs(2);
@@ -30,6 +30,7 @@ const IDLE_CONNECT_EVERY: Duration = Duration::from_secs(2);
 pub(crate) struct Mqtt {
     name: String,
     addr: String,
+    security: Security,
     connect: Connect,
     topics: Topics,
     timeout: Duration,
@@ -52,7 +53,9 @@ pub(crate) struct Mqtt {
 /// # Errors
 /// The URL is not `mqtt://[user@]host[:port]`.
 pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Transport>> {
-    let (user, addr) = split_url(&m.url)?;
+    let url = split_url(&m.url)?;
+    let security = crate::mqtt::security(&url, m.ca_file.as_deref())?;
+    let BrokerUrl { user, addr, .. } = url;
     let host = m
         .host_name
         .clone()
@@ -77,6 +80,7 @@ pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Tra
     Ok(Box::new(Mqtt {
         name: sink.name.clone(),
         addr,
+        security,
         connect,
         topics,
         timeout: sink.timeout,
@@ -103,7 +107,8 @@ impl Mqtt {
     fn ensure_connected(&mut self) -> Result<&mut Client> {
         if self.client.is_none() {
             self.last_try = Some(Instant::now());
-            let mut client = Client::connect(&self.addr, &self.connect, self.timeout)?;
+            let mut client =
+                Client::connect(&self.addr, &self.security, &self.connect, self.timeout)?;
             client.publish(&self.topics.availability(), b"online", 1, true)?;
             client.subscribe(&self.topics.birth(), 1)?;
             log::info!(
@@ -340,35 +345,5 @@ impl Transport for Mqtt {
             let _ = client.publish(&self.topics.availability(), b"offline", 0, true); // best effort on the way out
             client.disconnect();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_give_user_and_address() -> Result<()> {
-        for (url, user, addr) in [
-            ("mqtt://broker", None, "broker:1883"),
-            ("mqtt://broker:1884", None, "broker:1884"),
-            ("mqtt://ha@broker/", Some("ha"), "broker:1883"),
-            (
-                "mqtt://ha:secret@10.0.0.2:1999",
-                Some("ha"),
-                "10.0.0.2:1999",
-            ),
-            ("mqtt://[::1]:1883", None, "[::1]:1883"),
-        ] {
-            assert_eq!(
-                split_url(url)?,
-                (user.map(str::to_owned), addr.to_owned()),
-                "{url}"
-            );
-        }
-        for bad in ["http://x", "mqtt://", "mqtt://u@"] {
-            assert!(split_url(bad).is_err(), "{bad}");
-        }
-        Ok(())
     }
 }
