@@ -16,6 +16,8 @@ mod hostile;
 mod identity;
 mod lan;
 mod mqtt;
+#[cfg(feature = "tls")]
+mod mqtt_tls;
 mod package;
 mod perf;
 mod pipeline;

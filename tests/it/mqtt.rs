@@ -60,12 +60,18 @@ pub(crate) struct Broker {
 
 impl Broker {
     pub(crate) fn start(dir: &Path, password_file: Option<&Path>) -> Broker {
-        let port = reserve_port().port();
-        let conf = dir.join("mosquitto.conf");
         let auth = match password_file {
             Some(p) => format!("allow_anonymous false\npassword_file {}\n", p.display()),
             None => "allow_anonymous true\n".to_owned(),
         };
+        Broker::start_with(dir, &auth)
+    }
+
+    /// A broker whose listener takes `settings` (lines of mosquitto.conf: its auth, its
+    /// TLS files).
+    pub(crate) fn start_with(dir: &Path, settings: &str) -> Broker {
+        let port = reserve_port().port();
+        let conf = dir.join("mosquitto.conf");
         // Run as root, Mosquitto drops to the user `mosquitto`, which cannot write its
         // persistence here: the subscriber's session would then not survive the kill.
         let user = Command::new("id")
@@ -74,7 +80,7 @@ impl Broker {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
         let text = format!(
-            "listener {port} 127.0.0.1\nuser {user}\n{auth}persistence true\npersistence_location {}/\n\
+            "listener {port} 127.0.0.1\nuser {user}\n{settings}persistence true\npersistence_location {}/\n\
              autosave_interval 1\nautosave_on_changes true\nmax_queued_messages 0\nset_tcp_nodelay true\n\
              log_dest stderr\n",
             dir.display()
