@@ -259,3 +259,36 @@ fn a_broker_certificate_from_another_ca_delivers_nothing_and_is_the_sinks_last_e
         "the sink is still listed: {sinks:?}"
     );
 }
+
+/// An `https://` webhook in this build speaks TLS (ureq's rustls) and verifies the
+/// certificate against the built-in roots: the broker's TLS listener, whose CA is ours and
+/// not among them, fails the handshake, and the sink says so.
+#[test]
+fn an_https_webhook_checks_the_certificate_against_the_built_in_roots() {
+    if !mosquitto_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let (broker, _ca) = tls_broker(dir.path());
+    let db = dir.path().join("events.db");
+    let url = format!("https://localhost:{}/hook", broker.port);
+    let hub = ChildHub::start(&db, &["--webhook", url.as_str()]);
+    let em = Emitter::open(&db).expect("emitter");
+    em.emit_ok(shot(0));
+    let last_error = || {
+        sinks_of(hub.addr)
+            .iter()
+            .find(|s| s["name"] == "hook1")
+            .and_then(|s| s["last_error"].as_str().map(str::to_owned))
+    };
+    assert!(
+        wait_until(WAIT, || last_error().is_some()),
+        "a last_error within {WAIT:?}; the hub's log:\n{}",
+        hub.log()
+    );
+    let error = last_error().unwrap_or_default();
+    println!("webhook last_error: {error}");
+    assert!(error.contains("certificate"), "{error}");
+    let health = http(hub.addr, "GET", "/health", &[], b"");
+    assert_eq!(health.status, 200, "{}", health.text());
+}
