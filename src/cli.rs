@@ -450,6 +450,7 @@ impl ServeArgs {
         };
         let mut target = MqttTarget::new(url);
         target.password = self.mqtt_password()?;
+        target.ca_file.clone_from(&self.mqtt_ca_file);
         target.prefix.clone_from(&self.mqtt_prefix);
         target.host_name.clone_from(&self.mqtt_host_name);
         Ok(Some(target))
