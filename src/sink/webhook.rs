@@ -62,6 +62,11 @@ pub(crate) fn ntfy_body(event: &Event, topic: &str, click: &str) -> Value {
     let camera = event
         .camera_id()
         .map_or_else(|| "A camera".to_owned(), |id| format!("Camera {id}"));
+    // A fleet hub's phone should know which Pi: "Camera 3 of garden".
+    let camera = match &event.host {
+        Some(host) => format!("{camera} of {host}"),
+        None => camera,
+    };
     let num = |key: &str| event.data.get(key).and_then(Value::as_f64);
     let (title, message, tags) = match event.event_type.as_str() {
         "camera_stale" => (
@@ -250,6 +255,12 @@ mod tests {
         assert_eq!(body["message"], "Status offline, health unreachable.");
         assert_eq!(body["priority"], 3);
         assert_eq!(body["tags"], json!(["rotating_light", "camera"]));
+        let mut remote = offline.clone();
+        remote.host = Some("garden".into());
+        assert_eq!(
+            ntfy_body(&remote, "t", "c")["title"],
+            "Camera 2 of garden is offline"
+        );
         let online = Event::for_test(9, "camera_status_changed", "t", json!({"status": "online"}));
         assert!(!ntfy_wants(&online), "only offline buzzes a phone");
     }
