@@ -364,6 +364,21 @@ impl Ingest {
                         }
                     }
                 },
+                Some(Incoming::TooBig {
+                    topic,
+                    packet_id,
+                    len,
+                    ..
+                }) => {
+                    // Acknowledged, or the broker would send it again after every reconnect.
+                    self.note(
+                        &Message::Ignored(format!("a {len}-byte message is over the limit")),
+                        &topic,
+                    );
+                    if let Some(id) = packet_id {
+                        client.ack(id)?;
+                    }
+                }
                 Some(Incoming::SubAck { codes, .. }) if codes.contains(&0x80) => {
                     return Err(Error::Mqtt {
                         op: "subscribe",

@@ -114,6 +114,8 @@ pub(crate) struct Client {
     /// Whether [`Client::read`] acknowledges a QoS 1 PUBLISH as it arrives; a reader that
     /// must store first turns it off and calls [`Client::ack`] after its commit.
     auto_ack: bool,
+    /// Bytes of an oversized PUBLISH still to be thrown away as they arrive.
+    skip: usize,
 }
 
 impl Client {
@@ -167,6 +169,7 @@ impl Client {
             next_id: 0,
             last_sent: Instant::now(),
             auto_ack: true,
+            skip: 0,
         };
         client.send(&connect.encode()?)?;
         let deadline = Instant::now() + timeout;
@@ -251,16 +254,29 @@ impl Client {
     /// The connection broke or the broker sent bytes that are no packet.
     pub(crate) fn read(&mut self, deadline: Instant) -> Result<Option<Incoming>> {
         loop {
-            if let Some((p, used)) = packet::decode(&self.buf, MAX_INCOMING_BYTES)? {
+            if self.skip > 0 {
+                let n = self.skip.min(self.buf.len());
+                self.buf.drain(..n);
+                self.skip -= n;
+            }
+            if self.skip == 0
+                && let Some((p, used)) = packet::decode(&self.buf, MAX_INCOMING_BYTES)?
+            {
                 self.buf.drain(..used);
-                if let Incoming::Publish {
-                    packet_id: Some(id),
-                    ..
-                } = &p
+                let id = match &p {
+                    Incoming::TooBig {
+                        skip, packet_id, ..
+                    } => {
+                        self.skip = *skip;
+                        *packet_id
+                    }
+                    Incoming::Publish { packet_id, .. } => *packet_id,
+                    _ => None,
+                };
+                if let Some(id) = id
                     && self.auto_ack
                 {
-                    let ack = packet::puback(*id);
-                    self.send(&ack)?;
+                    self.send(&packet::puback(id))?;
                 }
                 return Ok(Some(p));
             }

@@ -213,6 +213,15 @@ pub(crate) enum Incoming {
         packet_id: Option<u16>,
     },
     PingResp,
+    /// A PUBLISH over the size limit: its head only. The reader skips its `skip` remaining
+    /// bytes as they come; the caller may acknowledge it (a QoS 1 message that is never
+    /// acknowledged would come back after every reconnect).
+    TooBig {
+        topic: String,
+        packet_id: Option<u16>,
+        len: usize,
+        skip: usize,
+    },
     /// Any other packet type a broker should not send a client (ignored, not fatal).
     Other(u8),
 }
@@ -244,10 +253,38 @@ pub(crate) fn decode(buf: &[u8], max_bytes: usize) -> Result<Option<(Incoming, u
     let Some((len, len_bytes)) = get_remaining(&buf[1..])? else {
         return Ok(None);
     };
-    if len > max_bytes {
-        return Err(bad(OP, format!("a {len}-byte packet is over our limit")));
-    }
     let start = 1 + len_bytes;
+    if len > max_bytes {
+        if first >> 4 != 3 {
+            return Err(bad(OP, format!("a {len}-byte packet is over our limit")));
+        }
+        // A PUBLISH: its topic and packet id, then the rest is skipped.
+        let head = &buf[start..];
+        let Some(topic_len) = head
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return Ok(None);
+        };
+        let qos = (first >> 1) & 0x03;
+        let id_len = if qos > 0 { 2 } else { 0 };
+        let Some(rest) = head.get(2..2 + topic_len + id_len) else {
+            return Ok(None);
+        };
+        let topic = String::from_utf8_lossy(&rest[..topic_len]).into_owned();
+        let packet_id =
+            (qos > 0).then(|| u16::from_be_bytes([rest[topic_len], rest[topic_len + 1]]));
+        let used = 2 + topic_len + id_len;
+        return Ok(Some((
+            Incoming::TooBig {
+                topic,
+                packet_id,
+                len,
+                skip: len.saturating_sub(used),
+            },
+            start + used,
+        )));
+    }
     let Some(body) = buf.get(start..start + len) else {
         return Ok(None);
     };
@@ -299,6 +336,29 @@ pub(crate) fn decode(buf: &[u8], max_bytes: usize) -> Result<Option<(Incoming, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_publish_is_its_head_and_the_bytes_to_skip() -> Result<()> {
+        let bytes = publish("t/x", &[7u8; 5000], 1, false, 42)?;
+        let Some((p, used)) = decode(&bytes[..20], 1024)? else {
+            panic!("the head is enough");
+        };
+        assert_eq!(
+            p,
+            Incoming::TooBig {
+                topic: "t/x".into(),
+                packet_id: Some(42),
+                len: 2 + 3 + 2 + 5000,
+                skip: 5000
+            }
+        );
+        assert_eq!(used + 5000, bytes.len(), "head, then the payload to skip");
+        assert!(decode(&bytes[..4], 1024)?.is_none(), "waits for the topic");
+        let mut ack = bytes.clone();
+        ack[0] = 0x40; // a PUBACK of that size is no PUBLISH: an error
+        assert!(decode(&ack, 1024).is_err());
+        Ok(())
+    }
 
     #[test]
     fn remaining_lengths_round_trip_at_every_boundary() -> Result<()> {
@@ -453,6 +513,9 @@ mod tests {
         ] {
             assert!(decode(bytes, 1 << 20).is_err(), "{bytes:?}");
         }
-        assert!(decode(&[0x30, 0x80, 0x01], 64).is_err(), "over the limit");
+        assert!(
+            decode(&[0x90, 0x80, 0x01], 64).is_err(),
+            "a SUBACK over the limit (a PUBLISH is skipped instead)"
+        );
     }
 }

@@ -291,3 +291,77 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
     assert_eq!(ns, (0..PER_HOST).collect::<Vec<_>>());
     drop((garden, window, fleet));
 }
+
+/// `mosquitto_pub` of one QoS 1 message from a file.
+fn publish_file(port: u16, topic: &str, path: &Path) {
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
+        .arg("-f")
+        .arg(path)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success(), "published to {topic}");
+}
+
+#[test]
+fn oversized_and_malformed_messages_are_skipped_for_good_and_the_fleet_carries_on() {
+    if !mosquitto_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start(dir.path(), None);
+    let url = broker.url(None);
+    let db = dir.path().join("fleet.db");
+    let bind = reserve_port().to_string();
+    let fleet = fleet_hub(&db, &bind, &url);
+    let connected = |addr| {
+        http(addr, "GET", "/api/hosts", &[], b"").json()["fleet"]["connected"] == json!(true)
+    };
+    assert!(wait_until(WAIT, || connected(fleet.addr)));
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b'x'; 300 * 1024]).expect("write a big payload");
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, b"{\"type\": \"has space\", \"cursor\": \"a-1\"}").expect("junk");
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        json!({"type": "image_captured", "data": {"camera_id": 1, "image_count": 5},
+               "host": "garden", "cursor": "0000abcd-1"})
+        .to_string(),
+    )
+    .expect("good");
+    publish_file(broker.port, "timelapse/garden/events/image_captured", &big);
+    publish_file(broker.port, "timelapse/garden/events/x", &junk);
+    publish_file(broker.port, "timelapse/garden/events/image_captured", &good);
+    let fleet_status = |addr| http(addr, "GET", "/api/hosts", &[], b"").json()["fleet"].clone();
+    assert!(
+        wait_until(WAIT, || fleet_status(fleet.addr)["stored"] == json!(1)),
+        "the good one is stored after the bad ones: {}",
+        fleet_status(fleet.addr)
+    );
+    let f = fleet_status(fleet.addr);
+    assert_eq!(f["ignored"], json!(2), "{f}");
+    assert_eq!(http(fleet.addr, "GET", "/health", &[], b"").status, 200);
+    // Acknowledged: a restarted fleet hub (same session) is not sent them again.
+    let status = fleet.terminate();
+    assert!(status.success(), "{status}");
+    let fleet = fleet_hub(&db, &bind, &url);
+    assert!(wait_until(WAIT, || connected(fleet.addr)));
+    std::thread::sleep(Duration::from_millis(800));
+    let again = fleet_status(fleet.addr);
+    println!("hostile messages: first run {f}, after a restart {again}");
+    assert_eq!(
+        (again["ignored"].clone(), again["stored"].clone()),
+        (json!(0), json!(0)),
+        "nothing redelivered: {again}"
+    );
+}
