@@ -7,7 +7,8 @@
 // hang the seventh tab.
 //
 // The core loads GET /api/state, then follows GET /api/events?last_event_id=<cursor>. It
-// folds events into the camera state the same way src/state.rs does, drops any event whose
+// folds events into the camera state the same way src/state.rs does (a camera is known by
+// its host and id: another host's events and cameras carry `host`), drops any event whose
 // cursor seq it has already seen, and tells its views (tabs) what changed:
 //   {t:'sync',  cameras, log, conn, skewMs}  everything, sent to a view when it connects
 //   {t:'delta', cameras, events}             changed cameras and new log rows, ~60 per s max
@@ -47,20 +48,33 @@ self.TLE = (() => {
     return typeof v === 'string' ? v : null;
   }
 
-  // The client-side twin of State::apply in src/state.rs.
+  // A camera is a host's camera: two hosts may both have camera 1. This hub's own cameras
+  // (and events) carry no host; another host's carry its name.
+  function hostOf(v) {
+    return v && typeof v.host === 'string' && v.host ? v.host : null;
+  }
+
+  function cameraKey(host, id) {
+    return host === null ? String(id) : host + '/' + id;
+  }
+
+  // The client-side twin of State::apply in src/state.rs: returns the camera's key.
   function applyEvent(cameras, timelapses, env) {
     const d = env && typeof env.data === 'object' && env.data ? env.data : {};
     if (!CAMERA_TYPES.has(env.type)) return null;
     const id = int(d.camera_id);
     if (id === null) return null;
-    let cam = cameras.get(id);
+    const host = hostOf(env);
+    const key = cameraKey(host, id);
+    let cam = cameras.get(key);
     if (!cam) {
       cam = {
         camera_id: id, status: null, health_status: null, last_capture_at: null,
         image_count: null, day_number: null, timelapse_id: null, timelapse_status: null,
         stale: false, updated_at: null,
       };
-      cameras.set(id, cam);
+      if (host !== null) cam.host = host;
+      cameras.set(key, cam);
     }
     const at = env.timestamp || null;
     const tid = int(d.timelapse_id);
@@ -92,7 +106,8 @@ self.TLE = (() => {
         break;
     }
     cam.updated_at = at;
-    if (tid !== null && (env.type === 'image_captured' || env.type === 'timelapse_status_changed')) {
+    // Another host's timelapses are its own business: the hub keeps no record of them.
+    if (host === null && tid !== null && (env.type === 'image_captured' || env.type === 'timelapse_status_changed')) {
       const tl = timelapses.get(tid) || { timelapse_id: tid, camera_id: id, status: null };
       tl.camera_id = id;
       if (env.type === 'image_captured') {
@@ -106,7 +121,7 @@ self.TLE = (() => {
       timelapses.set(tid, tl);
       if (cam.timelapse_id === tid && cam.timelapse_status === null) cam.timelapse_status = tl.status;
     }
-    return id;
+    return key;
   }
 
   // `base` is the hub's origin; `emit(msg)` reaches every view.
@@ -171,7 +186,7 @@ self.TLE = (() => {
     function flush() {
       flushTimer = null;
       if (!changed.size && !fresh.length) return;
-      const cams = [...changed].map((id) => cameras.get(id));
+      const cams = [...changed].map((key) => cameras.get(key));
       emit({ t: 'delta', cameras: cams, events: fresh });
       changed = new Set();
       fresh = [];
@@ -223,7 +238,7 @@ self.TLE = (() => {
       timelapses.clear();
       for (const cam of state.cameras) {
         const id = int(cam && cam.camera_id);
-        if (id !== null) cameras.set(id, { ...cam, camera_id: id });
+        if (id !== null) cameras.set(cameraKey(hostOf(cam), id), { ...cam, camera_id: id });
       }
       for (const tl of state.timelapses || []) {
         const id = int(tl && tl.timelapse_id);
@@ -286,8 +301,8 @@ self.TLE = (() => {
         cursor = m.lastEventId;
       }
       if (!c || c.seq > appliedSeq) {
-        const id = applyEvent(cameras, timelapses, env);
-        if (id !== null) changed.add(id);
+        const key = applyEvent(cameras, timelapses, env);
+        if (key !== null) changed.add(key);
         if (c) appliedSeq = c.seq;
       }
       addToLog({ seq: c ? c.seq : null, cursor: m.lastEventId, env });
@@ -341,7 +356,7 @@ self.TLE = (() => {
     };
   }
 
-  return { createCore, applyEvent, parseCursor, LOG_ROWS };
+  return { createCore, applyEvent, parseCursor, cameraKey, hostOf, LOG_ROWS };
 })();
 
 // As a SharedWorker: one core for every tab of this origin.
