@@ -5,16 +5,29 @@
   const LOG_ROWS = 200;
   const $ = (id) => document.getElementById(id);
   const cardsEl = $('cards'), logEl = $('log'), connEl = $('conn'), filterEl = $('type-filter');
-  const pauseEl = $('pause'), heldEl = $('held');
+  const pauseEl = $('pause'), heldEl = $('held'), hostsEl = $('hosts');
+  const hostFilterEl = $('host-filter'), hostFilterLabel = $('host-filter-label');
+  const cameraKey = (host, id) => (host === null ? String(id) : host + '/' + id);
+  const hostOf = (v) => (v && typeof v.host === 'string' && v.host ? v.host : null);
 
   // View state. The core (shared worker or leader tab) sends sync / delta / conn messages.
-  const cams = new Map(); // camera_id -> { data, el, fields }
+  const cams = new Map(); // cameraKey(host, camera_id) -> { data, el, fields, host, id }
   let rows = []; // log rows, oldest first, at most LOG_ROWS
   let viewSeq = -1; // highest event seq shown: never show one twice
   let conn = { state: 'connecting', attempt: 0, nextRetryAt: null, since: Date.now(), detail: '' };
   let skewMs = 0;
   let paused = false, held = 0, filter = '';
+  // The value of the host filter: '' all hosts, OWN this hub's rows (no `host`), or a name.
+  const OWN = '@self'; // '@' is never in a host name
+  let hostFilter = '';
   const types = new Set();
+  // Hosts, from GET /api/hosts: this hub's own name, the fleet ingest (null without one),
+  // and every other host heard (name -> { online, last_heard_at }).
+  const hostInfo = { self: null, fleet: null, others: new Map() };
+  const rowHosts = new Set(); // other hosts seen in the log
+  let ownRows = false; // this hub's own events seen in the log
+  const sections = new Map(); // host section key (OWN or a name) -> { el, cardsEl, fields }
+  let hostsDirty = false;
   const dirtyCams = new Set();
   let newRows = [];
   let rebuildLog = false, connDirty = true, frameQueued = false, cardsMoved = true;
@@ -48,9 +61,11 @@
     return e;
   }
 
-  function makeCard(id) {
+  function makeCard(host, id) {
     const card = el('article', 'card');
     card.dataset.cameraId = id;
+    if (host !== null) card.dataset.host = host;
+    card.dataset.key = cameraKey(host, id);
     const head = el('header');
     head.append(el('h3', '', 'Camera ' + id));
     const badge = el('span', 'badge', 'Stale');
@@ -67,7 +82,7 @@
       fields[key] = dd;
     }
     card.append(head, dl);
-    return { el: card, fields, data: null };
+    return { el: card, fields, data: null, host, id };
   }
 
   function put(node, text, cls) {
@@ -97,15 +112,120 @@
     put(c.fields.ago, Number.isFinite(t) ? ago(now + skewMs - t) : 'never');
   }
 
-  function placeCards() {
-    // Cards sorted by camera id; only moved when a new camera appears.
-    const sorted = [...cams.keys()].sort((a, b) => a - b);
-    sorted.forEach((id, i) => {
-      const node = cams.get(id).el;
-      if (cardsEl.children[i] !== node) cardsEl.insertBefore(node, cardsEl.children[i] || null);
+  // More than one host: another host heard, a fleet ingest, or a camera or event of another
+  // host. A single host's page has no host sections and no host filter.
+  function grouped() {
+    if (hostInfo.fleet || hostInfo.others.size || rowHosts.size) return true;
+    for (const c of cams.values()) if (c.host !== null) return true;
+    return false;
+  }
+
+  const ownName = () => hostInfo.self || 'this hub';
+
+  // Cards into `box` sorted by camera id; a node is only moved when it is out of place.
+  function fill(box, list) {
+    list.sort((a, b) => a.id - b.id).forEach((c, i) => {
+      if (box.children[i] !== c.el) box.insertBefore(c.el, box.children[i] || null);
     });
+  }
+
+  function makeSection(key) {
+    const sec = el('section', 'host');
+    const head = el('header', 'host-head');
+    const name = el('h3', 'host-name');
+    const online = el('span', 'pill');
+    online.dataset.field = 'online';
+    const heard = el('span', 'heard');
+    heard.dataset.field = 'heard';
+    const count = el('span', 'host-count');
+    head.append(name, online, heard, count);
+    const box = el('div', 'cards');
+    const none = el('p', 'no-cams', 'No camera has reported yet.');
+    sec.append(head, box, none);
+    if (key === OWN) sec.dataset.own = 'true';
+    return { el: sec, cardsEl: box, none, fields: { name, online, heard, count } };
+  }
+
+  // A host section's heading: its name, online/offline (colour and text) and when last heard.
+  function renderHead(key, s, now) {
+    const f = s.fields;
+    let online, heard;
+    if (key === OWN) {
+      // This hub: as available as the page's own connection to it.
+      online = conn.state === 'live' ? true : conn.state === 'offline' ? false : null;
+      heard = 'this hub';
+    } else {
+      const h = hostInfo.others.get(key) || {};
+      online = typeof h.online === 'boolean' ? h.online : null;
+      const t = Date.parse(h.last_heard_at || '');
+      heard = 'last heard ' + (Number.isFinite(t) ? ago(now + skewMs - t) : 'never');
+    }
+    const name = key === OWN ? ownName() : key;
+    s.el.dataset.host = name;
+    s.el.dataset.online = String(online);
+    put(f.name, name);
+    const word = online === true ? 'online' : online === false ? 'offline' : 'unknown';
+    put(f.online, word, 'pill tone-' + (online === true ? 'good' : online === false ? 'bad' : 'none'));
+    f.online.title = key === OWN ? 'this hub: ' + word : 'availability: ' + word;
+    put(f.heard, heard);
+  }
+
+  function renderHeads(now) {
+    for (const [key, s] of sections) renderHead(key, s, now);
+  }
+
+  // One option per host seen, in name order (this hub's own first); never removed.
+  function addHostOption(value, text) {
+    let o = [...hostFilterEl.options].find((x) => x.value === value);
+    if (!o) {
+      o = el('option', '', text);
+      o.value = value;
+      const before = value === OWN ? hostFilterEl.options[1]
+        : [...hostFilterEl.options].find((x) => x.value && x.value !== OWN && x.value > value);
+      hostFilterEl.insertBefore(o, before || null);
+    }
+    put(o, text);
+  }
+
+  function placeHosts() {
+    const on = grouped();
+    hostsEl.hidden = !on;
+    cardsEl.hidden = on;
+    hostFilterLabel.hidden = !on;
+    if (!on) {
+      fill(cardsEl, [...cams.values()]);
+      return;
+    }
+    // A section per host: this hub's own (when it has cameras) first, then the others.
+    const byHost = new Map();
+    const own = [];
+    for (const c of cams.values()) {
+      if (c.host === null) own.push(c);
+      else (byHost.get(c.host) || byHost.set(c.host, []).get(c.host)).push(c);
+    }
+    for (const h of hostInfo.others.keys()) if (!byHost.has(h)) byHost.set(h, []);
+    const keys = (own.length ? [OWN] : []).concat([...byHost.keys()].sort());
+    for (const [key, s] of sections) if (!keys.includes(key)) { s.el.remove(); sections.delete(key); }
+    keys.forEach((key, i) => {
+      let s = sections.get(key);
+      if (!s) sections.set(key, (s = makeSection(key)));
+      if (hostsEl.children[i] !== s.el) hostsEl.insertBefore(s.el, hostsEl.children[i] || null);
+      const list = key === OWN ? own : byHost.get(key);
+      fill(s.cardsEl, list);
+      s.none.hidden = list.length > 0;
+      put(s.fields.count, list.length ? '(' + list.length + ')' : '');
+      renderHead(key, s, Date.now());
+    });
+    if (own.length || ownRows) addHostOption(OWN, ownName());
+    for (const h of [...byHost.keys(), ...rowHosts]) addHostOption(h, h);
+  }
+
+  function placeCards() {
+    // Cards sorted by camera id (per host, with more than one); moved only when needed.
+    placeHosts();
     $('cam-count').textContent = cams.size ? '(' + cams.size + ')' : '';
-    $('no-cams').hidden = cams.size > 0;
+    // With host sections, each one says it has no camera yet itself.
+    $('no-cams').hidden = cams.size > 0 || (!hostsEl.hidden && sections.size > 0);
   }
 
   function summary(env) {
@@ -118,20 +238,31 @@
   function makeRow(r) {
     const li = el('li', r.local ? 'local' : '');
     const type = String(r.env && r.env.type);
+    const host = hostOf(r.env);
     li.dataset.type = type;
+    if (host !== null) li.dataset.host = host;
     if (r.seq != null) li.dataset.seq = r.seq;
     if (r.env && r.env.id != null) li.dataset.id = r.env.id;
     const t = el('time', '', clock(r.env && r.env.timestamp));
     t.dateTime = (r.env && r.env.timestamp) || '';
     const cam = r.env && r.env.data && r.env.data.camera_id != null ? 'camera ' + r.env.data.camera_id : '';
-    li.append(t, el('span', 'type', type), el('span', 'cam', cam));
+    // Another host's line says whose it is; this hub's own look as they always did.
+    const who = host === null ? cam : host + (cam ? ' · ' + cam : '');
+    li.append(t, el('span', 'type', type), el('span', 'cam', who));
     const s = r.local ? 'stream reset: ' + ((r.env.data && r.env.data.reason) || '') + '; state reloaded' : summary(r.env);
     if (s) li.append(el('span', 'data', s));
     return li;
   }
 
   function shown(r) {
-    return !filter || (r.env && r.env.type === filter);
+    return (!filter || (r.env && r.env.type === filter)) && shownHost(r);
+  }
+
+  // A note of the page's own (a stream reset) belongs to no host: shown under every one.
+  function shownHost(r) {
+    if (!hostFilter || r.local) return true;
+    const h = hostOf(r.env);
+    return hostFilter === OWN ? h === null : h === hostFilter;
   }
 
   function addTypes(list) {
@@ -196,10 +327,14 @@
     frameQueued = false;
     for (const id of dirtyCams) renderCard(cams.get(id));
     dirtyCams.clear();
-    if (cardsMoved) placeCards();
-    cardsMoved = false;
+    if (cardsMoved || hostsDirty) placeCards();
+    cardsMoved = hostsDirty = false;
     renderLog();
-    if (connDirty) renderConn(Date.now());
+    if (connDirty) {
+      renderConn(Date.now());
+      const s = sections.get(OWN);
+      if (s) renderHead(OWN, s, Date.now());
+    }
     connDirty = false;
     const ms = performance.now() - t0;
     stats.frames += 1;
@@ -221,14 +356,16 @@
   function upsertCamera(d) {
     const id = Number(d.camera_id);
     if (!Number.isFinite(id)) return;
-    let c = cams.get(id);
+    const host = hostOf(d);
+    const key = cameraKey(host, id);
+    let c = cams.get(key);
     if (!c) {
-      c = makeCard(id);
-      cams.set(id, c);
+      c = makeCard(host, id);
+      cams.set(key, c);
       cardsMoved = true;
     }
     c.data = d;
-    dirtyCams.add(id);
+    dirtyCams.add(key);
   }
 
   function takeRows(list) {
@@ -244,6 +381,16 @@
     rows = rows.concat(fresh);
     if (rows.length > LOG_ROWS) rows = rows.slice(rows.length - LOG_ROWS);
     addTypes(fresh);
+    for (const r of fresh) {
+      if (r.local) continue;
+      const h = hostOf(r.env);
+      if (h === null) {
+        if (!ownRows) hostsDirty = ownRows = true;
+      } else if (!rowHosts.has(h)) {
+        rowHosts.add(h);
+        hostsDirty = true;
+      }
+    }
     if (paused) held += fresh.filter(shown).length;
     else newRows = newRows.concat(fresh);
   }
@@ -251,8 +398,8 @@
   function handle(msg) {
     if (!msg || typeof msg !== 'object') return;
     if (msg.t === 'sync') {
-      const keep = new Set(msg.cameras.map((c) => Number(c.camera_id)));
-      for (const [id, c] of cams) if (!keep.has(id)) { c.el.remove(); cams.delete(id); }
+      const keep = new Set(msg.cameras.map((c) => cameraKey(hostOf(c), Number(c.camera_id))));
+      for (const [key, c] of cams) if (!keep.has(key)) { c.el.remove(); cams.delete(key); dirtyCams.delete(key); }
       msg.cameras.forEach(upsertCamera);
       rows = [];
       viewSeq = -1;
@@ -266,6 +413,7 @@
     } else if (msg.t === 'delta') {
       msg.cameras.forEach(upsertCamera);
       takeRows(msg.events);
+      if (msg.events.some((r) => hostOf(r.env) !== null)) hostsHeard();
     } else if (msg.t === 'conn') {
       conn = msg.conn;
       connDirty = true;
@@ -275,6 +423,11 @@
 
   filterEl.addEventListener('change', () => {
     filter = filterEl.value;
+    rebuildLog = true;
+    queueFrame();
+  });
+  hostFilterEl.addEventListener('change', () => {
+    hostFilter = hostFilterEl.value;
     rebuildLog = true;
     queueFrame();
   });
@@ -291,6 +444,7 @@
     if (document.hidden) return;
     const now = Date.now();
     for (const c of cams.values()) renderAgo(c, now);
+    renderHeads(now);
     if (conn.state !== 'live') renderConn(now);
   }, 1000);
 
@@ -375,6 +529,43 @@
       .finally(() => setTimeout(pollSinks, SINK_POLL_MS));
   }
   pollSinks();
+
+  // The hosts: GET /api/hosts every few seconds while there is a fleet ingest (else now
+  // and then, in case one appears), and soon after an event of another host arrives.
+  const HOSTS_POLL_MS = 3000, HOSTS_IDLE_POLL_MS = 30000, HOSTS_HEARD_MS = 1000;
+  let hostsTimer = null, hostsBusy = false, hostsAgain = false, hostsHeardTimer = null;
+  function takeHosts(doc) {
+    if (!doc || typeof doc !== 'object') return;
+    hostInfo.self = typeof doc.host === 'string' && doc.host ? doc.host : null;
+    hostInfo.fleet = doc.fleet && typeof doc.fleet === 'object' ? doc.fleet : null;
+    hostInfo.others = new Map();
+    for (const h of Array.isArray(doc.hosts) ? doc.hosts : []) {
+      if (h && typeof h.host === 'string' && h.host) hostInfo.others.set(h.host, h);
+    }
+    hostsDirty = true;
+    queueFrame();
+  }
+  function pollHosts() {
+    clearTimeout(hostsTimer);
+    if (hostsBusy) { hostsAgain = true; return; }
+    hostsBusy = true;
+    fetch('/api/hosts', { credentials: 'same-origin', cache: 'no-store' })
+      .then((r) => (r.ok ? r.json() : null))
+      .then(takeHosts)
+      .catch(() => {})
+      .finally(() => {
+        hostsBusy = false;
+        const next = hostsAgain ? 0 : hostInfo.fleet ? HOSTS_POLL_MS : HOSTS_IDLE_POLL_MS;
+        hostsAgain = false;
+        hostsTimer = setTimeout(pollHosts, next);
+      });
+  }
+  function hostsHeard() {
+    if (hostsHeardTimer === null) {
+      hostsHeardTimer = setTimeout(() => { hostsHeardTimer = null; pollHosts(); }, HOSTS_HEARD_MS);
+    }
+  }
+  pollHosts();
 
   if (!self.TLE) {
     conn = { state: 'offline', attempt: 0, nextRetryAt: null, since: Date.now(), detail: 'dashboard script missing; reload' };
