@@ -7,7 +7,9 @@
 //!
 //! Without node, `tests/browser/node_modules` (`npm ci` there) or Chromium these tests print
 //! `SKIPPED` straight to the terminal and pass, so `cargo test` works anywhere; with
-//! `TLE_REQUIRE_BROWSER=1` (set by `.ci/run`) a missing browser fails them instead.
+//! `TLE_REQUIRE_BROWSER=1` (set by `.ci/run`) a missing browser fails them instead. The
+//! fleet page's test also needs Mosquitto, skipped without it as in `mqtt.rs`
+//! (`TLE_REQUIRE_MQTT=1` fails it instead).
 //! Screenshots go to `target/tmp/browser/` on every run; `TLE_UPDATE_SCREENSHOT=1` also
 //! refreshes `docs/dashboard.png`, the one the README shows.
 
@@ -23,11 +25,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, EventId, NewEvent, SinkConfig};
 
+use crate::fleet::{camera_host, fleet_hub};
+use crate::mqtt::{Broker, mosquitto_here};
 use crate::sinks::{Mode, Receiver as WebhookReceiver};
 
 use crate::support::{
     ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, exit_within, http, init_logging, lines_of,
-    open_streams,
+    open_streams, wait_until,
 };
 
 /// Hang guard for a page to react (Chromium on 2 busy cores is slower than the hub).
@@ -278,6 +282,33 @@ fn card(b: &mut Browser, tab: u64, camera_id: i64) -> Value {
     )
 }
 
+/// The text of `field` in camera `camera_id`'s card in `host`'s section.
+fn host_field(b: &mut Browser, tab: u64, host: &str, camera_id: i64, field: &str) -> Value {
+    b.eval(
+        tab,
+        &format!(
+            "document.querySelector('#hosts section.host[data-host=\"{host}\"] \
+             .card[data-camera-id=\"{camera_id}\"] [data-field=\"{field}\"]')?.textContent ?? null"
+        ),
+    )
+}
+
+/// Waits until the page has had `/api/hosts`' answer and one frame to show it.
+fn wait_hosts_loaded(b: &mut Browser, tab: u64) {
+    b.wait(
+        tab,
+        "performance.getEntriesByType('resource').some(e => e.name.endsWith('/api/hosts'))",
+        "the page asked GET /api/hosts",
+    );
+    std::thread::sleep(Duration::from_millis(600)); // its frame (or the 500 ms timer) ran
+}
+
+/// One host: no host sections, no host filter, the cards where they always were.
+const SINGLE_HOST_JS: &str = "document.querySelectorAll('section.host, .host-name').length === 0
+    && document.getElementById('hosts').hidden
+    && document.getElementById('host-filter-label').hidden
+    && !document.getElementById('cards').hidden";
+
 fn state_cursor(addr: SocketAddr) -> String {
     let r = http(addr, "GET", "/api/state", &[], b"");
     assert_eq!(r.status, 200, "/api/state: {}", r.text());
@@ -461,6 +492,12 @@ fn cards_and_log_follow_the_stream_in_order() {
     assert_eq!(c3["stale"], true, "{c3}");
     assert_eq!(c3["stale_text"], "Stale · silent 30 min", "{c3}");
     assert_eq!(c3["status"], "online", "a capture implies online: {c3}");
+    wait_hosts_loaded(&mut b, tab);
+    assert_eq!(
+        b.eval(tab, SINGLE_HOST_JS),
+        json!(true),
+        "a single host's page has no host headings and no host filter"
+    );
 
     // "Last capture" ticks on its own.
     let before = c3["ago"].as_str().unwrap_or_default().to_owned();
@@ -1016,4 +1053,189 @@ fn the_sink_line_turns_from_failing_to_ok_when_its_receiver_recovers() {
     );
     assert_eq!(receiver.accepted(), vec![id.0]);
     b.assert_no_page_errors("no errors in the page");
+}
+
+#[test]
+fn a_fleet_dashboard_groups_cameras_by_host_and_shows_a_dead_host_offline() {
+    if !mosquitto_here() {
+        return;
+    }
+    let Some(mut b) = browser_or_skip("a_fleet_dashboard_groups_cameras_by_host") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start(dir.path(), None);
+    let url = broker.url(None);
+    let (db_g, db_w, db_f) = (
+        dir.path().join("garden.db"),
+        dir.path().join("window.db"),
+        dir.path().join("fleet.db"),
+    );
+    let fleet = fleet_hub(&db_f, "127.0.0.1:0", &url);
+    let hosts = |addr| http(addr, "GET", "/api/hosts", &[], b"").json();
+    assert!(
+        wait_until(WAIT, || hosts(fleet.addr)["fleet"]["connected"]
+            == json!(true)),
+        "the fleet hub connects to the broker"
+    );
+    let garden = camera_host(&db_g, &url, "garden");
+    let window = camera_host(&db_w, &url, "window");
+    // Both hosts have a camera 1, each with its own count.
+    let em_g = Emitter::open(&db_g).expect("garden emitter");
+    let em_w = Emitter::open(&db_w).expect("window emitter");
+    for (em, images) in [(&em_g, 120), (&em_w, 7)] {
+        em.emit_ok(NewEvent::camera_status_changed(1, "online", "healthy"));
+        em.emit_ok(NewEvent::image_captured(1, 3, images, 2));
+    }
+    let both_online = |h: &Value| {
+        ["garden", "window"].iter().all(|name| {
+            h["hosts"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["host"] == *name && x["online"] == true))
+        })
+    };
+    assert!(
+        wait_until(WAIT, || {
+            let state = http(fleet.addr, "GET", "/api/state", &[], b"").json();
+            state["cameras"].as_array().map_or(0, Vec::len) == 2 && both_online(&hosts(fleet.addr))
+        }),
+        "the fleet hub has both cameras 1 and both hosts online: {}",
+        hosts(fleet.addr)
+    );
+
+    let tab = open_live(&mut b, fleet.addr);
+    b.wait(
+        tab,
+        "document.querySelectorAll('#hosts section.host').length === 2
+         && document.querySelectorAll('#hosts .card').length === 2",
+        "a section per host, a card in each",
+    );
+    for (host, images) in [("garden", "120"), ("window", "7")] {
+        b.wait(
+            tab,
+            &format!(
+                "document.querySelector('#hosts section.host[data-host=\"{host}\"] \
+                 .card[data-camera-id=\"1\"] [data-field=\"image_count\"]')?.textContent === '{images}'"
+            ),
+            &format!("{host}'s camera 1 with its own image count"),
+        );
+    }
+    let heads = b.eval(
+        tab,
+        "[...document.querySelectorAll('#hosts section.host')].map(s => [
+            s.querySelector('.host-name').textContent,
+            s.querySelector('[data-field=\"online\"]').textContent,
+            s.querySelector('[data-field=\"online\"]').className,
+            s.querySelector('[data-field=\"heard\"]').textContent])",
+    );
+    let heads: Vec<(String, String, String, String)> =
+        serde_json::from_value(heads.clone()).unwrap_or_else(|e| panic!("{heads}: {e}"));
+    let names: Vec<&str> = heads.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(names, ["garden", "window"], "{heads:?}");
+    for (name, online, class, heard) in &heads {
+        assert_eq!(online, "online", "{name}: {heads:?}");
+        assert!(class.contains("tone-good"), "{name}: {heads:?}");
+        assert!(
+            heard.starts_with("last heard ") && heard.ends_with(" ago"),
+            "{name}: {heads:?}"
+        );
+    }
+    assert_eq!(
+        b.eval(
+            tab,
+            "document.getElementById('cards').hidden
+             && !document.getElementById('host-filter-label').hidden"
+        ),
+        json!(true),
+        "grouped cards, and a host filter"
+    );
+
+    // A live event lands on its own host's camera 1 only.
+    let live = em_g.emit_ok(NewEvent::image_captured(1, 3, 121, 2));
+    b.wait(
+        tab,
+        "document.querySelector('#hosts section.host[data-host=\"garden\"] \
+         .card[data-camera-id=\"1\"] [data-field=\"image_count\"]')?.textContent === '121'",
+        "garden's camera 1 follows garden's events",
+    );
+    assert_eq!(host_field(&mut b, tab, "window", 1, "image_count"), "7");
+    let line = b.wait(
+        tab,
+        "[...document.querySelectorAll('#log li[data-host=\"garden\"]')]\
+         .find(li => li.dataset.type === 'image_captured' && li.dataset.seq \
+             && li.querySelector('.data')?.textContent.includes('121'))\
+         ?.querySelector('.cam').textContent",
+        &format!("garden's event {} in the log, saying its host", live.0),
+    );
+    assert_eq!(
+        line, "garden · camera 1",
+        "a line of another host says the host"
+    );
+
+    // window dies without a word: its will says offline; garden stays online.
+    window.kill();
+    b.wait(
+        tab,
+        "(() => { const s = document.querySelector('#hosts section.host[data-host=\"window\"]');
+            const f = s && s.querySelector('[data-field=\"online\"]');
+            return f && f.textContent === 'offline' && f.classList.contains('tone-bad'); })()",
+        "window shown offline after its hub was killed",
+    );
+    let garden_online = b.eval(
+        tab,
+        "document.querySelector('#hosts section.host[data-host=\"garden\"] [data-field=\"online\"]').textContent",
+    );
+    assert_eq!(garden_online, "online", "garden is still online");
+
+    // The host filter: one option per host; each shows only that host's lines.
+    let options = b.eval(
+        tab,
+        "[...document.getElementById('host-filter').options].map(o => [o.value, o.textContent])",
+    );
+    assert_eq!(
+        options,
+        json!([
+            ["", "all hosts"],
+            ["garden", "garden"],
+            ["window", "window"]
+        ]),
+        "the fleet hub has no events of its own"
+    );
+    for (host, at_least) in [("window", 2), ("garden", 3)] {
+        b.eval(
+            tab,
+            &format!(
+                "(() => {{ const s = document.getElementById('host-filter'); s.value = '{host}';
+                  s.dispatchEvent(new Event('change')); }})()"
+            ),
+        );
+        b.wait(
+            tab,
+            &format!(
+                "(() => {{ const rows = [...document.querySelectorAll('#log li')];
+                   return rows.length >= {at_least} && rows.every(li => li.dataset.host === '{host}'); }})()"
+            ),
+            &format!("only {host}'s lines under the host filter"),
+        );
+    }
+    let shot = shots_dir().join("dashboard-fleet.png");
+    b.screenshot(tab, &shot);
+    let _ = writeln!(
+        std::io::stderr(),
+        "fleet dashboard screenshot in {}",
+        shot.display()
+    );
+    b.eval(
+        tab,
+        "(() => { const s = document.getElementById('host-filter'); s.value = '';
+          s.dispatchEvent(new Event('change')); })()",
+    );
+    b.wait(
+        tab,
+        "document.querySelectorAll('#log li[data-host=\"garden\"]').length >= 3
+         && document.querySelectorAll('#log li[data-host=\"window\"]').length >= 2",
+        "every host's lines again under all hosts",
+    );
+    b.assert_no_page_errors("no errors in the page");
+    drop((garden, fleet, broker));
 }

@@ -18,11 +18,12 @@ use crate::support::{
 };
 
 /// A camera host's hub: its MQTT sink publishes as `name`.
-fn camera_host(db: &Path, url: &str, name: &str) -> ChildHub {
+pub(crate) fn camera_host(db: &Path, url: &str, name: &str) -> ChildHub {
     ChildHub::start(db, &["--mqtt", url, "--mqtt-host-name", name])
 }
 
-fn fleet_hub(db: &Path, bind: &str, url: &str) -> ChildHub {
+/// The fleet hub: it subscribes to every camera host's events, and is itself `fleet`.
+pub(crate) fn fleet_hub(db: &Path, bind: &str, url: &str) -> ChildHub {
     ChildHub::start_on(
         db,
         bind,
