@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use timelapse_events::{Emitter, NewEvent};
 
-use crate::mqtt::{Broker, mosquitto_here};
+use crate::mqtt::{Broker, mosquitto_client, mosquitto_here};
 use crate::support::{
     ChildHub, EmitOk, SseClient, WAIT, http, reserve_port, stream_id, wait_until,
 };
@@ -295,17 +295,8 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
 
 /// `mosquitto_pub` of one QoS 1 message from a file.
 fn publish_file(port: u16, topic: &str, path: &Path) {
-    let ok = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
+    let ok = mosquitto_client("mosquitto_pub", port, None)
+        .args(["-q", "1", "-t", topic])
         .arg("-f")
         .arg(path)
         .status()

@@ -140,8 +140,8 @@ struct Sub {
 
 impl Sub {
     fn start(port: u16, args: &[&str]) -> Sub {
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"])
+        let mut child = mosquitto_client("mosquitto_sub", port, None)
+            .args(["-v", "-q", "1"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -289,18 +289,21 @@ fn ten_thousand_events_through_a_broker_kill_and_a_hub_kill_arrive_all_in_order(
     drop(hub);
 }
 
+/// `mosquitto_sub` or `mosquitto_pub` (`tool`) to our broker on 127.0.0.1, as `user`
+/// (name, password) or anonymous.
+pub(crate) fn mosquitto_client(tool: &str, port: u16, user: Option<(&str, &str)>) -> Command {
+    let mut c = Command::new(tool);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some((name, password)) = user {
+        c.args(["-u", name, "-P", password]);
+    }
+    c
+}
+
 /// The retained messages under `filter`, from a fresh subscriber.
-fn retained(port: u16, filter: &str, n: usize) -> Vec<(String, Value)> {
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-v",
-            "-t",
-            filter,
-        ])
+fn retained(port: u16, user: Option<(&str, &str)>, filter: &str, n: usize) -> Vec<(String, Value)> {
+    let out = mosquitto_client("mosquitto_sub", port, user)
+        .args(["-v", "-t", filter])
         .args(["-C", &n.to_string(), "-W", "5", "--retained-only"])
         .output()
         .expect("run mosquitto_sub");
@@ -349,41 +352,7 @@ fn home_assistant_finds_each_camera_and_hears_again_after_its_birth() {
     em.emit_ok(shot(5, 42));
     let port = broker.port;
     // Anonymous is refused here: read as the same user.
-    let read = |filter: &str, n: usize| -> Vec<(String, Value)> {
-        let out = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-u",
-                "tle",
-                "-P",
-                "s3cret",
-            ])
-            .args([
-                "-v",
-                "-t",
-                filter,
-                "-C",
-                &n.to_string(),
-                "-W",
-                "5",
-                "--retained-only",
-            ])
-            .output()
-            .expect("run mosquitto_sub");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let (t, p) = l.split_once(' ')?;
-                Some((
-                    t.to_owned(),
-                    serde_json::from_str(p).unwrap_or(Value::String(p.into())),
-                ))
-            })
-            .collect()
-    };
+    let read = |filter: &str, n: usize| retained(port, Some(("tle", "s3cret")), filter, n);
     assert!(wait_until(WAIT, || read("homeassistant/#", 8).len() == 8));
     let configs = read("homeassistant/#", 8);
     let mut components = BTreeMap::new();
@@ -436,17 +405,7 @@ fn home_assistant_finds_each_camera_and_hears_again_after_its_birth() {
         Some(json!("online"))
     );
     // Home Assistant's birth: the configs come again (a live subscriber sees them).
-    let live = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-u",
-            "tle",
-            "-P",
-            "s3cret",
-        ])
+    let live = mosquitto_client("mosquitto_sub", port, Some(("tle", "s3cret")))
         .args([
             "-v",
             "-t",
@@ -460,17 +419,7 @@ fn home_assistant_finds_each_camera_and_hears_again_after_its_birth() {
         .spawn()
         .expect("live subscriber");
     std::thread::sleep(Duration::from_millis(500));
-    let birth = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-u",
-            "tle",
-            "-P",
-            "s3cret",
-        ])
+    let birth = mosquitto_client("mosquitto_pub", port, Some(("tle", "s3cret")))
         .args(["-t", "homeassistant/status", "-m", "online"])
         .status()
         .expect("mosquitto_pub");
@@ -504,7 +453,7 @@ fn home_assistant_finds_each_camera_and_hears_again_after_its_birth() {
 fn state_once(port: u16, topic: &str, field: &str, want: &Value) -> Option<Value> {
     let mut last = None;
     wait_until(WAIT, || {
-        last = retained(port, topic, 1).pop().map(|(_, v)| v);
+        last = retained(port, None, topic, 1).pop().map(|(_, v)| v);
         last.as_ref().is_some_and(|v| &v[field] == want)
     });
     last
