@@ -140,8 +140,15 @@ impl Filter {
         self.matches(&f.event_type, f.camera_id, f.host.as_deref())
     }
 
+    /// The filter as stats show it; `host` only when the stream asked for one, so that a
+    /// single host's stats read as they always did.
     pub(crate) fn describe(&self) -> serde_json::Value {
-        json!({"types": self.types, "camera_id": self.camera_id, "host": self.host})
+        let mut v = json!({"types": self.types, "camera_id": self.camera_id});
+        if let (Some(host), serde_json::Value::Object(m)) = (&self.host, &mut v) {
+            // This host's own: its name is not known here, and `"local"` says what it means.
+            m.insert("host".into(), json!(host.as_deref().unwrap_or("local")));
+        }
+        v
     }
 }
 
