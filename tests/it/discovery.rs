@@ -27,6 +27,17 @@ fn namespaces(tag: &str) -> Option<Netns> {
     netns
 }
 
+/// False (after saying why) under qemu-user, where `.ci/pi` runs the suite with
+/// `TLE_EMULATED=1`: there mdns-sd's queries go out but no answer ever reaches it (seen on
+/// aarch64), an emulator limit rather than the hub's, so finding a hub is tested natively.
+fn multicast_received_here() -> bool {
+    if std::env::var_os("TLE_EMULATED").is_some() {
+        eprintln!("SKIPPED: mDNS answers do not reach mdns-sd under qemu-user; tested natively");
+        return false;
+    }
+    true
+}
+
 /// `timelapse-events discover` with `args`, on the side of the pair without the hub.
 fn discover_cmd(netns: &Netns, args: &[&str]) -> Command {
     let wrapper = netns.run_on_host_side();
@@ -86,6 +97,9 @@ fn hub_in(netns: &Netns, dir: &tempfile::TempDir, extra: &[&str]) -> ChildHub {
 
 #[test]
 fn a_hub_in_one_namespace_is_discovered_from_the_other_with_its_txt_until_it_says_goodbye() {
+    if !multicast_received_here() {
+        return;
+    }
     let Some(netns) = namespaces("mdns") else {
         return;
     };
@@ -177,6 +191,9 @@ fn a_hub_in_one_namespace_is_discovered_from_the_other_with_its_txt_until_it_say
 
 #[test]
 fn a_hub_with_no_mdns_is_not_discovered_beside_one_that_is() {
+    if !multicast_received_here() {
+        return;
+    }
     let Some(netns) = namespaces("nomdns") else {
         return;
     };
