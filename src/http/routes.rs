@@ -716,6 +716,58 @@ mod tests {
     }
 
     #[test]
+    fn state_narrows_to_one_host_and_refuses_a_bad_name() {
+        let f = fixture(|c| c.host_name = Some("shed".into()));
+        let mut state = State::default();
+        let mut theirs = crate::event::Event::for_test(
+            1,
+            "image_captured",
+            "2026-12-01T10:00:00.000Z",
+            json!({"camera_id": 1}),
+        );
+        theirs.host = Some("garden".into());
+        let ours = crate::event::Event::for_test(
+            2,
+            "image_captured",
+            "2026-12-01T10:00:01.000Z",
+            json!({"camera_id": 1, "timelapse_id": 3}),
+        );
+        state.apply(&theirs);
+        state.apply(&ours);
+        f.ctx.cache.publish(&state, f.ctx.store.log_id(), 2);
+        let hosts_of = |target: &str| -> (Vec<Value>, usize) {
+            let v = json_of(&reply(&f.ctx, Request::new("GET", target)));
+            let cams = v["cameras"].as_array().cloned().unwrap_or_default();
+            let hosts = cams.iter().map(|c| c["host"].clone()).collect();
+            (hosts, v["timelapses"].as_array().map_or(0, Vec::len))
+        };
+        assert_eq!(
+            hosts_of("/api/state"),
+            (vec![Value::Null, json!("garden")], 1)
+        );
+        assert_eq!(
+            hosts_of("/api/state?host=garden"),
+            (vec![json!("garden")], 0)
+        );
+        assert_eq!(hosts_of("/api/state?host=shed"), (vec![Value::Null], 1));
+        assert_eq!(hosts_of("/api/state?host=nobody"), (vec![], 0));
+        let all = reply(&f.ctx, Request::new("GET", "/api/state"));
+        let one = reply(&f.ctx, Request::new("GET", "/api/state?host=garden"));
+        assert_ne!(header(&all, "ETag"), header(&one, "ETag"), "a tag per view");
+        for bad in [
+            "/api/state?host=",
+            "/api/state?host=a%22b",
+            "/api/state?host=a/b",
+        ] {
+            let r = reply(&f.ctx, Request::new("GET", bad));
+            assert_eq!(r.status, 400, "{bad}");
+            assert!(json_of(&r)["error"].is_string(), "{bad}");
+        }
+        let hosts = json_of(&reply(&f.ctx, Request::new("GET", "/api/hosts")));
+        assert_eq!(hosts, json!({"host": "shed", "fleet": null, "hosts": []}));
+    }
+
+    #[test]
     fn posts_are_stored_or_refused_with_a_reason() {
         let f = fixture(|_| {});
         let post = |body: &'static str, ct: &str| {
