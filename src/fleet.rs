@@ -131,7 +131,8 @@ pub(crate) fn parse(prefix: &str, own: &str, topic: &str, payload: &[u8]) -> Mes
 pub(crate) struct HostSeen {
     /// Its retained availability (`None` before it was heard).
     pub(crate) online: Option<bool>,
-    /// When an event or its availability last arrived (RFC 3339).
+    /// When its last event or `online` arrived (RFC 3339); the will's `offline`, sent by
+    /// the broker when the host has gone quiet, leaves it.
     pub(crate) last_heard_at: Option<String>,
     /// Its events stored here since this hub started.
     pub(crate) events: u64,
@@ -156,14 +157,18 @@ impl FleetStatus {
             .clone()
     }
 
-    fn heard(&self, host: &str, f: impl FnOnce(&mut HostSeen)) {
+    /// Records news of `host`; `from_it` when the host itself spoke (an event, its
+    /// `online`), not the broker for it (the will's `offline`).
+    fn heard(&self, host: &str, from_it: bool, f: impl FnOnce(&mut HostSeen)) {
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded: a broker full of hostile topics cannot grow it without end.
         if hosts.len() >= 1024 && !hosts.contains_key(host) {
             return;
         }
         let seen = hosts.entry(host.to_owned()).or_default();
-        seen.last_heard_at = Some(jiff::Timestamp::now().to_string());
+        if from_it {
+            seen.last_heard_at = Some(jiff::Timestamp::now().to_string());
+        }
         f(seen);
     }
 }
@@ -401,7 +406,8 @@ impl Ingest {
                     "fleet: host {host} is {}",
                     if *online { "online" } else { "offline" }
                 );
-                self.status.heard(host, |h| h.online = Some(*online));
+                self.status
+                    .heard(host, *online, |h| h.online = Some(*online));
             }
             Message::Ignored(why) => {
                 self.status.ignored.fetch_add(1, Relaxed);
@@ -433,7 +439,7 @@ impl Ingest {
             .fetch_add(u64::try_from(dups).unwrap_or(0), Relaxed);
         log::debug!("fleet: stored {new} remote events ({dups} already here)");
         for (id, remote) in batch.drain(..) {
-            self.status.heard(&remote.host, |h| h.events += 1);
+            self.status.heard(&remote.host, true, |h| h.events += 1);
             if let Some(id) = id {
                 client.ack(id)?;
             }
