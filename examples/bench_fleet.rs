@@ -737,7 +737,7 @@ fn run(plan: &Plan) -> Result<(), BoxError> {
     println!(
         "fleet: {} hosts ({} real hub processes, {} simulated) × {} cameras, {:.2} events/s a \
          camera for {:.0} s ({:.0} events/s), then {BURST}× for {:.1} s ({:.0} events/s); \
-         {CLIENTS} stream clients; fleet hub at rest: {:.1} MiB RSS, {} threads; load average {}",
+         {CLIENTS} stream clients; fleet hub with them connected, before the first event: {:.1} MiB RSS, {} threads; load average {}",
         plan.hosts,
         plan.real(),
         plan.hosts - plan.real(),
@@ -883,7 +883,7 @@ fn run(plan: &Plan) -> Result<(), BoxError> {
     let rest_secs = wall - steady_secs;
     println!(
         "fleet hub: CPU {:.1} % of one core over the run ({:.1} % steady, {:.1} % burst and \
-         drain), peak RSS {:.1} MiB (VmHWM {:.1} MiB), peak {} threads (at rest {}); the others on the 2 cores: \
+         drain), peak RSS {:.1} MiB (VmHWM {:.1} MiB), peak {} threads (before the first event {}); the others on the 2 cores: \
          broker {:.1} %, {} real camera hubs {:.1} % (their emitters {:.1} %), {} simulated \
          hosts {:.1} % ({:.0} µs a message), {CLIENTS} clients {:.1} %",
         cpu_pct(&before, &after, wall),
