@@ -149,7 +149,7 @@ impl Hub {
         };
         // Registers the sinks' cursors before retention's first round, which they hold.
         // (On an error below, dropping `sinks` drops its stop channel: its threads end.)
-        let sinks = Sinks::start(&config, &store)?;
+        let sinks = Sinks::start(&config, &store, &out.dispatched)?;
         let fleet = Fleet::start(&config, &store)?;
         let retention = {
             let (store, stop) = (store.clone(), stop_rx);

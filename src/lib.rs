@@ -34,6 +34,7 @@
 
 pub mod admin;
 mod backoff;
+mod bell;
 mod broadcast;
 mod checkpoint;
 mod config;

@@ -52,6 +52,8 @@ pub(crate) fn max_quiet(poll_interval: Duration) -> Duration {
 #[derive(Clone, Default)]
 pub(crate) struct Outputs {
     pub(crate) broadcast: Arc<Broadcast>,
+    /// Rung after each dispatched batch: the sinks wait on it.
+    pub(crate) dispatched: Arc<crate::bell::Bell>,
     pub(crate) status: Arc<PollerStatus>,
     pub(crate) cache: Arc<StateCache>,
     pub(crate) metrics: Arc<Metrics>,
@@ -430,6 +432,7 @@ impl Poller {
                 .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
             let frames: Vec<Arc<Frame>> = batch.events.iter().map(Frame::new).collect();
             out.broadcast.publish(&frames);
+            out.dispatched.ring();
             self.watchdog.recoveries(&self.state, &batch.events, now);
             log::debug!(
                 "dispatched {} events up to seq {} in {:?}",

@@ -12,10 +12,10 @@
 //! side refuses for good (another 4xx) is skipped and counted. Events retention's size limit
 //! deleted before the sink reached them are recorded as a gap.
 //!
-//! Wake-up: each sink asks the database for the stream head every [`IDLE_POLL`] when it has
-//! caught up. That costs one indexed `max(seq)` per sink per 250 ms and keeps the poller, the
-//! hot path of every stream, free of any sink work; a phone notification 250 ms later is
-//! no loss.
+//! Wake-up: a sink that has caught up waits on the poller's [`Bell`], rung after each
+//! dispatched batch (a `try_send` per sink: the poller, the hot path of every stream, does no
+//! other sink work), and at most [`IDLE_POLL`], after which it asks the database for the
+//! stream head anyway (one indexed `max(seq)`) and lets its transport keep its connection.
 
 mod mqtt;
 mod webhook;
@@ -29,6 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{Value, json};
 
 use crate::backoff::Backoff;
+use crate::bell::Bell;
 use crate::config::{Config, SinkConfig, SinkTarget};
 use crate::error::Result;
 use crate::event::{Event, Priority};
@@ -405,7 +406,7 @@ impl Sinks {
     ///
     /// # Errors
     /// The database cannot be written, or a thread cannot start (those started stop again).
-    pub(crate) fn start(config: &Config, store: &Store) -> Result<Sinks> {
+    pub(crate) fn start(config: &Config, store: &Store, dispatched: &Bell) -> Result<Sinks> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let mut sinks = Sinks {
             stop: Some(stop_tx),
@@ -465,6 +466,7 @@ impl Sinks {
                 transport,
                 status,
                 stop: stop_rx.clone(),
+                dispatched: dispatched.listen(),
                 state_loaded: false,
             });
         }
@@ -517,6 +519,8 @@ struct Runner {
     transport: Box<dyn Transport>,
     status: Arc<SinkStatus>,
     stop: Receiver<()>,
+    /// A message when the poller dispatched something since the last look.
+    dispatched: Receiver<()>,
     /// Whether a transport that follows the state has had every camera.
     state_loaded: bool,
 }
@@ -546,7 +550,7 @@ impl Runner {
                     if let Some(link) = self.transport.link() {
                         self.note_link(link);
                     }
-                    if stopped_within(&self.stop, IDLE_POLL) {
+                    if self.stop_or_news_within(IDLE_POLL) {
                         break;
                     }
                 }
@@ -572,6 +576,15 @@ impl Runner {
             self.window.cursor()
         );
         Ok(())
+    }
+
+    /// Waits for the poller's next batch, the stop (true), or `d`.
+    fn stop_or_news_within(&self, d: Duration) -> bool {
+        crossbeam_channel::select! {
+            recv(self.stop) -> _ => true,
+            recv(self.dispatched) -> _ => false,
+            default(d) => false,
+        }
     }
 
     fn stop_asked(&self) -> bool {
