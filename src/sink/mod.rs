@@ -152,6 +152,17 @@ impl Window {
         self.skipped = 0;
     }
 
+    /// Reads again from `seq` (events already acknowledged once): the read position moves
+    /// back, the recorded cursor does not (a crash now does not send them a third time).
+    pub(crate) fn resend_from(&mut self, seq: i64) {
+        self.handled_through = self.handled_through.min(seq - 1);
+    }
+
+    /// Whether the read position is behind what is recorded (a resend).
+    pub(crate) fn resending(&self) -> bool {
+        self.handled_through < self.recorded
+    }
+
     /// A gap: retention deleted everything through `pruned`.
     pub(crate) fn jump(&mut self, pruned: i64) {
         self.handled_through = self.handled_through.max(pruned);
@@ -205,6 +216,11 @@ pub(crate) trait Transport: Send {
     }
     /// The hub's current state of these cameras.
     fn cameras(&mut self, _cameras: Vec<CameraState>) {}
+    /// After a reconnect, the seq from which to send again events already acknowledged by
+    /// a far side that may have lost them (an MQTT broker's unwritten memory); taken once.
+    fn take_resend(&mut self) -> Option<i64> {
+        None
+    }
     /// For a transport with a standing connection (MQTT): whether it is up, or why not.
     /// `None` for one that connects per delivery (webhooks): then deliveries alone say.
     fn link(&self) -> Option<std::result::Result<(), String>> {
@@ -623,6 +639,13 @@ impl Runner {
         health: &mut Health,
         last_record: &mut Instant,
     ) -> Result<bool> {
+        if let Some(seq) = self.transport.take_resend() {
+            log::info!(
+                "sink {}: sending again from seq {seq}: the far side acknowledged it shortly before the connection broke and may not have kept it",
+                self.name
+            );
+            self.window.resend_from(seq);
+        }
         let (head, pruned, page) = {
             let conn = store.conn()?;
             let head = events::head_seq(&conn)?;
@@ -647,7 +670,10 @@ impl Runner {
             self.state_loaded = true;
         }
         let cursor = self.window.cursor();
-        if cursor < pruned {
+        if cursor < pruned && self.window.resending() {
+            // A resend that reaches back over deleted rows: nothing of the recorded is lost.
+            self.window.jump(pruned);
+        } else if cursor < pruned {
             // Only the size limit deletes past an enabled sink's cursor.
             self.record(store)?;
             let lost = store::sinks::record_gap(&*store.conn()?, &self.name, pruned)?;
@@ -855,6 +881,30 @@ mod tests {
         }
         let no_camera = Event::for_test(2, "x", "t", json!({}));
         assert!(!f(None, Priority::Low, Some(&[3])).matches(&no_camera));
+    }
+
+    #[test]
+    fn a_resend_moves_the_read_position_back_but_never_the_recorded_cursor() {
+        let mut w = Window::new(10, 8);
+        for seq in 11..=14 {
+            w.delivered(seq);
+        }
+        w.recorded();
+        w.resend_from(12);
+        assert_eq!(w.cursor(), 11, "reads again from 12");
+        assert!(
+            w.resending() && !w.dirty(),
+            "nothing to record while behind it"
+        );
+        w.delivered(12);
+        w.delivered(13);
+        assert!(!w.dirty());
+        w.delivered(14);
+        w.delivered(15);
+        assert!(w.dirty() && !w.resending());
+        assert_eq!(w.pending().0, 15);
+        w.resend_from(20);
+        assert_eq!(w.cursor(), 15, "a resend never moves forward");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 pub(crate) mod topics;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use topics::Topics;
@@ -23,6 +23,11 @@ use crate::event::Event;
 use crate::mqtt::packet::{Connect, Incoming, Will};
 use crate::mqtt::{BrokerUrl, Client, KEEP_ALIVE, Security, split_url};
 use crate::state::{CameraState, camera_json};
+/// A broker acknowledges a QoS 1 PUBLISH once it holds it in memory; Mosquitto writes its
+/// store only every autosave, so one SIGKILLed loses what it acknowledged but had neither
+/// written nor forwarded. What the broker acknowledged this long before a lost connection
+/// is sent again after the next connect (at most a window of it).
+const RESEND_HORIZON: Duration = Duration::from_secs(2);
 /// How often an idle, disconnected sink tries to connect (so availability comes back).
 const IDLE_CONNECT_EVERY: Duration = Duration::from_secs(2);
 
@@ -46,6 +51,12 @@ pub(crate) struct Mqtt {
     last_try: Option<Instant>,
     /// Why the last connection ended or the last connect failed.
     down_because: Option<String>,
+    /// The seqs acknowledged on this connection, newest last (at most `window`), with when.
+    acked: VecDeque<(Instant, i64)>,
+    /// Most of them kept (the sink's window).
+    window: usize,
+    /// After a lost connection: send again from this seq (see [`RESEND_HORIZON`]).
+    resend_from: Option<i64>,
 }
 
 /// The transport for an MQTT sink.
@@ -90,6 +101,9 @@ pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Tra
         published: HashMap::new(),
         last_try: None,
         down_because: None,
+        acked: VecDeque::new(),
+        window: sink.window,
+        resend_from: None,
     }))
 }
 
@@ -102,6 +116,22 @@ pub(crate) fn target(sink: &SinkConfig) -> Option<&MqttTarget> {
 }
 
 impl Mqtt {
+    /// Drops the connection; what the broker acknowledged within [`RESEND_HORIZON`] before
+    /// is to be sent again.
+    fn drop_connection(&mut self) {
+        if self.client.take().is_none() {
+            return;
+        }
+        let now = Instant::now();
+        self.resend_from = self
+            .acked
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) <= RESEND_HORIZON)
+            .map(|(_, seq)| *seq)
+            .min();
+        self.acked.clear();
+    }
+
     /// Connected, with `online`, the birth subscription, and every known camera's
     /// discovery and state sent.
     fn ensure_connected(&mut self) -> Result<&mut Client> {
@@ -246,6 +276,13 @@ impl Mqtt {
                 through += 1;
             }
         }
+        let now = Instant::now();
+        for e in &events[..through] {
+            if self.acked.len() >= self.window.max(1) {
+                self.acked.pop_front();
+            }
+            self.acked.push_back((now, e.cursor.seq));
+        }
         let mut outcomes = vec![Outcome::Delivered; through];
         if through < events.len() {
             outcomes.push(Outcome::Failed(format!(
@@ -253,7 +290,7 @@ impl Mqtt {
                 self.timeout
             )));
             // A broker that does not answer is replaced by a fresh connection.
-            self.client = None;
+            self.drop_connection();
         }
         Ok(outcomes)
     }
@@ -276,7 +313,7 @@ impl Transport for Mqtt {
         match self.publish_batch(events) {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                self.client = None;
+                self.drop_connection();
                 vec![Outcome::Failed(e.to_string())]
             }
         }
@@ -284,6 +321,15 @@ impl Transport for Mqtt {
 
     fn follows_state(&self) -> bool {
         true
+    }
+
+    fn take_resend(&mut self) -> Option<i64> {
+        self.resend_from?;
+        // Connected first, so that the resent events go before anything newer.
+        if self.client.is_none() && self.ensure_connected().is_err() {
+            return None;
+        }
+        self.resend_from.take()
     }
 
     fn link(&self) -> Option<std::result::Result<(), String>> {
@@ -299,7 +345,7 @@ impl Transport for Mqtt {
     fn cameras(&mut self, cameras: Vec<CameraState>) {
         if let Err(e) = self.take_cameras(cameras) {
             // Sent again with everything after the next connect.
-            self.client = None;
+            self.drop_connection();
             log::warn!("sink {}: MQTT connection lost: {e}", self.name);
         }
     }
@@ -329,7 +375,8 @@ impl Transport for Mqtt {
             }
         })();
         if let Err(e) = result {
-            if self.client.take().is_some() {
+            if self.client.is_some() {
+                self.drop_connection();
                 log::warn!("sink {}: MQTT connection lost: {e}", self.name);
             } else {
                 log::debug!("sink {}: cannot connect: {e}", self.name);
