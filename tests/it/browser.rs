@@ -17,7 +17,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use timelapse_events::{Emitter, EventId, NewEvent, SinkConfig};
 
 use crate::fleet::{camera_host, fleet_hub};
 use crate::mqtt::{Broker, mosquitto_here};
-use crate::sinks::{Mode, Receiver as WebhookReceiver};
+use crate::sinks::Receiver as WebhookReceiver;
 
 use crate::support::{
     ChildHub, EmitOk, SseClient, TestHub, WAIT, collect, exit_within, http, init_logging, lines_of,
@@ -994,17 +994,7 @@ fn the_sink_line_turns_from_failing_to_ok_when_its_receiver_recovers() {
     let Some(mut b) = browser_or_skip("the_sink_line_turns_from_failing_to_ok") else {
         return;
     };
-    let up = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let up = up.clone();
-        WebhookReceiver::start(move |_| {
-            if up.load(SeqCst) {
-                Mode::Status(200)
-            } else {
-                Mode::Close
-            }
-        })
-    };
+    let (receiver, up) = WebhookReceiver::down_until_up();
     let url = receiver.url("/in");
     let hub = TestHub::start_with(|c| {
         c.sinks = vec![SinkConfig {

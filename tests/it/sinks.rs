@@ -60,6 +60,21 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
+    /// A receiver that closes every connection until the flag it returns is set, then
+    /// answers 200: a far side that is down, then comes back.
+    pub(crate) fn down_until_up() -> (Receiver, Arc<AtomicBool>) {
+        let up = Arc::new(AtomicBool::new(false));
+        let flag = up.clone();
+        let receiver = Receiver::start(move |_| {
+            if flag.load(SeqCst) {
+                Mode::Status(200)
+            } else {
+                Mode::Close
+            }
+        });
+        (receiver, up)
+    }
+
     pub(crate) fn start(decide: impl Fn(&Value) -> Mode + Send + Sync + 'static) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
@@ -417,17 +432,7 @@ fn dedup_sorted_runs(ids: &[i64]) -> (Vec<i64>, usize) {
 
 #[test]
 fn retention_by_age_waits_for_a_receiver_that_is_down() {
-    let up = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let up = up.clone();
-        Receiver::start(move |_| {
-            if up.load(SeqCst) {
-                Mode::Status(200)
-            } else {
-                Mode::Close
-            }
-        })
-    };
+    let (receiver, up) = Receiver::down_until_up();
     let sink = quick_webhook("hook1", &receiver.url("/"), vec![]);
     let hub = TestHub::start_with(|c| {
         c.sinks = vec![sink];
@@ -469,17 +474,7 @@ fn retention_by_age_waits_for_a_receiver_that_is_down() {
 #[test]
 fn the_size_limit_forces_a_gap_that_the_sink_records_and_carries_on_from() {
     const EVENTS: usize = 200;
-    let up = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let up = up.clone();
-        Receiver::start(move |_| {
-            if up.load(SeqCst) {
-                Mode::Status(200)
-            } else {
-                Mode::Close
-            }
-        })
-    };
+    let (receiver, up) = Receiver::down_until_up();
     let sink = quick_webhook("hook1", &receiver.url("/"), vec![]);
     let hub = TestHub::start_with(|c| {
         c.sinks = vec![sink];
@@ -607,17 +602,7 @@ fn ntfy_gets_stale_and_offline_cameras_as_its_json_publish_format() {
 
 #[test]
 fn a_receiver_down_then_up_is_logged_once_each_way_and_headers_come_from_the_environment() {
-    let up = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let up = up.clone();
-        Receiver::start(move |_| {
-            if up.load(SeqCst) {
-                Mode::Status(200)
-            } else {
-                Mode::Close
-            }
-        })
-    };
+    let (receiver, up) = Receiver::down_until_up();
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("events.db");
     let url = receiver.url("/in");
