@@ -423,6 +423,11 @@ pub struct ServeArgs {
     /// so that this hub streams, keeps and shows them too: the fleet's view.
     #[arg(long, env = "TIMELAPSE_EVENTS_MQTT_SUBSCRIBE")]
     pub mqtt_subscribe: Option<String>,
+    /// Serve each local camera's latest image at /api/cameras/<id>/latest: the file its
+    /// last image_captured names (thumbnail, else file_name), relative to this directory,
+    /// and only files inside it. Must exist (default: no image route).
+    #[arg(long, env = "TIMELAPSE_EVENTS_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -547,6 +552,7 @@ impl ServeArgs {
             mqtt_subscribe: self.mqtt_subscribe()?,
             mdns: !self.no_mdns,
             host_name: self.mqtt_host_name.clone(),
+            images_dir: self.images_dir.clone(),
             ..Config::default()
         };
         config.validate()?;

@@ -150,6 +150,12 @@ pub struct Config {
     /// The name the hub goes by on the LAN: its mDNS instance and TXT `host` (the MQTT sink
     /// has its own `host_name`). Defaults to none: this machine's name.
     pub host_name: Option<String>,
+    /// The directory the capture program writes its images into: with it,
+    /// `GET /api/cameras/<id>/latest` serves the file a local camera's latest
+    /// `image_captured` names (`thumbnail`, else `file_name`, relative to it), and only files
+    /// inside it. It must exist; [`Hub::start`](crate::Hub::start) canonicalizes it once.
+    /// Defaults to none (no such route).
+    pub images_dir: Option<PathBuf>,
 }
 
 /// Where a sink delivers.
@@ -431,6 +437,7 @@ impl Default for Config {
             mqtt_subscribe: None,
             mdns: true,
             host_name: None,
+            images_dir: None,
         }
     }
 }
@@ -548,6 +555,29 @@ impl Config {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// `images_dir` as the one canonical path the image route compares against (links
+    /// followed), checked to be a directory.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when it is missing or not a directory.
+    pub(crate) fn resolve_images_dir(&mut self) -> Result<()> {
+        let Some(dir) = &self.images_dir else {
+            return Ok(());
+        };
+        let bad = |reason: String| Error::Config {
+            field: "images_dir",
+            reason: format!("{}: {reason}", dir.display()),
+        };
+        let canonical = dir
+            .canonicalize()
+            .map_err(|e| bad(format!("cannot open it ({e})")))?;
+        if !canonical.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+        self.images_dir = Some(canonical);
         Ok(())
     }
 

@@ -91,8 +91,9 @@ impl Hub {
     /// that cannot be opened or written ([`Error::DbFile`](crate::Error::DbFile)), that
     /// another hub serves (its `<db>.lock` is held: `DbFileProblem::InUse`), or that is
     /// newer than this binary; or a thread that cannot start.
-    pub fn start(config: Config) -> Result<Hub> {
+    pub fn start(mut config: Config) -> Result<Hub> {
         config.validate()?;
+        config.resolve_images_dir()?;
         crate::limits::raise_fd_limit();
         let listener = Listener::bind(&config)?;
         crate::store::preflight(&config.db_path, OpenMode::Create)?;
