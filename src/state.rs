@@ -70,6 +70,9 @@ impl NotFolded {
     }
 }
 
+/// Longest image name kept, in characters: a path, so longer than other text fields.
+const MAX_IMAGE_NAME_CHARS: usize = 1024;
+
 /// Weight of the newest gap in the learned capture interval (exponential moving average).
 const INTERVAL_EWMA_WEIGHT: f64 = 0.3;
 
@@ -92,6 +95,13 @@ pub(crate) struct CameraState {
     /// Learned gap between captures, in milliseconds (the watchdog's yardstick).
     pub capture_interval_ms: Option<f64>,
     pub updated_at: String,
+    /// The latest `image_captured`'s image (`thumbnail`, else `file_name`), as the event
+    /// named it: persisted with the record, never in [`camera_json`] (a path on the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The seq of the event that named [`CameraState::image`]: the page's cache buster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_seq: Option<i64>,
 }
 
 /// One timelapse.
@@ -155,6 +165,20 @@ fn text(data: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+/// An `image_captured`'s image: its `thumbnail` if it has one, else its `file_name`; a
+/// non-empty string, at most [`MAX_IMAGE_NAME_CHARS`] (a longer one is not a name the
+/// route could serve: none, rather than a clipped one).
+fn image_name(data: &serde_json::Map<String, Value>) -> Option<String> {
+    ["thumbnail", "file_name"]
+        .iter()
+        .find_map(|key| match data.get(*key)? {
+            Value::String(s) if !s.is_empty() && s.chars().count() <= MAX_IMAGE_NAME_CHARS => {
+                Some(s.clone())
+            }
+            _ => None,
+        })
+}
+
 /// Folds one event (of a type the projection reads) into its camera's record.
 fn fold_camera(cam: &mut CameraState, e: &Event) {
     let d = &e.data;
@@ -184,6 +208,10 @@ fn fold_camera(cam: &mut CameraState, e: &Event) {
             }
             if cam.status.is_none() {
                 cam.status = Some("online".into());
+            }
+            if let Some(name) = image_name(d) {
+                cam.image = Some(name);
+                cam.image_seq = Some(e.cursor.seq);
             }
         }
         CAMERA_STATUS_CHANGED => {
@@ -332,6 +360,7 @@ pub(crate) fn camera_json(c: &CameraState) -> Value {
         "stale": c.stale,
         "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
         "updated_at": c.updated_at,
+        "image_seq": c.image_seq,
     });
     // Another host's camera says whose it is; this host's look as they always did.
     if let (Some(host), Value::Object(m)) = (&c.host, &mut v) {
@@ -346,6 +375,9 @@ pub(crate) struct Snapshot {
     pub body: String,
     pub etag: String,
     pub cursor: Cursor,
+    /// This host's cameras' latest images, by camera id: (name, seq), for the image route
+    /// (kept out of `body`, which is public).
+    pub images: BTreeMap<i64, (String, i64)>,
 }
 
 /// The current [`Snapshot`], swapped by the poller when state changes; readers clone an Arc.
@@ -365,6 +397,11 @@ impl StateCache {
             body: state.to_json(cursor).to_string(),
             etag: format!("\"{log_id:08x}-{version}-{}\"", state.seq),
             cursor,
+            images: state
+                .cameras
+                .iter()
+                .filter_map(|(id, c)| Some((*id, (c.image.clone()?, c.image_seq?))))
+                .collect(),
         };
         // The lock guards one Option swap; a poisoned one still holds a whole value.
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(snap));
@@ -441,6 +478,60 @@ mod tests {
         };
         small.apply(&theirs);
         assert!(small.apply(&ours).over_cap);
+    }
+
+    #[test]
+    fn a_capture_names_its_image_and_the_page_sees_only_its_seq() {
+        let mut s = State::default();
+        let at = "2026-11-26T10:00:00.000Z";
+        s.apply(&ev(
+            1,
+            IMAGE_CAPTURED,
+            at,
+            json!({"camera_id": 1, "file_name": "camera-1/a.jpg"}),
+        ));
+        assert_eq!(s.cameras[&1].image.as_deref(), Some("camera-1/a.jpg"));
+        s.apply(&ev(
+            2,
+            IMAGE_CAPTURED,
+            at,
+            json!({"camera_id": 1, "file_name": "camera-1/b.jpg", "thumbnail": "thumbs/b.jpg"}),
+        ));
+        let c = &s.cameras[&1];
+        assert_eq!(
+            (c.image.as_deref(), c.image_seq),
+            (Some("thumbs/b.jpg"), Some(2))
+        );
+        // No name, a number or an absurd one: the last image stays.
+        for (seq, data) in [
+            (3, json!({"camera_id": 1})),
+            (4, json!({"camera_id": 1, "file_name": 7})),
+            (5, json!({"camera_id": 1, "file_name": "x".repeat(1025)})),
+            (6, json!({"camera_id": 1, "file_name": ""})),
+        ] {
+            s.apply(&ev(seq, IMAGE_CAPTURED, at, data));
+        }
+        let c = &s.cameras[&1];
+        assert_eq!(
+            (c.image.as_deref(), c.image_seq),
+            (Some("thumbs/b.jpg"), Some(2))
+        );
+        let v = camera_json(c);
+        assert_eq!(v["image_seq"], 2);
+        assert!(!v.to_string().contains("thumbs"), "no path in {v}");
+        let fresh = camera_json(&CameraState::default());
+        assert!(fresh["image_seq"].is_null(), "{fresh}");
+        // Persisted with the record, and read back from one written before the field.
+        let text = serde_json::to_string(c).expect("a record");
+        let back: CameraState = serde_json::from_str(&text).expect("read back");
+        assert_eq!(&back, c);
+        let old: CameraState = serde_json::from_str(r#"{"camera_id":1,"status":null,"health_status":null,"last_capture_at":null,"image_count":null,"day_number":null,"timelapse_id":null,"timelapse_status":null,"stale":false,"capture_interval_ms":null,"updated_at":""}"#).expect("an old record");
+        assert_eq!((old.image, old.image_seq), (None, None));
+        let cache = StateCache::default();
+        cache.publish(&s, 1, 1);
+        let snap = cache.get().expect("published");
+        assert_eq!(snap.images[&1], ("thumbs/b.jpg".to_owned(), 2));
+        assert!(!snap.body.contains("thumbs"), "{}", snap.body);
     }
 
     fn ev(seq: i64, t: &str, at: &str, data: Value) -> Event {
