@@ -22,10 +22,10 @@ const SCRIPT: &str = include_str!("dashboard.js");
 const WORKER: &str = include_str!("dashboard-worker.js");
 
 /// What the page may load: its own script, style and worker files, `fetch` and
-/// `EventSource` to this hub, and the empty `data:` icon; nothing inline, no plugin, no
-/// other site, and no framing by anyone.
+/// `EventSource` to this hub, the cameras' latest images from this hub and the empty
+/// `data:` icon; nothing inline, no plugin, no other site, and no framing by anyone.
 pub(super) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-    connect-src 'self'; worker-src 'self'; img-src data:; base-uri 'none'; \
+    connect-src 'self'; worker-src 'self'; img-src 'self' data:; base-uri 'none'; \
     form-action 'self'; frame-ancestors 'none'";
 
 /// The login form: no script or style at all (only the empty `data:` icon); it posts to
@@ -66,7 +66,7 @@ fn tag_of(body: &str) -> String {
 
 /// Serves a compiled-in file with an `ETag`; `no-cache` so a browser revalidates (a cheap
 /// 304) and never runs a page from an older binary against a newer hub.
-fn asset(rq: &Request<'_>, tag: &str, content_type: &'static str, body: &'static str) -> Reply {
+fn asset(rq: &Request<'_>, tag: &str, content_type: &'static str, body: &str) -> Reply {
     if rq
         .header("If-None-Match")
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
@@ -89,10 +89,22 @@ fn unframed(reply: Reply, csp: &'static str) -> Reply {
         .with_header("X-Frame-Options", "DENY")
 }
 
-pub(super) fn page(rq: &Request<'_>) -> Reply {
-    static TAG: OnceLock<String> = OnceLock::new();
-    let tag = TAG.get_or_init(|| tag_of(PAGE));
-    unframed(asset(rq, tag, "text/html; charset=utf-8", PAGE), PAGE_CSP)
+/// The page; with `images` (`--images-dir`) its `<body data-images="on">` tells the
+/// script to show each camera's latest image. Each variant has its own tag.
+pub(super) fn page(rq: &Request<'_>, images: bool) -> Reply {
+    static PLAIN: OnceLock<String> = OnceLock::new();
+    static WITH_IMAGES: OnceLock<(String, String)> = OnceLock::new();
+    let (body, tag) = if images {
+        let (body, tag) = WITH_IMAGES.get_or_init(|| {
+            let body = PAGE.replacen("<body>", "<body data-images=\"on\">", 1);
+            let tag = tag_of(&body);
+            (body, tag)
+        });
+        (body.as_str(), tag)
+    } else {
+        (PAGE, PLAIN.get_or_init(|| tag_of(PAGE)))
+    };
+    unframed(asset(rq, tag, "text/html; charset=utf-8", body), PAGE_CSP)
 }
 
 pub(super) fn style(rq: &Request<'_>) -> Reply {

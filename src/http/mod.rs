@@ -3,11 +3,13 @@
 //! each event stream on a thread of its own; [`reply`] holds responses as values and the
 //! one mapping from errors to statuses; [`dashboard`] serves the compiled-in page; [`ctx`]
 //! holds what handlers share; [`guard`] holds the pure checks against other sites' pages
-//! (`Host`, `Origin`, tokens).
+//! (`Host`, `Origin`, tokens); [`images`] serves a camera's latest image from
+//! `--images-dir`, only files inside it.
 
 mod ctx;
 mod dashboard;
 mod guard;
+mod images;
 mod peers;
 mod reply;
 mod request;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::ctx::Ctx;
 use super::dashboard;
 use super::guard;
+use super::images;
 use super::reply::{HttpError, Reply};
 use super::request::Request;
 use super::server::Answer;
@@ -56,7 +57,10 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
     let cors = cors_headers(rq, ctx);
     log::debug!("{} {} from {}", rq.method, rq.target, rq.peer_text());
     let path = rq.path.clone();
-    let read = matches!(rq.method.as_str(), "GET" | "HEAD") && READS.contains(&path.as_str());
+    // The image route exists only with `--images-dir`; its path has the camera's id.
+    let image_route = ctx.config.images_dir.is_some() && images::is_route(&path);
+    let read = matches!(rq.method.as_str(), "GET" | "HEAD")
+        && (READS.contains(&path.as_str()) || image_route);
     let result = if let Err(e) = check_host(rq, ctx) {
         Err(e)
     } else if read && !read_allowed(rq, &ctx.config) {
@@ -85,7 +89,16 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
             ("GET" | "HEAD", "/metrics") => metrics(ctx),
             ("GET" | "HEAD", "/api/sinks") => Ok(sinks(ctx)),
             ("GET" | "HEAD", "/api/hosts") => Ok(hosts(ctx)),
-            ("GET" | "HEAD", "/") => Ok(dashboard::page(rq)),
+            ("GET" | "HEAD", _) if image_route => Ok(images::latest(rq, ctx)),
+            (method, _) if image_route => Err(HttpError::new(
+                405,
+                format!(
+                    "method {} not allowed on /api/cameras/<id>/latest",
+                    quote(method)
+                ),
+            )
+            .with_header("Allow", "GET, HEAD")),
+            ("GET" | "HEAD", "/") => Ok(dashboard::page(rq, ctx.config.images_dir.is_some())),
             ("GET" | "HEAD", "/dashboard-worker.js") => Ok(dashboard::worker(rq)),
             ("GET" | "HEAD", "/dashboard.js") => Ok(dashboard::script(rq)),
             ("GET" | "HEAD", "/dashboard.css") => Ok(dashboard::style(rq)),
@@ -1058,6 +1071,58 @@ mod tests {
             reply(&f.ctx, Request::new("GET", "/dashboard.css")).content_type,
             "text/css; charset=utf-8"
         );
+    }
+
+    #[test]
+    fn the_image_route_exists_only_with_an_images_dir_and_needs_the_read_token() {
+        let off = fixture(|_| {});
+        let r = reply(&off.ctx, Request::new("GET", "/api/cameras/1/latest"));
+        assert_eq!(r.status, 404);
+        assert!(
+            json_of(&r)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("no such path")
+        );
+        let page = reply(&off.ctx, Request::new("GET", "/"));
+        assert!(!String::from_utf8_lossy(&page.body).contains("data-images"));
+        let images = tempfile::tempdir().expect("images dir");
+        let on = fixture(|c| {
+            c.images_dir = Some(images.path().canonicalize().expect("canonical"));
+            c.read_token = Some("r34d".into());
+        });
+        let get = |target: &str| Request::new("GET", target);
+        let r = reply(&on.ctx, get("/api/cameras/1/latest"));
+        assert_eq!(
+            (r.status, header(&r, "WWW-Authenticate")),
+            (401, Some("Bearer"))
+        );
+        let auth = |rq: Request<'static>| rq.with_header("Authorization", "Bearer r34d");
+        for target in [
+            "/api/cameras/1/latest",
+            "/api/cameras/1/latest?seq=3",
+            "/api/cameras/x/latest",
+            "/api/cameras/1/latest?host=garden",
+        ] {
+            let r = reply(&on.ctx, auth(get(target)));
+            assert_eq!(
+                (r.status, json_of(&r)),
+                (404, json!({"error": "no image"})),
+                "{target}"
+            );
+        }
+        let r = reply(&on.ctx, auth(Request::new("POST", "/api/cameras/1/latest")));
+        assert_eq!((r.status, header(&r, "Allow")), (405, Some("GET, HEAD")));
+        let with = reply(&on.ctx, auth(get("/")));
+        let plain = reply(&off.ctx, get("/"));
+        assert!(String::from_utf8_lossy(&with.body).contains("<body data-images=\"on\">"));
+        assert_ne!(
+            header(&with, "ETag"),
+            header(&plain, "ETag"),
+            "a tag per variant"
+        );
+        let csp = header(&with, "Content-Security-Policy").unwrap_or_default();
+        assert!(csp.contains("img-src 'self' data:"), "{csp}");
     }
 
     #[test]
