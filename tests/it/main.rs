@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod identity;
+mod images;
 mod lan;
 mod mqtt;
 #[cfg(feature = "tls")]
