@@ -18,6 +18,18 @@
 //! cargo run --release --example simulate_cameras -- --url http://pi.local:8080 --token s3cret
 //! ```
 //!
+//! With `--images-dir DIR` each capture is also a real file: a small (320×180) JPEG at
+//! `DIR/<file_name>` (the event's `file_name`, e.g.
+//! `camera-1/timelapse-1001/day-001/image-000042.jpg`, relative to DIR), written before its
+//! event, showing a sky whose colour follows the simulated time of day, the sun crossing it,
+//! and the camera's number and the image count, so a hub started with the same
+//! `--images-dir` shows pictures on its dashboard. Only the last 50 frames of each camera
+//! stay on disk (older ones are deleted), so a long run does not fill an SD card.
+//!
+//! ```text
+//! cargo run --release --example simulate_cameras -- --images-dir /tmp/tle-images
+//! ```
+//!
 //! One line per event goes to stdout (`<id> camera-<n> <type> <data>`); the seed and a summary
 //! go to stderr, so `--seed` reproduces a run camera by camera.
 
@@ -29,8 +41,9 @@ mod http_url;
 #[path = "common/stop.rs"]
 mod stop;
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,7 +83,17 @@ struct Args {
     /// Bearer token for --url (the hub's --token).
     #[arg(long, requires = "url")]
     token: Option<String>,
+    /// Write each capture as a small JPEG at DIR/<file_name> (created if missing; the last
+    /// 50 frames of each camera are kept). No files without it.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
 }
+
+/// Frames kept on disk per camera with `--images-dir`; older ones are deleted.
+const KEEP_FRAMES: usize = 50;
+/// The frames' size: a thumbnail, a few KiB as JPEG.
+const FRAME_WIDTH: usize = 320;
+const FRAME_HEIGHT: usize = 180;
 
 fn main() -> ExitCode {
     let args = Args::parse(); // exits 2 with a usage message on bad flags
@@ -85,6 +108,10 @@ fn run(args: Args) -> Result<(), BoxError> {
                 format!("cannot open database {}: {}", args.db.display(), e.chain())
             })?),
         };
+    if let Some(dir) = &args.images_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create --images-dir {}: {e}", dir.display()))?;
+    }
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     eprintln!(
         "simulating {} camera(s) into {}, one step every {} ms, seed {seed} (Ctrl-C stops)",
@@ -106,6 +133,7 @@ fn run(args: Args) -> Result<(), BoxError> {
         budget: AtomicU64::new(args.events.unwrap_or(u64::MAX)),
         produced: AtomicU64::new(0),
         interval: Duration::from_millis(args.interval_ms),
+        images_dir: args.images_dir.clone(),
         failure: Mutex::new(None),
     });
     let mut threads = Vec::new();
@@ -152,6 +180,8 @@ struct Shared {
     budget: AtomicU64,
     produced: AtomicU64,
     interval: Duration,
+    /// `--images-dir`: where captures are written as JPEG files.
+    images_dir: Option<PathBuf>,
     /// The first fatal error; it stops every camera.
     failure: Mutex<Option<BoxError>>,
 }
@@ -249,6 +279,8 @@ struct Camera {
     images_per_day: i64,
     /// The image count at which the current timelapse completes.
     target_images: i64,
+    /// The frames written with `--images-dir`, oldest first (at most [`KEEP_FRAMES`]).
+    written: VecDeque<PathBuf>,
 }
 
 /// What a camera is doing between two steps.
@@ -272,6 +304,7 @@ impl Camera {
             captured: 0,
             images_per_day: 0,
             target_images: 0,
+            written: VecDeque::new(),
         }
     }
 
@@ -299,6 +332,14 @@ impl Camera {
             }
             let (next, event) = self.step(phase);
             phase = next;
+            // The file first: a hub may serve it as soon as the event is stored.
+            if let (Some(dir), Some(event)) = (&shared.images_dir, &event)
+                && let Some(name) = event.data["file_name"].as_str()
+                && let Err(e) = self.write_frame(dir, name)
+            {
+                shared.fail(format!("camera-{}: cannot write {name}: {e}", self.id).into());
+                return;
+            }
             if let Some(event) = event
                 && !shared.produce(event)
             {
@@ -379,6 +420,150 @@ impl Camera {
         NewEvent::image_captured(self.id, self.timelapse_id, self.image_count, day_number)
             .with_field("image_id", json!(image_id))
             .with_field("file_name", Value::String(file_name))
+    }
+}
+
+impl Camera {
+    /// Writes the current capture as `dir/name`, then deletes the frames beyond the last
+    /// [`KEEP_FRAMES`] (and their directories once empty).
+    fn write_frame(&mut self, dir: &Path, name: &str) -> Result<(), BoxError> {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let slot = (self.image_count - 1).rem_euclid(self.images_per_day.max(1));
+        let hour = 24.0 * slot as f64 / self.images_per_day.max(1) as f64;
+        let pixels = frame::render(self.id, self.image_count, hour);
+        let mut bytes = Vec::new();
+        jpeg_encoder::Encoder::new(&mut bytes, 75).encode(
+            &pixels,
+            FRAME_WIDTH as u16,
+            FRAME_HEIGHT as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )?;
+        // Written whole under another name, then renamed: a reader never sees half a file.
+        let partial = path.with_extension("jpg.partial");
+        std::fs::write(&partial, &bytes)?;
+        std::fs::rename(&partial, &path)?;
+        self.written.push_back(path);
+        while self.written.len() > KEEP_FRAMES {
+            let Some(old) = self.written.pop_front() else {
+                break;
+            };
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot delete {}: {e}", old.display()).into()),
+            }
+            // The day's and the timelapse's directories, once empty (else this fails).
+            for empty in old.ancestors().skip(1).take(2) {
+                if empty == dir || std::fs::remove_dir(empty).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One simulated frame: pure pixels, no randomness (so `--seed` runs stay identical).
+mod frame {
+    use super::{FRAME_HEIGHT as H, FRAME_WIDTH as W};
+
+    /// The digits 0-9, 3×5 pixels each, a row per 3 bits.
+    const DIGITS: [[u8; 5]; 10] = [
+        [0b111, 0b101, 0b101, 0b101, 0b111],
+        [0b010, 0b110, 0b010, 0b010, 0b111],
+        [0b111, 0b001, 0b111, 0b100, 0b111],
+        [0b111, 0b001, 0b111, 0b001, 0b111],
+        [0b101, 0b101, 0b111, 0b001, 0b001],
+        [0b111, 0b100, 0b111, 0b001, 0b111],
+        [0b111, 0b100, 0b111, 0b101, 0b111],
+        [0b111, 0b001, 0b010, 0b010, 0b010],
+        [0b111, 0b101, 0b111, 0b101, 0b111],
+        [0b111, 0b101, 0b111, 0b001, 0b111],
+    ];
+
+    fn mix(a: [f64; 3], b: [f64; 3], t: f64) -> [f64; 3] {
+        let t = t.clamp(0.0, 1.0);
+        [0, 1, 2].map(|i| a[i] + (b[i] - a[i]) * t)
+    }
+
+    fn put(px: &mut [u8], x: usize, y: usize, rgb: [f64; 3]) {
+        if x < W && y < H {
+            let at = 3 * (y * W + x);
+            for (i, c) in rgb.iter().enumerate() {
+                px[at + i] = c.clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+
+    /// `n`'s digits from (x, y), each pixel a `scale`-sided block.
+    fn number(px: &mut [u8], n: i64, x: usize, y: usize, scale: usize, rgb: [f64; 3]) {
+        for (i, d) in n.to_string().bytes().enumerate() {
+            let glyph = DIGITS[usize::from(d - b'0')];
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (0b100 >> col) != 0 {
+                        for dy in 0..scale {
+                            for dx in 0..scale {
+                                let gx = x + (i * 4 + col) * scale + dx;
+                                put(px, gx, y + row * scale + dy, rgb);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Camera `camera`'s frame `count` at `hour` (0-24) of its simulated day, as RGB.
+    pub fn render(camera: i64, count: i64, hour: f64) -> Vec<u8> {
+        let mut px = vec![0u8; W * H * 3];
+        // Above 0 between 6 h and 18 h, 1 at noon.
+        let elevation = (std::f64::consts::PI * (hour - 6.0) / 12.0).sin();
+        let light = elevation.max(0.0);
+        let dusk = (1.0 - (elevation.abs() * 4.0)).max(0.0); // near the horizon
+        let horizon = H * 3 / 4;
+        // Each camera's ground has a tint of its own.
+        let tint = (camera.rem_euclid(6)) as f64 / 6.0;
+        let ground_day = mix([60.0, 120.0, 50.0], [150.0, 120.0, 70.0], tint);
+        for y in 0..H {
+            let color = if y < horizon {
+                let up = 1.0 - y as f64 / horizon as f64;
+                let night = mix([20.0, 25.0, 60.0], [5.0, 5.0, 25.0], up);
+                let day = mix([170.0, 210.0, 240.0], [60.0, 120.0, 220.0], up);
+                let sky = mix(night, day, light.sqrt());
+                mix(sky, [250.0, 140.0, 70.0], dusk * (1.0 - up) * 0.8)
+            } else {
+                mix([10.0, 15.0, 12.0], ground_day, 0.15 + 0.85 * light.sqrt())
+            };
+            for x in 0..W {
+                put(&mut px, x, y, color);
+            }
+        }
+        // The sun crosses from east (left) to west between 6 h and 18 h.
+        if elevation > -0.1 {
+            let sx = ((hour - 6.0) / 12.0 * W as f64) as i64;
+            let sy = horizon as f64 - elevation * (horizon as f64 - 24.0);
+            let sun = mix([255.0, 120.0, 40.0], [255.0, 240.0, 170.0], light * 2.0);
+            for y in 0..horizon {
+                for x in 0..W {
+                    let (dx, dy) = (x as f64 - sx as f64, y as f64 - sy);
+                    if dx * dx + dy * dy <= 14.0 * 14.0 {
+                        put(&mut px, x, y, sun);
+                    }
+                }
+            }
+        }
+        let ink = if light > 0.5 {
+            [20.0, 20.0, 30.0]
+        } else {
+            [240.0, 240.0, 240.0]
+        };
+        number(&mut px, camera, 8, 8, 6, ink);
+        number(&mut px, count, 8, H - 22, 3, [240.0, 240.0, 240.0]);
+        px
     }
 }
 

@@ -79,6 +79,76 @@ fn simulate_cameras_posts_over_http_with_a_token() {
     assert!(out.stderr.contains("401"), "stderr: {}", out.stderr);
 }
 
+#[test]
+fn simulate_cameras_writes_jpegs_that_the_hub_serves() {
+    let images = tempfile::tempdir().expect("images dir");
+    let dir = images.path().to_owned();
+    let hub = TestHub::start_with(|c| c.images_dir = Some(dir.clone()));
+    let db = hub.db_path();
+    let to = ["--db", path_str(&db), "--images-dir", path_str(&dir)];
+    let out = simulate(&to, "160", "1", "4", "2");
+    let printed = parse_simulated(&out, 160);
+    let mut last: BTreeMap<i64, &str> = BTreeMap::new();
+    let mut captures: BTreeMap<i64, usize> = BTreeMap::new();
+    for p in printed.iter().filter(|p| p.event_type == "image_captured") {
+        let camera = p.data["camera_id"].as_i64().expect("camera_id");
+        let name = p.data["file_name"].as_str().expect("file_name");
+        assert!(name.starts_with(&format!("camera-{camera}/")), "{name}");
+        last.insert(camera, name);
+        *captures.entry(camera).or_default() += 1;
+    }
+    assert_eq!(last.len(), 2, "both cameras captured: {captures:?}");
+    for (camera, name) in &last {
+        let on_disk = walk(&dir.join(format!("camera-{camera}")));
+        // The last 50 frames stay, older ones are deleted.
+        assert_eq!(on_disk.len(), captures[camera].min(50), "camera {camera}");
+        for file in &on_disk {
+            let bytes = std::fs::read(file).expect("a frame");
+            assert!(
+                bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
+                "SOI: {}",
+                file.display()
+            );
+            assert!(bytes.ends_with(&[0xFF, 0xD9]), "EOI: {}", file.display());
+            assert!(
+                (500..64 * 1024).contains(&bytes.len()),
+                "{}",
+                file.display()
+            );
+        }
+        let newest = std::fs::read(dir.join(name)).expect("the newest frame is kept");
+        let target = format!("/api/cameras/{camera}/latest");
+        let served = || crate::support::http(hub.addr(), "GET", &target, &[], b"");
+        assert!(
+            crate::support::wait_until(WAIT, || served().body == newest),
+            "the hub serves camera {camera}'s newest frame"
+        );
+        assert_eq!(served().header("Content-Type"), Some("image/jpeg"));
+    }
+    let (one, two) = (walk(&dir.join("camera-1")), walk(&dir.join("camera-2")));
+    let read = |p: &PathBuf| std::fs::read(p).expect("a frame");
+    assert_ne!(read(&one[0]), read(&one[1]), "frames differ");
+    assert_ne!(read(&one[0]), read(&two[0]), "cameras differ");
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read a dir") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// `simulate_cameras` writing to `to` (`--db PATH`, or `--url URL` and more), run to its end.
 fn simulate(to: &[&str], events: &str, interval_ms: &str, seed: &str, cameras: &str) -> Finished {
     let mut cmd = Command::new(example("simulate_cameras"));
