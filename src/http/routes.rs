@@ -1126,6 +1126,51 @@ mod tests {
     }
 
     #[test]
+    fn a_local_cameras_image_is_served_to_get_and_head_with_its_tag() {
+        let images = tempfile::tempdir().expect("images dir");
+        let dir = images.path().canonicalize().expect("canonical");
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 0xFF, 0xD9];
+        std::fs::write(dir.join("a.jpg"), jpeg).expect("write");
+        let f = fixture(|c| c.images_dir = Some(dir.clone()));
+        let mut state = State::default();
+        let capture = |seq, camera| {
+            crate::event::Event::for_test(
+                seq,
+                crate::state::IMAGE_CAPTURED,
+                "2026-12-01T10:00:00.000Z",
+                json!({"camera_id": camera, "file_name": "a.jpg"}),
+            )
+        };
+        state.apply(&capture(7, 3));
+        let mut theirs = capture(8, 4);
+        theirs.host = Some("garden".into());
+        state.apply(&theirs);
+        f.ctx.cache.publish(&state, f.ctx.store.log_id(), 2);
+        let r = reply(&f.ctx, Request::new("GET", "/api/cameras/3/latest?seq=7"));
+        assert_eq!(
+            (r.status, r.content_type, &r.body[..]),
+            (200, "image/jpeg", &jpeg[..])
+        );
+        assert_eq!(header(&r, "Cache-Control"), Some("no-cache"));
+        assert_eq!(header(&r, "X-Content-Type-Options"), Some("nosniff"));
+        let tag = header(&r, "ETag").unwrap_or_default().to_owned();
+        let head = reply(&f.ctx, Request::new("HEAD", "/api/cameras/3/latest"));
+        assert_eq!(
+            (head.status, header(&head, "ETag")),
+            (200, Some(tag.as_str()))
+        );
+        let rq = Request::new("GET", "/api/cameras/3/latest").with_header("If-None-Match", &tag);
+        let r = reply(&f.ctx, rq);
+        assert_eq!((r.status, r.body.len()), (304, 0));
+        let r = reply(&f.ctx, Request::new("GET", "/api/cameras/4/latest"));
+        assert_eq!(
+            (r.status, json_of(&r)),
+            (404, json!({"error": "no image"})),
+            "not ours"
+        );
+    }
+
+    #[test]
     fn cross_site_posts_get_403_and_simple_ones_still_415() {
         let f = fixture(|c| c.cors_origins = vec!["http://pi.local:3000".into()]);
         let post = |ct: &str, extra: (&str, &str)| {

@@ -309,4 +309,34 @@ fn a_missing_images_dir_or_a_file_in_its_place_is_a_start_error() {
         assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("images_dir"), "{stderr}");
     }
+    // The same setting from the environment and from the config file.
+    let db = tmp.path().join("cli.db");
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "serve",
+            "--db",
+            db.to_str().expect("UTF-8"),
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .env("TIMELAPSE_EVENTS_IMAGES_DIR", &missing)
+        .output()
+        .expect("run the hub");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("images_dir"), "{stderr}");
+    let toml = tmp.path().join("config.toml");
+    let line = format!("images_dir = {:?}\n", missing.to_str().expect("UTF-8"));
+    write(&toml, line.as_bytes());
+    let (status, _, stderr) = run_bin(&[
+        "serve",
+        "--db",
+        db.to_str().expect("UTF-8"),
+        "--bind",
+        "127.0.0.1:0",
+        "--config",
+        toml.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("images_dir"), "{stderr}");
 }
