@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -166,7 +167,14 @@ fn load(
         return Err(NoImage("not a regular file"));
     }
     let mut file = File::open(&canonical).map_err(|_| NoImage("cannot be opened"))?;
-    // What was opened, which may have been swapped since the check above.
+    // What was opened, which may have been swapped since the checks above (a directory on
+    // the way replaced by a link out): its real path, as the kernel knows it, must still be
+    // inside. Without /proc the canonical path's check above stands alone.
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !opened.starts_with(dir)
+    {
+        return Err(NoImage("swapped for a file outside the images directory"));
+    }
     let meta = file.metadata().map_err(|_| NoImage("cannot be read"))?;
     if !meta.is_file() {
         return Err(NoImage("not a regular file"));
