@@ -20,6 +20,11 @@ pub(crate) const TIMELAPSE_STATUS_CHANGED: &str = "timelapse_status_changed";
 pub const CAMERA_STALE: &str = "camera_stale";
 /// Synthesised by the watchdog when a stale camera reports again.
 pub const CAMERA_RECOVERED: &str = "camera_recovered";
+/// A camera's name (`{"camera_id": 1, "name": "Garden"}`); creates the camera if new.
+pub const CAMERA_REGISTERED: &str = "camera_registered";
+/// Emitted by `DELETE /api/cameras/<id>`: the camera leaves the state (a later event of it
+/// brings it back). With `data.host`, another host's camera.
+pub const CAMERA_FORGOTTEN: &str = "camera_forgotten";
 
 /// Timelapses kept per camera of [`Limits::max_cameras`]: the current one and a few
 /// before it (the least recently updated one goes first).
@@ -84,7 +89,13 @@ pub(crate) struct CameraState {
     /// arrives through the fleet ingest; two hosts may both have camera 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// What its owner calls it (`name` on `camera_registered` or `camera_status_changed`).
+    #[serde(default)]
+    pub name: Option<String>,
     pub status: Option<String>,
+    /// When `status` last took a different value (the first one included).
+    #[serde(default)]
+    pub status_since: Option<String>,
     pub health_status: Option<String>,
     pub last_capture_at: Option<String>,
     pub image_count: Option<i64>,
@@ -92,6 +103,9 @@ pub(crate) struct CameraState {
     pub timelapse_id: Option<i64>,
     pub timelapse_status: Option<String>,
     pub stale: bool,
+    /// When the watchdog flagged it stale; `None` when it is not.
+    #[serde(default)]
+    pub stale_since: Option<String>,
     /// Learned gap between captures, in milliseconds (the watchdog's yardstick).
     pub capture_interval_ms: Option<f64>,
     pub updated_at: String,
@@ -141,11 +155,25 @@ pub(crate) struct Changed {
     pub evicted: Option<i64>,
     /// The event was about a camera beyond [`Limits::max_cameras`]: nothing changed.
     pub over_cap: bool,
+    /// What a `camera_forgotten` removed (its rows are to be deleted).
+    pub forgotten: Option<Forgotten>,
+}
+
+/// A camera removed by `camera_forgotten`, and the timelapse records that went with it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Forgotten {
+    /// `None` for this host's camera.
+    pub host: Option<String>,
+    pub camera_id: i64,
+    pub timelapses: Vec<i64>,
 }
 
 impl Changed {
     pub fn any(&self) -> bool {
-        self.camera.is_some() || self.timelapse.is_some() || self.remote.is_some()
+        self.camera.is_some()
+            || self.timelapse.is_some()
+            || self.remote.is_some()
+            || self.forgotten.is_some()
     }
 }
 
@@ -179,6 +207,19 @@ fn image_name(data: &serde_json::Map<String, Value>) -> Option<String> {
         })
 }
 
+/// Sets `status`, and `status_since` when it takes a different value.
+fn set_status(cam: &mut CameraState, status: Option<String>, at: &str) {
+    if status.is_some() && status != cam.status {
+        cam.status_since = Some(at.to_owned());
+    }
+    cam.status = status;
+}
+
+fn unflag_stale(cam: &mut CameraState) {
+    cam.stale = false;
+    cam.stale_since = None;
+}
+
 /// Folds one event (of a type the projection reads) into its camera's record.
 fn fold_camera(cam: &mut CameraState, e: &Event) {
     let d = &e.data;
@@ -207,7 +248,7 @@ fn fold_camera(cam: &mut CameraState, e: &Event) {
                 cam.timelapse_id = Some(t);
             }
             if cam.status.is_none() {
-                cam.status = Some("online".into());
+                set_status(cam, Some("online".into()), &at);
             }
             if let Some(name) = image_name(d) {
                 cam.image = Some(name);
@@ -215,17 +256,37 @@ fn fold_camera(cam: &mut CameraState, e: &Event) {
             }
         }
         CAMERA_STATUS_CHANGED => {
-            cam.status = text(d, "status").or(cam.status.take());
+            let status = text(d, "status").or(cam.status.clone());
+            set_status(cam, status, &at);
             cam.health_status = text(d, "health_status").or(cam.health_status.take());
+            cam.name = text(d, "name").or(cam.name.take());
+            // An offline camera is not judged stale (the README's promise).
+            if cam.status.as_deref() == Some("offline") {
+                unflag_stale(cam);
+            }
         }
         TIMELAPSE_STATUS_CHANGED => {
             if let Some(t) = int(d, "timelapse_id") {
                 cam.timelapse_id = Some(t);
             }
             cam.timelapse_status = text(d, "status").or(cam.timelapse_status.take());
+            // Nor is one whose timelapse is paused or completed.
+            if cam
+                .timelapse_status
+                .as_deref()
+                .is_some_and(|s| s != "running")
+            {
+                unflag_stale(cam);
+            }
         }
-        CAMERA_STALE => cam.stale = true,
-        CAMERA_RECOVERED => cam.stale = false,
+        CAMERA_REGISTERED => cam.name = text(d, "name").or(cam.name.take()),
+        CAMERA_STALE => {
+            if !cam.stale {
+                cam.stale_since = Some(at.clone());
+            }
+            cam.stale = true;
+        }
+        CAMERA_RECOVERED => unflag_stale(cam),
         _ => {}
     }
     cam.updated_at = at;
@@ -247,9 +308,14 @@ impl State {
                 | TIMELAPSE_STATUS_CHANGED
                 | CAMERA_STALE
                 | CAMERA_RECOVERED
+                | CAMERA_REGISTERED
+                | CAMERA_FORGOTTEN
         );
         if !relevant {
             return changed;
+        }
+        if e.event_type == CAMERA_FORGOTTEN {
+            return self.forget(e, camera_id);
         }
         let full = self.cameras.len() + self.remote.len() >= self.limits.max_cameras;
         if let Some(host) = &e.host {
@@ -321,6 +387,37 @@ impl State {
         changed
     }
 
+    /// Folds a `camera_forgotten`: a remote event, or a local one naming `data.host`, removes
+    /// that host's camera; a local one without removes ours and its timelapse records.
+    fn forget(&mut self, e: &Event, camera_id: i64) -> Changed {
+        let mut changed = Changed::default();
+        let host = e.host.clone().or_else(|| text(&e.data, "host"));
+        let gone = match &host {
+            Some(h) => self.remote.remove(&(h.clone(), camera_id)).is_some(),
+            None => self.cameras.remove(&camera_id).is_some(),
+        };
+        if !gone {
+            return changed;
+        }
+        let mut timelapses = Vec::new();
+        if host.is_none() {
+            self.timelapses.retain(|id, t| {
+                let keep = t.camera_id != camera_id;
+                if !keep {
+                    timelapses.push(*id);
+                }
+                keep
+            });
+        }
+        changed.forgotten = Some(Forgotten {
+            host,
+            camera_id,
+            timelapses,
+        });
+        self.seq = e.cursor.seq;
+        changed
+    }
+
     /// Drops the least recently updated timelapse (the lowest id among equals, so that
     /// folding stays deterministic); returns its id.
     fn evict_timelapse(&mut self) -> Option<i64> {
@@ -350,7 +447,9 @@ impl State {
 pub(crate) fn camera_json(c: &CameraState) -> Value {
     let mut v = json!({
         "camera_id": c.camera_id,
+        "name": c.name,
         "status": c.status,
+        "status_since": c.status_since,
         "health_status": c.health_status,
         "last_capture_at": c.last_capture_at,
         "image_count": c.image_count,
@@ -358,6 +457,7 @@ pub(crate) fn camera_json(c: &CameraState) -> Value {
         "timelapse_id": c.timelapse_id,
         "timelapse_status": c.timelapse_status,
         "stale": c.stale,
+        "stale_since": c.stale_since,
         "expected_interval_secs": c.capture_interval_ms.map(|ms| (ms / 10.0).round() / 100.0),
         "updated_at": c.updated_at,
         "image_seq": c.image_seq,
@@ -619,6 +719,179 @@ mod tests {
         assert_eq!(s.timelapses[&9].status.as_deref(), Some("completed"));
         assert_eq!(s.timelapses[&9].image_count, Some(2));
         assert_eq!(s.seq, 7);
+    }
+
+    #[test]
+    fn going_offline_or_pausing_clears_stale_without_an_event() {
+        for (seq, t, data) in [
+            (
+                3,
+                CAMERA_STATUS_CHANGED,
+                json!({"camera_id": 1, "status": "offline"}),
+            ),
+            (
+                3,
+                TIMELAPSE_STATUS_CHANGED,
+                json!({"camera_id": 1, "timelapse_id": 4, "status": "paused"}),
+            ),
+            (
+                3,
+                TIMELAPSE_STATUS_CHANGED,
+                json!({"camera_id": 1, "timelapse_id": 4, "status": "completed"}),
+            ),
+        ] {
+            let mut s = State::default();
+            s.apply(&capture(1, 1, 4));
+            s.apply(&ev(
+                2,
+                CAMERA_STALE,
+                "2026-11-26T11:00:00.000Z",
+                json!({"camera_id": 1}),
+            ));
+            assert_eq!(
+                (s.cameras[&1].stale, s.cameras[&1].stale_since.as_deref()),
+                (true, Some("2026-11-26T11:00:00.000Z"))
+            );
+            let c = s.apply(&ev(seq, t, "2026-11-26T11:05:00.000Z", data.clone()));
+            assert_eq!(c.camera, Some(1));
+            let cam = &s.cameras[&1];
+            assert_eq!(
+                (cam.stale, cam.stale_since.clone()),
+                (false, None),
+                "{data}"
+            );
+        }
+        // Another host's camera folds the same way.
+        let mut s = State::default();
+        for (seq, t, data) in [
+            (1, CAMERA_STALE, json!({"camera_id": 2})),
+            (
+                2,
+                CAMERA_STATUS_CHANGED,
+                json!({"camera_id": 2, "status": "offline"}),
+            ),
+        ] {
+            let mut e = ev(seq, t, "2026-11-26T11:00:00.000Z", data);
+            e.host = Some("garden".into());
+            s.apply(&e);
+        }
+        assert!(!s.remote[&("garden".to_owned(), 2)].stale);
+        // Running again: a still-online camera's stale flag stays until it recovers.
+        let mut s = State::default();
+        s.apply(&ev(
+            1,
+            CAMERA_STALE,
+            "2026-11-26T11:00:00.000Z",
+            json!({"camera_id": 1}),
+        ));
+        s.apply(&ev(
+            2,
+            TIMELAPSE_STATUS_CHANGED,
+            "2026-11-26T11:00:01.000Z",
+            json!({"camera_id": 1, "timelapse_id": 4, "status": "running"}),
+        ));
+        assert!(s.cameras[&1].stale);
+    }
+
+    #[test]
+    fn names_and_since_times_fold_and_serialise() {
+        let mut s = State::default();
+        let c = s.apply(&ev(
+            1,
+            CAMERA_REGISTERED,
+            "2026-11-26T09:00:00.000Z",
+            json!({"camera_id": 3, "name": "Garden"}),
+        ));
+        assert_eq!(c.camera, Some(3), "registering creates the camera");
+        assert_eq!(s.cameras[&3].status_since, None);
+        s.apply(&capture(2, 3, 1)); // sets "online" for a camera with no status
+        assert_eq!(s.cameras[&3].status.as_deref(), Some("online"));
+        assert_eq!(
+            s.cameras[&3].status_since.as_deref(),
+            Some("2026-11-26T10:00:02.000Z")
+        );
+        s.apply(&ev(
+            3,
+            CAMERA_STATUS_CHANGED,
+            "2026-11-26T10:30:00.000Z",
+            json!({"camera_id": 3, "status": "online", "health_status": "ok"}),
+        ));
+        assert_eq!(
+            s.cameras[&3].status_since.as_deref(),
+            Some("2026-11-26T10:00:02.000Z"),
+            "the same status again is no change"
+        );
+        let long: String = "x".repeat(100);
+        s.apply(&ev(
+            4,
+            CAMERA_STATUS_CHANGED,
+            "2026-11-26T11:00:00.000Z",
+            json!({"camera_id": 3, "status": "offline", "name": long}),
+        ));
+        let cam = &s.cameras[&3];
+        assert_eq!(
+            cam.status_since.as_deref(),
+            Some("2026-11-26T11:00:00.000Z")
+        );
+        assert_eq!(cam.name.as_deref().map(str::len), Some(64));
+        let v = camera_json(cam);
+        assert_eq!(v["name"], "x".repeat(64));
+        assert_eq!(v["status_since"], "2026-11-26T11:00:00.000Z");
+        assert_eq!(v["stale_since"], Value::Null);
+        let unnamed = camera_json(&CameraState::default());
+        assert_eq!(
+            (&unnamed["name"], &unnamed["status_since"]),
+            (&Value::Null, &Value::Null)
+        );
+        // A record persisted before these fields existed still loads.
+        let old: CameraState = serde_json::from_str(
+            r#"{"camera_id":1,"status":null,"health_status":null,"last_capture_at":null,
+                "image_count":null,"day_number":null,"timelapse_id":null,
+                "timelapse_status":null,"stale":false,"capture_interval_ms":null,
+                "updated_at":""}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(old.camera_id, 1);
+    }
+
+    #[test]
+    fn forgetting_a_camera_removes_it_and_its_timelapses_until_it_reports_again() {
+        let mut s = State::default();
+        s.apply(&capture(1, 1, 10));
+        s.apply(&capture(2, 2, 20));
+        let mut theirs = capture(3, 1, 30);
+        theirs.host = Some("garden".into());
+        s.apply(&theirs);
+        let forget = |seq, data| ev(seq, CAMERA_FORGOTTEN, "2026-11-26T12:00:00.000Z", data);
+        let c = s.apply(&forget(4, json!({"camera_id": 1})));
+        assert_eq!(
+            c.forgotten,
+            Some(Forgotten {
+                host: None,
+                camera_id: 1,
+                timelapses: vec![10],
+            })
+        );
+        assert!(c.any());
+        assert_eq!(s.cameras.keys().copied().collect::<Vec<_>>(), [2]);
+        assert_eq!(s.timelapses.keys().copied().collect::<Vec<_>>(), [20]);
+        assert_eq!(s.remote.len(), 1, "garden's camera 1 is another camera");
+        assert!(
+            !s.apply(&forget(5, json!({"camera_id": 1}))).any(),
+            "gone already"
+        );
+        let c = s.apply(&forget(6, json!({"camera_id": 1, "host": "garden"})));
+        assert_eq!(c.forgotten.map(|f| f.host), Some(Some("garden".into())));
+        assert!(s.remote.is_empty());
+        // A remote host's own forget removes its camera.
+        s.apply(&theirs);
+        let mut remote_forget = forget(7, json!({"camera_id": 1}));
+        remote_forget.host = Some("garden".into());
+        assert!(s.apply(&remote_forget).forgotten.is_some());
+        assert!(s.remote.is_empty() && s.cameras.contains_key(&2));
+        // A later event brings it back.
+        s.apply(&capture(8, 1, 10));
+        assert!(s.cameras.contains_key(&1));
     }
 
     #[test]

@@ -11,6 +11,8 @@ const UPSERT_CAMERA: &str = "INSERT INTO camera_state (camera_id, state) VALUES 
 const UPSERT_TIMELAPSE: &str = "INSERT INTO timelapse_state (timelapse_id, state) VALUES (?1, ?2) \
      ON CONFLICT (timelapse_id) DO UPDATE SET state = excluded.state";
 const DELETE_TIMELAPSE: &str = "DELETE FROM timelapse_state WHERE timelapse_id = ?1";
+const DELETE_CAMERA: &str = "DELETE FROM camera_state WHERE camera_id = ?1";
+const DELETE_REMOTE: &str = "DELETE FROM remote_camera_state WHERE host = ?1 AND camera_id = ?2";
 /// A type gets a row while there are fewer than `?3` (the cap); one that has a row keeps it.
 /// The table is small (at most the cap), so the count is a walk of a few pages.
 const BUMP_TYPE: &str = "INSERT INTO event_type_counts (event_type, dispatched) \
@@ -107,8 +109,28 @@ fn trim(conn: &mut Connection, limits: Limits) -> Result<()> {
     Ok(())
 }
 
-/// Writes the records `changed` names, and the seq the state reflects.
+/// Writes the records `changed` names, and the seq the state reflects. Forgotten cameras'
+/// rows go first: a later event of the same batch may have brought one back.
 pub(crate) fn save(conn: &Connection, state: &State, changed: &[Changed]) -> Result<()> {
+    for f in changed.iter().filter_map(|c| c.forgotten.as_ref()) {
+        let op = "delete a forgotten camera's state";
+        match &f.host {
+            Some(h) => conn
+                .prepare_cached(DELETE_REMOTE)
+                .and_then(|mut s| s.execute(params![h, f.camera_id])),
+            None => conn
+                .prepare_cached(DELETE_CAMERA)
+                .and_then(|mut s| s.execute([f.camera_id])),
+        }
+        .map_err(db(op))?;
+        for id in &f.timelapses {
+            if !state.timelapses.contains_key(id) {
+                conn.prepare_cached(DELETE_TIMELAPSE)
+                    .and_then(|mut s| s.execute([id]))
+                    .map_err(db(op))?;
+            }
+        }
+    }
     let mut cam = conn
         .prepare_cached(UPSERT_CAMERA)
         .map_err(db("save camera state"))?;
