@@ -1,4 +1,4 @@
--- timelapse-events database schema, version 5 (PRAGMA user_version = 5).
+-- timelapse-events database schema, version 6 (PRAGMA user_version = 6).
 --
 -- PUBLIC CONTRACT: any local process may produce an event with one statement,
 --
@@ -138,4 +138,20 @@ CREATE TABLE IF NOT EXISTS remote_camera_state (
     camera_id INTEGER NOT NULL,
     state     TEXT    NOT NULL,
     PRIMARY KEY (host, camera_id)
+) WITHOUT ROWID;
+
+-- Version 6 ------------------------------------------------------------------------------
+-- Captures per camera and UTC hour or day (`span`; `start` is the bucket's first second,
+-- Unix time), and each camera's running total (`span` 'all', `start` 0): added to by the
+-- poller for each dispatched image_captured, in its dispatch transaction. Retention of
+-- events never touches it, so the counts outlive the events; the retention thread deletes
+-- hour buckets older than 48 hours and day buckets older than 60 days. `host` is '' for this
+-- host's cameras. Written by the hub only; GET /api/history reads it by primary key.
+CREATE TABLE IF NOT EXISTS capture_history (
+    host      TEXT    NOT NULL DEFAULT '',
+    camera_id INTEGER NOT NULL,
+    span      TEXT    NOT NULL CHECK (span IN ('hour', 'day', 'all')),
+    start     INTEGER NOT NULL,
+    captures  INTEGER NOT NULL,
+    PRIMARY KEY (host, camera_id, span, start)
 ) WITHOUT ROWID;

@@ -1,6 +1,8 @@
 //! The retention thread (`tle-retention`): deletes old dispatched events by age, count and
 //! database size, in small chunks (see store/maintenance.rs). Pending rows are never touched,
-//! nor (but by the size limit) rows an enabled sink has not delivered.
+//! nor (but by the size limit) rows an enabled sink has not delivered. Each round also
+//! deletes the capture history's buckets past their keep (48 hours, 60 days): never the
+//! counters of events it deletes, which outlive them.
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use crossbeam_channel::{Receiver, select};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::history;
 use crate::store::Store;
 use crate::store::maintenance::{Policy, prune};
 
@@ -34,15 +37,21 @@ pub(crate) fn run(
     let mut conn = store.dedicated()?;
     let mut failing = false;
     loop {
-        let round = crate::store::sinks::hold(&conn, sinks).and_then(|hold_after| {
-            prune(
-                &mut conn,
-                Policy {
-                    hold_after,
-                    ..policy
-                },
-            )
-        });
+        let round = crate::store::sinks::hold(&conn, sinks)
+            .and_then(|hold_after| {
+                prune(
+                    &mut conn,
+                    Policy {
+                        hold_after,
+                        ..policy
+                    },
+                )
+            })
+            .and_then(|_| {
+                // Old capture buckets: a different table, whatever the events' policy.
+                let (hours, days) = history::prune_before(crate::state::now_ms());
+                crate::store::history::prune(&conn, hours, days)
+            });
         match round {
             Ok(_) => failing = false,
             Err(e) if !failing => {

@@ -3,9 +3,10 @@
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
-use super::state_rows;
+use super::{history, state_rows};
 use crate::error::{Error, Result, db};
 use crate::event::{Cursor, Event, EventId, NewEvent, Priority, validate_type};
+use crate::history::Tally;
 use crate::state::{NotFolded, State};
 
 /// One event ready for INSERT: validated, payload serialised.
@@ -175,6 +176,7 @@ pub(crate) fn store_and_dispatch(
     let mut next_state: Option<State> = None;
     let mut changed = Vec::new();
     let mut not_folded = NotFolded::default();
+    let mut tally = Tally::default();
     {
         let mut select = tx
             .prepare_cached(SELECT_PENDING)
@@ -207,6 +209,14 @@ pub(crate) fn store_and_dispatch(
                     if c.over_cap {
                         not_folded.camera_cap += 1;
                     }
+                    // Only cameras the state holds are counted: a flood of camera ids
+                    // grows neither the state nor the history.
+                    if c.camera.is_some() || c.remote.is_some() {
+                        tally.add(&event);
+                    }
+                    if let Some(f) = &c.forgotten {
+                        tally.forget(f.host.as_deref(), f.camera_id);
+                    }
                     if c.any() {
                         changed.push(c);
                     }
@@ -236,6 +246,7 @@ pub(crate) fn store_and_dispatch(
     if let (true, Some(next)) = (state_changed, &next_state) {
         state_rows::save(&tx, next, &changed)?;
     }
+    history::add(&tx, &tally)?;
     tx.commit().map_err(db("commit dispatch"))?;
     *head = seq;
     if let (true, Some(next)) = (state_changed, next_state) {
@@ -250,6 +261,17 @@ pub(crate) fn store_and_dispatch(
             not_folded,
         },
     ))
+}
+
+const SELECT_SEQ_OF: &str = "SELECT seq FROM sse_events WHERE id = ?1";
+
+/// The stream position of row `id`: `None` while it is pending (or rejected, or gone).
+pub(crate) fn cursor_of(conn: &Connection, log_id: u32, id: EventId) -> Result<Option<Cursor>> {
+    let seq: Option<Option<i64>> = conn
+        .prepare_cached(SELECT_SEQ_OF)
+        .and_then(|mut s| s.query_row([id.0], |r| r.get(0)).optional())
+        .map_err(db("read an event's stream position"))?;
+    Ok(seq.flatten().map(|seq| Cursor { log_id, seq }))
 }
 
 /// No `LIMIT ?` either (see [`SELECT_PENDING`]).

@@ -7,6 +7,7 @@
 //! handlers and stream threads borrow pooled ones for short reads.
 
 pub(crate) mod events;
+pub(crate) mod history;
 pub(crate) mod identity;
 pub(crate) mod maintenance;
 mod schema;

@@ -11,6 +11,9 @@
 //! - 4: sink_cursors, each outbound sink's delivered-through seq and counters.
 //! - 5: `origin_host` and `origin_cursor` on sse_events, and a unique index on them: events
 //!   stored from other camera hosts (the fleet), each at most once.
+//! - 6: capture_history, the captures per camera and hour, day and in all. Starts empty
+//!   when upgrading (counting begins with the upgrade; the events still stored are not
+//!   counted again).
 //!
 //! `schema.sql` is always the whole current schema and is idempotent, so every step runs it
 //! and then does what only that step needs. Columns added after version 1 are added (when
@@ -26,7 +29,7 @@ use super::user_version;
 use crate::error::{Error, Result, db};
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The public table contract, shipped in the binary.
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -67,6 +70,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, fresh: bool) -> Result
             2 => migrate_v2_to_v3(&tx)?,
             3 => migrate_v3_to_v4(&tx)?,
             4 => migrate_v4_to_v5(&tx)?,
+            5 => migrate_v5_to_v6(&tx)?,
             v if v >= SCHEMA_VERSION => {}
             // Negative: nothing this binary (or the design it replaces) ever wrote.
             v => {
@@ -207,6 +211,13 @@ fn migrate_v4_to_v5(tx: &Connection) -> Result<()> {
         .map_err(db("set the schema version"))
 }
 
+fn migrate_v5_to_v6(tx: &Connection) -> Result<()> {
+    // A new table only: schema.sql creates it, empty.
+    run_schema(tx)?;
+    tx.pragma_update(None, "user_version", 6)
+        .map_err(db("set the schema version"))
+}
+
 const REBUILD_COUNTERS: &str = "DELETE FROM camera_state; DELETE FROM timelapse_state; \
      DELETE FROM event_type_counts; \
      INSERT INTO event_type_counts (event_type, dispatched) \
@@ -282,7 +293,7 @@ mod tests {
         )
         .map_err(db("write a version 4 file"))?;
         migrate(&mut conn, &path, false)?;
-        assert_eq!(user_version(&conn)?, 5);
+        assert_eq!(user_version(&conn)?, SCHEMA_VERSION);
         let old: (Option<String>, Option<String>) = conn
             .query_row(
                 "SELECT origin_host, origin_cursor FROM sse_events WHERE seq = 1",
@@ -310,6 +321,32 @@ mod tests {
             "INSERT INTO sse_events (event_type, event_data, origin_cursor) VALUES ('x', '{}', 'a-1')",
         );
         assert!(bad.is_err(), "an origin cursor needs its host");
+        Ok(())
+    }
+
+    /// A version 5 file gains an empty capture_history and keeps its events.
+    #[test]
+    fn a_version_5_database_gains_the_capture_history() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let path = dir.path().join("v5.db");
+        let mut conn = Connection::open(&path).map_err(db("open"))?;
+        conn.execute_batch(SCHEMA_SQL).map_err(db("schema"))?;
+        conn.execute_batch(
+            "DROP TABLE capture_history; PRAGMA user_version = 5; \
+             INSERT INTO sse_events (event_type, event_data, processed_at, seq) \
+             VALUES ('image_captured', '{\"camera_id\": 1}', 'x', 1);",
+        )
+        .map_err(db("write a version 5 file"))?;
+        migrate(&mut conn, &path, false)?;
+        assert_eq!(user_version(&conn)?, 6);
+        let (rows, events): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM capture_history), (SELECT count(*) FROM sse_events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db("count rows"))?;
+        assert_eq!((rows, events), (0, 1));
         Ok(())
     }
 }
