@@ -18,10 +18,11 @@ use crate::error::{QUOTE_CHARS, clip, quote};
 use crate::event::{NewEvent, Priority};
 use crate::store::{self, events};
 
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "/",
     "/api/events",
     "/api/hosts",
+    "/api/history",
     "/health",
     "/favicon.ico",
     "/dashboard-worker.js",
@@ -33,10 +34,11 @@ const PATHS: [&str; 9] = [
 /// Routes that answer with the hub's data: with `--read-token`, each needs it (or the
 /// write token). `/health` (counts only, for monitors), `/favicon.ico`, preflights and
 /// `/login` stay open; every route, these too, passes the `Host` check first.
-const READS: [&str; 10] = [
+const READS: [&str; 11] = [
     "/",
     "/api/events",
     "/api/hosts",
+    "/api/history",
     "/api/state",
     "/api/events/stats",
     "/api/sinks",
@@ -45,6 +47,9 @@ const READS: [&str; 10] = [
     "/dashboard.js",
     "/dashboard.css",
 ];
+
+/// Where a camera's own routes start (`DELETE /api/cameras/<id>`).
+const CAMERAS_PREFIX: &str = "/api/cameras/";
 
 /// How long the dashboard's read cookie lasts: a wall-mounted tablet should not ask
 /// every week (browsers cap it at 400 days anyway).
@@ -82,9 +87,13 @@ pub(super) fn handle(rq: &mut Request<'_>, ctx: &Ctx) -> Answer {
             },
             ("POST", "/api/events") => post_event(rq, ctx),
             ("POST", "/login") => login(rq, ctx),
-            ("OPTIONS", p) if PATHS.contains(&p) => Ok(preflight(rq, ctx)),
+            ("OPTIONS", p) if PATHS.contains(&p) || p.starts_with(CAMERAS_PREFIX) => {
+                Ok(preflight(rq, ctx, p))
+            }
+            ("DELETE", p) if p.starts_with(CAMERAS_PREFIX) => forget_camera(rq, ctx, p),
             ("GET" | "HEAD", "/health") => health(ctx),
             ("GET" | "HEAD", "/api/state") => Ok(state(rq, ctx)),
+            ("GET" | "HEAD", "/api/history") => history(rq, ctx),
             ("GET" | "HEAD", "/api/events/stats") => stats(ctx),
             ("GET" | "HEAD", "/metrics") => metrics(ctx),
             ("GET" | "HEAD", "/api/sinks") => Ok(sinks(ctx)),
@@ -262,6 +271,7 @@ fn allowed(path: &str) -> &'static str {
     match path {
         "/api/events" => "GET, POST, OPTIONS",
         "/login" => "POST, OPTIONS",
+        p if p.starts_with(CAMERAS_PREFIX) => "GET, HEAD, DELETE, OPTIONS",
         _ => "GET, HEAD, OPTIONS",
     }
 }
@@ -338,11 +348,19 @@ fn cors_headers(rq: &Request<'_>, ctx: &Ctx) -> Vec<(&'static str, String)> {
     }
 }
 
-fn preflight(rq: &Request<'_>, ctx: &Ctx) -> Reply {
+fn preflight(rq: &Request<'_>, ctx: &Ctx, path: &str) -> Reply {
     let mut r = Reply::empty(204);
+    let methods = if path.starts_with(CAMERAS_PREFIX) {
+        allowed(path)
+    } else {
+        "GET, POST, OPTIONS"
+    };
+    if path.starts_with(CAMERAS_PREFIX) {
+        r = r.with_header("Allow", methods);
+    }
     if !cors_headers(rq, ctx).is_empty() {
         r = r
-            .with_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            .with_header("Access-Control-Allow-Methods", methods)
             .with_header(
                 "Access-Control-Allow-Headers",
                 "Authorization, Content-Type, Last-Event-ID",
@@ -385,16 +403,10 @@ fn state(rq: &Request<'_>, ctx: &Ctx) -> Reply {
             .with_header("Retry-After", "1")
             .into_reply();
     };
-    let host = rq.query_value("host").map(str::trim);
-    if let Some(h) = host
-        && (h.is_empty()
-            || h.len() > 64
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-    {
-        return HttpError::new(400, "host: 1 to 64 characters of A-Z a-z 0-9 - _ .").into_reply();
-    }
+    let host = match host_param(rq) {
+        Ok(h) => h,
+        Err(e) => return e.into_reply(),
+    };
     let etag = match host {
         Some(h) => format!("\"{};host={h}\"", snap.etag.trim_matches('"')),
         None => snap.etag.clone(),
@@ -413,6 +425,131 @@ fn state(rq: &Request<'_>, ctx: &Ctx) -> Reply {
     reply
         .with_header("ETag", etag)
         .with_header("Cache-Control", "no-cache")
+}
+
+/// `?host=NAME`, when given: `400` unless 1 to 64 characters of a host name.
+fn host_param<'r>(rq: &'r Request<'_>) -> Result<Option<&'r str>, HttpError> {
+    let host = rq.query_value("host").map(str::trim);
+    if let Some(h) = host
+        && (h.is_empty()
+            || h.len() > 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(HttpError::new(
+            400,
+            "host: 1 to 64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    Ok(host)
+}
+
+/// The cameras of the current state, in `/api/state`'s order (this host's, then the
+/// others'), as (host, camera id): `None` for this host's.
+fn state_cameras(ctx: &Ctx) -> Result<Vec<(Option<String>, i64)>, HttpError> {
+    let snap = ctx.cache.get().ok_or_else(|| {
+        HttpError::new(503, "state not loaded yet").with_header("Retry-After", "1")
+    })?;
+    let doc: Value = serde_json::from_str(&snap.body).unwrap_or_else(|_| json!({}));
+    let cams = doc.get("cameras").and_then(Value::as_array);
+    Ok(cams
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let id = c.get("camera_id").and_then(Value::as_i64)?;
+            let host = c.get("host").and_then(Value::as_str).map(str::to_owned);
+            Some((host, id))
+        })
+        .collect())
+}
+
+/// `GET /api/history`: each camera of the state's captures per hour (24) and day (30),
+/// oldest first, and in all; `?camera_id=N` and `?host=NAME` narrow it. Reads only the
+/// counters (`capture_history`, by primary key), never the events.
+fn history(rq: &Request<'_>, ctx: &Ctx) -> Handled {
+    let host = host_param(rq)?;
+    let camera_id = match rq.query_value("camera_id").map(str::trim) {
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| HttpError::new(400, "camera_id: an integer"))?,
+        ),
+        None => None,
+    };
+    let local = ctx.config.this_host();
+    let cameras: Vec<(Option<String>, i64)> = state_cameras(ctx)?
+        .into_iter()
+        .filter(|(h, id)| {
+            let host_ok = match (host, h) {
+                (None, _) => true,
+                (Some(want), Some(h)) => want == h,
+                (Some(want), None) => want == local,
+            };
+            host_ok && camera_id.is_none_or(|want| want == *id)
+        })
+        .collect();
+    let window = crate::history::Window::at(crate::state::now_ms());
+    let conn = ctx.store.conn()?;
+    let mut list = Vec::with_capacity(cameras.len());
+    for (h, id) in cameras {
+        let rows = store::history::camera(&conn, h.as_deref().unwrap_or(""), id)?;
+        let (hourly, daily, total) = window.camera(&rows);
+        let mut entry = json!({"camera_id": id, "hourly": hourly, "daily": daily, "total": total});
+        if let (Some(h), Value::Object(m)) = (h, &mut entry) {
+            m.insert("host".into(), Value::String(h));
+        }
+        list.push(entry);
+    }
+    drop(conn);
+    let mut doc = window.head();
+    doc.insert("cameras".into(), Value::from(list));
+    Ok(Reply::json(200, &Value::Object(doc)).with_header("Cache-Control", "no-cache"))
+}
+
+/// `DELETE /api/cameras/<id>[?host=NAME]`: forgets a camera of the current state by
+/// emitting `camera_forgotten` (source `dashboard`), whose fold removes it and its rows.
+/// Guarded as `POST /api/events` is: another site's page gets `403`, then the token.
+fn forget_camera(rq: &Request<'_>, ctx: &Ctx, path: &str) -> Handled {
+    let no_path = || HttpError::new(404, format!("no such path: {}", quote(path)));
+    let id: i64 = path
+        .strip_prefix(CAMERAS_PREFIX)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(no_path)?;
+    refuse_cross_site(rq, ctx)?;
+    authorize(rq, &ctx.config)?;
+    let local = ctx.config.this_host();
+    let host = host_param(rq)?.filter(|h| *h != local).map(str::to_owned);
+    if !state_cameras(ctx)?.contains(&(host.clone(), id)) {
+        return Err(HttpError::new(
+            404,
+            match &host {
+                Some(h) => format!("no camera {id} of host {h} in the state"),
+                None => format!("no camera {id} in the state"),
+            },
+        ));
+    }
+    let mut forgotten = json!({"camera_id": id});
+    if let (Some(h), Value::Object(m)) = (&host, &mut forgotten) {
+        m.insert("host".into(), Value::String(h.clone()));
+    }
+    let event =
+        NewEvent::new(crate::state::CAMERA_FORGOTTEN, forgotten.clone()).with_source("dashboard");
+    let row = ctx.emitter.emit(event)?;
+    // The hub's emit returns once dispatched, so the row has its place in the stream.
+    let conn = ctx.store.conn()?;
+    let cursor = events::cursor_of(&conn, ctx.store.log_id(), row)?;
+    drop(conn);
+    log::info!(
+        "forgot camera {id}{} from {}",
+        host.as_deref()
+            .map(|h| format!(" of {h}"))
+            .unwrap_or_default(),
+        rq.peer_text()
+    );
+    Ok(Reply::json(
+        200,
+        &json!({"forgotten": forgotten, "id": cursor.map(|c| c.to_string())}),
+    ))
 }
 
 /// The state document narrowed to one camera host's cameras (and, for this host, its
