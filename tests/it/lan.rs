@@ -521,12 +521,13 @@ fn cross_site_writes_get_403_listed_origins_pass_and_simple_posts_keep_their_415
 }
 
 /// Every read route.
-const READ_ROUTES: [&str; 8] = [
+const READ_ROUTES: [&str; 9] = [
     "/",
     "/dashboard.js",
     "/dashboard.css",
     "/dashboard-worker.js",
     "/api/state",
+    "/api/history",
     "/api/events",
     "/api/events/stats",
     "/metrics",

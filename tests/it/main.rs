@@ -12,6 +12,7 @@ mod door;
 mod examples;
 mod faults;
 mod fleet;
+mod history;
 mod hostile;
 mod identity;
 mod images;
