@@ -388,10 +388,17 @@ impl State {
     }
 
     /// Folds a `camera_forgotten`: a remote event, or a local one naming `data.host`, removes
-    /// that host's camera; a local one without removes ours and its timelapse records.
+    /// that host's camera; a local one without removes ours and its timelapse records. A
+    /// remote one naming `data.host` (its hub forgot a third host's camera) changes nothing.
     fn forget(&mut self, e: &Event, camera_id: i64) -> Changed {
         let mut changed = Changed::default();
-        let host = e.host.clone().or_else(|| text(&e.data, "host"));
+        let named = text(&e.data, "host");
+        // Another host's hub forgetting a camera of a third host changed its own view only:
+        // here that would remove the wrong camera (its host's camera of the same id).
+        if e.host.is_some() && named.is_some() {
+            return changed;
+        }
+        let host = e.host.clone().or(named);
         let gone = match &host {
             Some(h) => self.remote.remove(&(h.clone(), camera_id)).is_some(),
             None => self.cameras.remove(&camera_id).is_some(),
@@ -887,6 +894,12 @@ mod tests {
         s.apply(&theirs);
         let mut remote_forget = forget(7, json!({"camera_id": 1}));
         remote_forget.host = Some("garden".into());
+        let mut relayed = forget(7, json!({"camera_id": 1, "host": "window"}));
+        relayed.host = Some("garden".into());
+        assert!(
+            !s.apply(&relayed).any(),
+            "garden forgot window's camera, not its own"
+        );
         assert!(s.apply(&remote_forget).forgotten.is_some());
         assert!(s.remote.is_empty() && s.cameras.contains_key(&2));
         // A later event brings it back.
