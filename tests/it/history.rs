@@ -39,6 +39,19 @@ fn head_status(hub: &TestHub, target: &str) -> String {
     line
 }
 
+/// Waits until `/api/state` lists camera `id` of this host: an emit returns once its event
+/// is dispatched, and the state's snapshot is published a moment after.
+fn wait_listed(addr: std::net::SocketAddr, id: i64) {
+    let listed = || {
+        let s = http(addr, "GET", "/api/state", &[], b"").json();
+        s["cameras"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["camera_id"] == id && c.get("host").is_none())
+        })
+    };
+    assert!(wait_until(WAIT, listed), "camera {id} never listed");
+}
+
 fn db(hub: &TestHub) -> Connection {
     Connection::open(hub.db_path()).expect("open the hub's database")
 }
@@ -244,6 +257,7 @@ fn forgetting_a_camera_removes_it_its_rows_and_its_history_until_it_reports_agai
     assert!(wait_until(WAIT, || count(
         "SELECT count(*) FROM remote_camera_state"
     ) == 1));
+    wait_listed(hub.addr(), 1);
     let r = forget(&hub, "/api/cameras/1", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
@@ -345,6 +359,7 @@ fn forgetting_a_camera_removes_it_its_rows_and_its_history_until_it_reports_agai
         "{state}"
     );
     hub.emitter().emit_ok(NewEvent::image_captured(1, 10, 2, 1));
+    wait_listed(hub.addr(), 1);
     let doc = history(&hub, "/api/history?camera_id=1");
     assert_eq!(doc["cameras"][0]["total"], 1, "{doc}");
 }
@@ -353,6 +368,7 @@ fn forgetting_a_camera_removes_it_its_rows_and_its_history_until_it_reports_agai
 fn forgetting_is_guarded_as_posting_is() {
     let hub = TestHub::start_with(|c| c.token = Some("s3cret".into()));
     hub.emitter().emit_ok(NewEvent::image_captured(1, 10, 1, 1));
+    wait_listed(hub.addr(), 1);
     let none = forget(&hub, "/api/cameras/1", &[]);
     assert_eq!(none.status, 401, "{}", none.text());
     assert_eq!(none.header("WWW-Authenticate"), Some("Bearer"));
@@ -372,6 +388,7 @@ fn forgetting_is_guarded_as_posting_is() {
     });
     lan.emitter().emit_ok(NewEvent::image_captured(1, 10, 1, 1));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], lan.addr().port()));
+    wait_listed(addr, 1);
     let r = http(addr, "DELETE", "/api/cameras/1", &[], b"");
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.error().contains("--token"), "{}", r.text());
