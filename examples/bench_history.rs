@@ -82,8 +82,17 @@ fn run(mut args: Args) -> Result<(), BoxError> {
             .emit(NewEvent::image_captured(camera, camera, 1, 1))?;
     }
     let addr = hub.addr();
-    let first = get(addr, "/api/history")?;
-    let doc: serde_json::Value = serde_json::from_str(&first)?;
+    // The state's snapshot is published a moment after the last emit returns.
+    let listed = Instant::now();
+    let (first, doc) = loop {
+        let body = get(addr, "/api/history")?;
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        let n = doc["cameras"].as_array().map_or(0, Vec::len);
+        if n as i64 >= args.cameras || listed.elapsed() > Duration::from_secs(10) {
+            break (body, doc);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let cameras = doc["cameras"].as_array().map_or(0, Vec::len);
     let total: i64 = doc["cameras"]
         .as_array()
