@@ -82,3 +82,61 @@ pub(crate) fn camera(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::event::Event;
+    use crate::history::{DAY_SECS, HOUR_SECS, prune_before};
+    use crate::state::{IMAGE_CAPTURED, parse_utc_ms};
+    use crate::store::Store;
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn tallies_add_up_forgotten_cameras_go_and_old_buckets_are_pruned() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let store = Store::open(
+            &dir.path().join("e.db"),
+            Synchronous::Normal,
+            Duration::from_secs(1),
+        )?;
+        let conn = store.dedicated()?;
+        let shot = |camera: i64, at: &str| {
+            Event::for_test(1, IMAGE_CAPTURED, at, json!({"camera_id": camera}))
+        };
+        let now = parse_utc_ms("2026-12-01T18:04:05.000Z").unwrap_or_default();
+        let hour = now / 1000 / HOUR_SECS * HOUR_SECS;
+        let day = now / 1000 / DAY_SECS * DAY_SECS;
+        for _ in 0..2 {
+            let mut t = Tally::default();
+            t.add(&shot(1, "2026-12-01T18:00:00.000Z"));
+            t.add(&shot(1, "2026-11-28T10:00:00.000Z")); // older than 48 hours
+            t.add(&shot(2, "2026-12-01T18:00:00.000Z"));
+            add(&conn, &t)?;
+        }
+        let mut rows = camera(&conn, "", 1)?;
+        rows.sort_unstable();
+        let old_hour = parse_utc_ms("2026-11-28T10:00:00Z").unwrap_or_default() / 1000;
+        assert_eq!(
+            rows,
+            [
+                (Span::Hour, old_hour, 2),
+                (Span::Hour, hour, 2),
+                (Span::Day, old_hour / DAY_SECS * DAY_SECS, 2),
+                (Span::Day, day, 2),
+                (Span::All, 0, 4),
+            ]
+        );
+        let (hours, days) = prune_before(now);
+        assert_eq!(prune(&conn, hours, days)?, 1, "only the old hour");
+        assert_eq!(camera(&conn, "", 1)?.len(), 4);
+        let mut t = Tally::default();
+        t.forget(None, 1);
+        add(&conn, &t)?;
+        assert!(camera(&conn, "", 1)?.is_empty());
+        assert_eq!(camera(&conn, "", 2)?.len(), 3, "camera 2 keeps its counts");
+        Ok(())
+    }
+}
