@@ -9,16 +9,22 @@
 //   {"cmd":"viewport","tab":0,"width":390,"height":844}
 //   {"cmd":"color_scheme","tab":0,"scheme":"dark"}
 //   {"cmd":"close_tab","tab":0}
+//   {"cmd":"axe","tab":0}  -> axe-core's violations (WCAG 2 A and AA rules): [{id, impact, help, nodes}]
 //   {"cmd":"errors"}  -> page errors and console errors seen so far
 //   {"cmd":"quit"}
 // Chromium comes from the OS (Debian's `chromium`), never downloaded: playwright-core is the
 // protocol client only. Every wait is bounded, and closing stdin (the test died) ends the
 // browser and this process.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { createRequire } from 'node:module';
+
+// axe-core's browser build, from npm (tests/browser/package.json), evaluated in the page
+// through the DevTools protocol: the page's CSP (script-src 'self') refuses a script tag.
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
 const EXECUTABLE = process.env.TLE_CHROMIUM || '/usr/bin/chromium';
 const MAX_WAIT_MS = 60_000; // no single command may take longer than this
@@ -115,6 +121,21 @@ async function run(c) {
       await tab(c.tab).close({ runBeforeUnload: true });
       tabs.delete(c.tab);
       return null;
+    case 'axe': {
+      const page = tab(c.tab);
+      await page.evaluate(AXE_SOURCE);
+      return await page.evaluate(async () => {
+        const r = await self.axe.run(document, {
+          runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+        });
+        return r.violations.map((v) => ({
+          id: v.id,
+          impact: v.impact,
+          help: v.help,
+          nodes: v.nodes.map((n) => n.target.join(' ') + ': ' + n.failureSummary),
+        }));
+      });
+    }
     case 'errors':
       return errors;
     case 'quit':
