@@ -559,10 +559,11 @@ impl Config {
     }
 
     /// `images_dir` as the one canonical path the image route compares against (links
-    /// followed), checked to be a directory.
+    /// followed), checked to be a directory; created when missing (the capture program,
+    /// or `simulate_cameras`, may start after the hub).
     ///
     /// # Errors
-    /// [`Error::Config`] when it is missing or not a directory.
+    /// [`Error::Config`] when it cannot be created or is not a directory.
     pub(crate) fn resolve_images_dir(&mut self) -> Result<()> {
         let Some(dir) = &self.images_dir else {
             return Ok(());
@@ -571,6 +572,10 @@ impl Config {
             field: "images_dir",
             reason: format!("{}: {reason}", dir.display()),
         };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create it ({e})")))?;
+            log::info!("created the images directory {}", dir.display());
+        }
         let canonical = dir
             .canonicalize()
             .map_err(|e| bad(format!("cannot open it ({e})")))?;

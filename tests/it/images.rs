@@ -282,12 +282,22 @@ fn without_images_dir_there_is_no_route_and_with_a_read_token_it_is_guarded() {
 }
 
 #[test]
-fn a_missing_images_dir_or_a_file_in_its_place_is_a_start_error() {
+fn a_missing_images_dir_is_created_and_a_file_in_its_place_is_a_start_error() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let file = tmp.path().join("a-file");
     write(&file, b"not a directory");
-    let missing: PathBuf = tmp.path().join("missing");
-    for dir in [&missing, &file] {
+    let missing: PathBuf = tmp.path().join("missing/images");
+    let hub = Hub::start(Config {
+        bind: ([127, 0, 0, 1], 0).into(),
+        db_path: tmp.path().join("made.db"),
+        images_dir: Some(missing.clone()),
+        ..Config::default()
+    })
+    .expect("a hub whose images directory does not exist yet starts");
+    assert!(missing.is_dir(), "and made it");
+    hub.shutdown().expect("shutdown");
+    // A file where the directory should be, or under which it should be made.
+    for dir in [&file, &file.join("images")] {
         let config = Config {
             bind: ([127, 0, 0, 1], 0).into(),
             db_path: tmp.path().join("events.db"),
@@ -319,14 +329,14 @@ fn a_missing_images_dir_or_a_file_in_its_place_is_a_start_error() {
             "--bind",
             "127.0.0.1:0",
         ])
-        .env("TIMELAPSE_EVENTS_IMAGES_DIR", &missing)
+        .env("TIMELAPSE_EVENTS_IMAGES_DIR", &file)
         .output()
         .expect("run the hub");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("images_dir"), "{stderr}");
     let toml = tmp.path().join("config.toml");
-    let line = format!("images_dir = {:?}\n", missing.to_str().expect("UTF-8"));
+    let line = format!("images_dir = {:?}\n", file.to_str().expect("UTF-8"));
     write(&toml, line.as_bytes());
     let (status, _, stderr) = run_bin(&[
         "serve",
