@@ -10,8 +10,10 @@
 // folds events into the camera state the same way src/state.rs does (a camera is known by
 // its host and id: another host's events and cameras carry `host`), drops any event whose
 // cursor seq it has already seen, and tells its views (tabs) what changed:
-//   {t:'sync',  cameras, log, conn, skewMs}  everything, sent to a view when it connects
-//   {t:'delta', cameras, events}             changed cameras and new log rows, ~60 per s max
+//   {t:'sync',  cameras, log, conn, skewMs, loaded}  everything, sent to a view when it
+//                                            connects (`loaded`: the state has been read once)
+//   {t:'delta', cameras, removed, events}    changed cameras, the keys of forgotten ones, and
+//                                            new log rows, ~60 per s max
 //   {t:'conn',  conn}                        connection state changed
 // A view never talks back except {t:'hello'} (send me a sync).
 'use strict';
@@ -31,7 +33,10 @@ self.TLE = (() => {
     'timelapse_status_changed',
     'camera_stale',
     'camera_recovered',
+    'camera_registered',
+    'camera_forgotten',
   ]);
+
 
   function parseCursor(text) {
     const m = /^([0-9a-fA-F]{8})-(\d{1,18})$/.exec(text || '');
@@ -48,6 +53,14 @@ self.TLE = (() => {
     return typeof v === 'string' ? v : null;
   }
 
+  function imageName(v) {
+    return typeof v === 'string' && v.length >= 1 && v.length <= 1024;
+  }
+
+  function name(v) {
+    return typeof v === 'string' && v.trim() ? v.trim().slice(0, 64) : null;
+  }
+
   // A camera is a host's camera: two hosts may both have camera 1. This hub's own cameras
   // (and events) carry no host; another host's carry its name.
   function hostOf(v) {
@@ -58,26 +71,40 @@ self.TLE = (() => {
     return host === null ? String(id) : host + '/' + id;
   }
 
-  // The client-side twin of State::apply in src/state.rs: returns the camera's key.
-  function applyEvent(cameras, timelapses, env) {
+  // The client-side twin of State::apply in src/state.rs: returns the camera's key (no
+  // longer in `cameras` when the event forgot it). `seq` is the event's place in the stream.
+  function applyEvent(cameras, timelapses, env, seq) {
     const d = env && typeof env.data === 'object' && env.data ? env.data : {};
     if (!CAMERA_TYPES.has(env.type)) return null;
     const id = int(d.camera_id);
     if (id === null) return null;
-    const host = hostOf(env);
+    let host = hostOf(env);
+    if (env.type === 'camera_forgotten') {
+      // This hub's own event may forget another host's camera (data.host).
+      if (host === null) host = hostOf(d);
+      const gone = cameraKey(host, id);
+      if (!cameras.has(gone)) return null;
+      cameras.delete(gone);
+      if (host === null) for (const [tid, tl] of timelapses) if (tl.camera_id === id) timelapses.delete(tid);
+      return gone;
+    }
     const key = cameraKey(host, id);
     let cam = cameras.get(key);
     if (!cam) {
       cam = {
-        camera_id: id, status: null, health_status: null, last_capture_at: null,
-        image_count: null, day_number: null, timelapse_id: null, timelapse_status: null,
-        stale: false, updated_at: null,
+        camera_id: id, name: null, status: null, status_since: null, health_status: null,
+        last_capture_at: null, image_count: null, day_number: null, timelapse_id: null,
+        timelapse_status: null, stale: false, stale_since: null, image_seq: null, updated_at: null,
       };
       if (host !== null) cam.host = host;
       cameras.set(key, cam);
     }
     const at = env.timestamp || null;
     const tid = int(d.timelapse_id);
+    const setStatus = (v) => {
+      if (v !== null && v !== cam.status) cam.status_since = at;
+      if (v !== null) cam.status = v;
+    };
     switch (env.type) {
       case 'image_captured':
         cam.last_capture_at = at;
@@ -87,11 +114,18 @@ self.TLE = (() => {
           if (cam.timelapse_id !== tid) cam.timelapse_status = null;
           cam.timelapse_id = tid;
         }
-        if (cam.status === null) cam.status = 'online';
+        if (cam.status === null) setStatus('online');
+        // The hub keeps the name of a capture's image (`thumbnail`, else `file_name`) and
+        // serves it at /api/cameras/<id>/latest; its seq makes the URL change per capture.
+        if (seq != null && (imageName(d.thumbnail) || imageName(d.file_name))) cam.image_seq = seq;
         break;
       case 'camera_status_changed':
-        cam.status = text(d.status) ?? cam.status;
+        setStatus(text(d.status));
         cam.health_status = text(d.health_status) ?? cam.health_status;
+        cam.name = name(d.name) ?? cam.name ?? null;
+        break;
+      case 'camera_registered':
+        cam.name = name(d.name) ?? cam.name ?? null;
         break;
       case 'timelapse_status_changed':
         if (tid !== null) cam.timelapse_id = tid;
@@ -99,11 +133,20 @@ self.TLE = (() => {
         break;
       case 'camera_stale':
         cam.stale = true;
+        cam.stale_since = at;
         cam.silent_secs = int(d.silent_secs);
         break;
       case 'camera_recovered':
         cam.stale = false;
+        cam.stale_since = null;
         break;
+    }
+    // A camera that goes offline, or whose timelapse stops running, is no longer expected
+    // to capture: the hub clears its stale flag then (src/state.rs), and so does this twin.
+    if ((env.type === 'camera_status_changed' && text(d.status) === 'offline')
+      || (env.type === 'timelapse_status_changed' && text(d.status) !== null && text(d.status) !== 'running')) {
+      cam.stale = false;
+      cam.stale_since = null;
     }
     cam.updated_at = at;
     // Another host's timelapses are its own business: the hub keeps no record of them.
@@ -143,6 +186,7 @@ self.TLE = (() => {
     let fresh = [];
     let flushTimer = null;
     let closed = false;
+    let loaded = false; // the state has been read (or the hub has none)
 
     function setConn(state, detail, nextRetryAt) {
       const offlineDevice = self.navigator && self.navigator.onLine === false;
@@ -176,7 +220,7 @@ self.TLE = (() => {
     }
 
     function sync() {
-      return { t: 'sync', cameras: [...cameras.values()], log, conn, skewMs };
+      return { t: 'sync', cameras: [...cameras.values()], log, conn, skewMs, loaded };
     }
 
     function scheduleFlush() {
@@ -186,8 +230,9 @@ self.TLE = (() => {
     function flush() {
       flushTimer = null;
       if (!changed.size && !fresh.length) return;
-      const cams = [...changed].map((key) => cameras.get(key));
-      emit({ t: 'delta', cameras: cams, events: fresh });
+      const cams = [...changed].filter((key) => cameras.has(key)).map((key) => cameras.get(key));
+      const removed = [...changed].filter((key) => !cameras.has(key));
+      emit({ t: 'delta', cameras: cams, removed, events: fresh });
       changed = new Set();
       fresh = [];
     }
@@ -213,6 +258,7 @@ self.TLE = (() => {
       if (Number.isFinite(date)) skewMs = Math.abs(date - Date.now()) > 2000 ? date - Date.now() : 0;
       if (res.status === 404) {
         // A hub without the state API: cameras are built from the events alone.
+        loaded = true;
         flush();
         emit(sync());
         return subscribe(cursor, false);
@@ -246,6 +292,7 @@ self.TLE = (() => {
       }
       appliedSeq = c.seq;
       cursor = state.cursor;
+      loaded = true;
       changed = new Set();
       flush();
       emit(sync());
@@ -301,7 +348,7 @@ self.TLE = (() => {
         cursor = m.lastEventId;
       }
       if (!c || c.seq > appliedSeq) {
-        const key = applyEvent(cameras, timelapses, env);
+        const key = applyEvent(cameras, timelapses, env, c ? c.seq : null);
         if (key !== null) changed.add(key);
         if (c) appliedSeq = c.seq;
       }

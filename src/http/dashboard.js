@@ -7,6 +7,9 @@
   const cardsEl = $('cards'), logEl = $('log'), connEl = $('conn'), filterEl = $('type-filter');
   const pauseEl = $('pause'), heldEl = $('held'), hostsEl = $('hosts');
   const hostFilterEl = $('host-filter'), hostFilterLabel = $('host-filter-label');
+  const camFilterEl = $('camera-filter'), noCamsEl = $('no-cams');
+  // The hub serves each camera's latest frame (`serve --images-dir`): the page says so.
+  const imagesOn = document.body.dataset.images === 'on';
   const cameraKey = (host, id) => (host === null ? String(id) : host + '/' + id);
   const hostOf = (v) => (v && typeof v.host === 'string' && v.host ? v.host : null);
 
@@ -16,7 +19,12 @@
   let viewSeq = -1; // highest event seq shown: never show one twice
   let conn = { state: 'connecting', attempt: 0, nextRetryAt: null, since: Date.now(), detail: '' };
   let skewMs = 0;
-  let paused = false, held = 0, filter = '';
+  let paused = false, held = 0, filter = '', camFilter = '';
+  let loaded = false; // the core has read the state once: until then the page says loading
+  let lostAt = null; // when the page lost the hub (cards then say their data is as of it)
+  // Captures per hour (24) and per day (30) by camera key, from GET /api/history.
+  const history = new Map();
+  let historyOn = true; // false once the hub has answered that it has no history
   // The value of the host filter: '' all hosts, OWN this hub's rows (no `host`), or a name.
   const OWN = '@self'; // '@' is never in a host name
   let hostFilter = '';
@@ -61,28 +69,115 @@
     return e;
   }
 
+  const fmt = (n) => (Number.isFinite(Number(n)) ? Number(n).toLocaleString('en-US') : String(n));
+
+  // "12 min", "3 h 4 min", "2 d 5 h": a duration for sentences.
+  function span(ms) {
+    return ago(ms).replace(/ ago$/, '').replace(/^(\d+ min) \d+ s$/, '$1');
+  }
+
+  // A moment: the time today, with the date before today.
+  function when(t) {
+    const d = new Date(t);
+    if (!Number.isFinite(d.getTime())) return '';
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+    return d.toDateString() === new Date().toDateString() ? hm
+      : d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + hm;
+  }
+
+  const camLabel = (d, id) => (d && typeof d.name === 'string' && d.name ? d.name : 'Camera ' + id);
+  // Each camera's last known name, kept after it is forgotten (its log lines keep it).
+  const names = new Map();
+
   function makeCard(host, id) {
+    const key = cameraKey(host, id);
     const card = el('article', 'card');
     card.dataset.cameraId = id;
     if (host !== null) card.dataset.host = host;
-    card.dataset.key = cameraKey(host, id);
+    card.dataset.key = key;
+    const hid = 'cam-' + key.replace(/[^A-Za-z0-9_-]/g, '_');
+    card.setAttribute('aria-labelledby', hid);
+    const fields = {};
+    if (imagesOn && host === null) {
+      // The latest frame; a placeholder until there is one (or while it cannot be loaded).
+      const box = el('div', 'frame');
+      const none = el('span', 'no-frame', 'No picture yet');
+      const img = el('img');
+      img.hidden = true;
+      img.width = 320;
+      img.height = 180;
+      img.decoding = 'async';
+      img.addEventListener('load', () => { img.hidden = false; none.hidden = true; });
+      img.addEventListener('error', () => { img.hidden = true; none.hidden = false; none.textContent = 'Picture unavailable'; });
+      box.append(img, none);
+      card.append(box);
+      fields.img = img;
+    }
     const head = el('header');
-    head.append(el('h3', '', 'Camera ' + id));
+    const title = el('h3', '', 'Camera ' + id);
+    title.id = hid;
+    const sub = el('span', 'sub');
+    sub.dataset.field = 'sub';
     const badge = el('span', 'badge', 'Stale');
     badge.dataset.field = 'stale';
     badge.hidden = true;
-    head.append(badge);
+    head.append(title, sub, badge);
+    const line = el('p', 'state');
+    line.dataset.field = 'state';
+    const asof = el('p', 'asof');
+    asof.dataset.field = 'asof';
+    asof.hidden = true;
     const dl = el('dl');
-    const fields = { stale: badge };
-    for (const [key, label] of [['status', 'Status'], ['health', 'Health'], ['ago', 'Last capture'],
-      ['image_count', 'Images'], ['day_number', 'Day'], ['timelapse', 'Timelapse']]) {
+    Object.assign(fields, { title, sub, stale: badge, state: line, asof });
+    for (const [k, label, extra] of [['status', 'Status', true], ['health', 'Health', true], ['ago', 'Last capture'],
+      ['image_count', 'Images'], ['day_number', 'Day', true], ['timelapse', 'Timelapse', true]]) {
+      const row = el('div', extra ? 'extra' : '');
       const dd = el('dd');
-      dd.dataset.field = key;
-      dl.append(el('dt', '', label), dd);
-      fields[key] = dd;
+      dd.dataset.field = k;
+      row.append(el('dt', '', label), dd);
+      dl.append(row);
+      fields[k] = dd;
     }
-    card.append(head, dl);
-    return { el: card, fields, data: null, host, id };
+    const spark = el('div', 'spark');
+    spark.dataset.field = 'history';
+    spark.hidden = true;
+    const actions = el('div', 'actions');
+    const forget = el('button', 'forget', 'Forget…');
+    forget.type = 'button';
+    const ask = el('span', 'ask');
+    ask.hidden = true;
+    const yes = el('button', 'danger', 'Forget');
+    yes.type = 'button';
+    const no = el('button', '', 'Cancel');
+    no.type = 'button';
+    const said = el('span', 'said');
+    said.setAttribute('role', 'status');
+    ask.append(el('span', '', 'It comes back if it reports again. '), yes, no);
+    actions.append(forget, ask, said);
+    forget.addEventListener('click', () => { forget.hidden = true; ask.hidden = false; yes.focus(); });
+    no.addEventListener('click', () => { ask.hidden = true; forget.hidden = false; forget.focus(); });
+    yes.addEventListener('click', () => forgetCamera(host, id, { forget, ask, said, yes }));
+    Object.assign(fields, { spark, forget, yes, no });
+    card.append(head, line, asof, dl, spark, actions);
+    return { el: card, fields, data: null, host, id, imageSeq: null };
+  }
+
+  // DELETE /api/cameras/<id>: the hub answers once its camera_forgotten event is stored;
+  // the card goes when that event reaches the page (in every tab alike).
+  function forgetCamera(host, id, ui) {
+    ui.yes.disabled = true;
+    const q = host === null ? '' : '?host=' + encodeURIComponent(host);
+    fetch('/api/cameras/' + id + q, { method: 'DELETE', credentials: 'same-origin' })
+      .then(async (r) => {
+        if (r.ok) return put(ui.said, 'Forgotten.');
+        let why = 'HTTP ' + r.status;
+        try { why = (await r.json()).error || why; } catch (e) { /* keep the status */ }
+        put(ui.said, 'Not forgotten: ' + why);
+        ui.ask.hidden = true;
+        ui.forget.hidden = false;
+      })
+      .catch(() => put(ui.said, 'Not forgotten: the hub cannot be reached'))
+      .finally(() => { ui.yes.disabled = false; });
   }
 
   function put(node, text, cls) {
@@ -90,26 +185,126 @@
     if (cls !== undefined && node.className !== cls) node.className = cls;
   }
 
+  // Stale, offline or fine: the card's one-line verdict, in words and colour.
+  function verdict(d, now) {
+    const at = (t) => Date.parse(t || '');
+    if (d.stale) {
+      const since = at(d.stale_since), last = at(d.last_capture_at);
+      const text = Number.isFinite(since) ? 'Stale for ' + span(now + skewMs - since) : 'Stale';
+      return { state: 'stale', text: text + (Number.isFinite(last) ? ' · last capture ' + when(last) : ''), tone: 'warn' };
+    }
+    if (d.status === 'offline') {
+      const since = at(d.status_since);
+      return {
+        state: 'offline',
+        text: Number.isFinite(since) ? 'Offline since ' + when(since) + ' (' + span(now + skewMs - since) + ')' : 'Offline',
+        tone: 'bad',
+      };
+    }
+    const parts = [d.status || 'unknown'];
+    if (d.health_status) parts.push(d.health_status);
+    if (d.timelapse_status && d.timelapse_status !== 'running') parts.push('timelapse ' + d.timelapse_status);
+    const text = parts.join(' · ');
+    const t = [d.status, d.health_status].map(tone);
+    return { state: 'ok', text: text.charAt(0).toUpperCase() + text.slice(1), tone: t.includes('bad') ? 'bad' : t.includes('warn') ? 'warn' : t[0] };
+  }
+
   function renderCard(c) {
     const d = c.data, f = c.fields;
+    put(f.title, camLabel(d, c.id));
+    put(f.sub, d.name ? 'camera ' + c.id : '');
     put(f.status, d.status || 'unknown', 'pill tone-' + tone(d.status));
     put(f.health, d.health_status || 'unknown', 'pill tone-' + tone(d.health_status));
-    put(f.image_count, d.image_count == null ? '—' : String(d.image_count));
+    put(f.image_count, d.image_count == null ? '—' : fmt(d.image_count));
     put(f.day_number, d.day_number == null ? '—' : String(d.day_number));
     put(f.timelapse, d.timelapse_id == null ? 'none'
       : '#' + d.timelapse_id + (d.timelapse_status ? ' · ' + d.timelapse_status : ''));
     f.status.title = 'status: ' + (d.status || 'unknown');
     f.health.title = 'health: ' + (d.health_status || 'unknown');
     f.ago.title = d.last_capture_at || 'no capture yet';
-    renderAgo(c, Date.now());
     f.stale.hidden = !d.stale;
     put(f.stale, d.silent_secs ? 'Stale · silent ' + ago(d.silent_secs * 1000).replace(/ \d+ s ago| ago/, '') : 'Stale');
     c.el.classList.toggle('stale', !!d.stale);
+    if (f.img && d.image_seq != null && d.image_seq !== c.imageSeq) {
+      c.imageSeq = d.image_seq;
+      f.img.alt = 'Latest frame of ' + camLabel(d, c.id);
+      f.img.dataset.seq = d.image_seq;
+      f.img.src = '/api/cameras/' + c.id + '/latest?seq=' + d.image_seq;
+    }
+    f.forget.setAttribute('aria-label', 'Forget ' + camLabel(d, c.id));
+    renderAgo(c, Date.now());
+    renderSpark(c);
   }
 
+  // The parts of a card that move with the clock: last capture, since/for, as-of.
   function renderAgo(c, now) {
-    const t = Date.parse(c.data.last_capture_at || '');
-    put(c.fields.ago, Number.isFinite(t) ? ago(now + skewMs - t) : 'never');
+    const d = c.data, f = c.fields;
+    const t = Date.parse(d.last_capture_at || '');
+    put(f.ago, Number.isFinite(t) ? ago(now + skewMs - t) : 'never');
+    const v = verdict(d, now);
+    const lost = lostAt !== null;
+    c.el.dataset.state = v.state;
+    c.el.classList.toggle('lost', lost);
+    put(f.state, v.text, 'state tone-' + (lost ? 'none' : v.tone));
+    f.asof.hidden = !lost;
+    if (lost) put(f.asof, 'As of ' + clock(lostAt) + ': the page has lost the hub');
+  }
+
+  // Captures per hour over the last 24 hours as bars (inline SVG); an hour without a
+  // capture after the camera's first one is a red gap.
+  const SVG = 'http://www.w3.org/2000/svg';
+  function bars(counts, w, h) {
+    const svg = document.createElementNS(SVG, 'svg');
+    svg.setAttribute('viewBox', '0 0 ' + counts.length * w + ' ' + h);
+    svg.setAttribute('preserveAspectRatio', 'none');
+    svg.setAttribute('aria-hidden', 'true');
+    const max = Math.max(1, ...counts);
+    const first = counts.findIndex((n) => n > 0);
+    counts.forEach((n, i) => {
+      const r = document.createElementNS(SVG, 'rect');
+      const gap = n === 0 && first >= 0 && i > first && i < counts.length - 1;
+      const bh = n > 0 ? Math.max(2, Math.round((n / max) * (h - 2))) : gap ? h : 1;
+      r.setAttribute('x', String(i * w + 0.5));
+      r.setAttribute('y', String(h - bh));
+      r.setAttribute('width', String(w - 1));
+      r.setAttribute('height', String(bh));
+      r.setAttribute('class', n > 0 ? 'bar' : gap ? 'gap' : 'none');
+      svg.append(r);
+    });
+    return svg;
+  }
+
+  function gapsOf(counts) {
+    const first = counts.findIndex((n) => n > 0);
+    if (first < 0) return 0;
+    return counts.slice(first + 1, counts.length - 1).filter((n) => n === 0).length;
+  }
+
+  function renderSpark(c) {
+    const h = history.get(cameraKey(c.host, c.id));
+    const box = c.fields.spark;
+    box.hidden = !h;
+    if (!h) return;
+    const sig = h.hourly.join() + '/' + h.daily.join();
+    if (box.dataset.sig === sig) return;
+    box.dataset.sig = sig;
+    box.dataset.hourly = h.hourly.join(',');
+    box.dataset.daily = h.daily.join(',');
+    const day = h.hourly.reduce((a, b) => a + b, 0);
+    const gaps = gapsOf(h.hourly);
+    box.dataset.gaps = String(gaps);
+    box.setAttribute('role', 'img');
+    const said = fmt(day) + ' captures in the last 24 hours' +
+      (gaps ? ', ' + gaps + (gaps === 1 ? ' hour' : ' hours') + ' without one' : ', none missed') +
+      '; ' + fmt(h.daily.reduce((a, b) => a + b, 0)) + ' in 30 days';
+    box.setAttribute('aria-label', said);
+    box.title = said;
+    const cap = el('p', 'spark-cap', '24 h: ' + fmt(day) + (gaps ? ' · ' + gaps + ' h gap' : ''));
+    if (gaps) cap.classList.add('has-gap');
+    const cap30 = el('p', 'spark-cap days', '30 d: ' + fmt(h.daily.reduce((a, b) => a + b, 0)));
+    const d30 = bars(h.daily, 8, 16);
+    d30.classList.add('days');
+    box.replaceChildren(bars(h.hourly, 10, 28), cap, d30, cap30);
   }
 
   // More than one host: another host heard, a fleet ingest, or a camera or event of another
@@ -225,7 +420,13 @@
     placeHosts();
     $('cam-count').textContent = cams.size ? '(' + cams.size + ')' : '';
     // With host sections, each one says it has no camera yet itself.
-    $('no-cams').hidden = cams.size > 0 || (!hostsEl.hidden && sections.size > 0);
+    noCamsEl.hidden = cams.size > 0 || (!hostsEl.hidden && sections.size > 0);
+    put(noCamsEl, loaded ? 'No camera has reported yet.' : 'Loading cameras…');
+    noCamsEl.dataset.loading = String(!loaded);
+    for (const c of cams.values()) {
+      const name = camLabel(c.data, c.id);
+      addCameraOption(cameraKey(c.host, c.id), c.host === null ? name : c.host + ' · ' + name);
+    }
   }
 
   function summary(env) {
@@ -233,6 +434,53 @@
     delete data.camera_id;
     const s = JSON.stringify(data);
     return s === '{}' ? '' : s.length > 160 ? s.slice(0, 157) + '…' : s;
+  }
+
+  // The camera an event is about, as the key its card has ('' for none).
+  function rowCamera(env) {
+    const d = env && env.data && typeof env.data === 'object' ? env.data : {};
+    const id = Number(d.camera_id);
+    if (d.camera_id == null || !Number.isInteger(id)) return '';
+    let host = hostOf(env);
+    if (host === null && env.type === 'camera_forgotten') host = hostOf(d);
+    return cameraKey(host, id);
+  }
+
+  function secs(v) {
+    const n = Number(v);
+    return Number.isFinite(n) ? span(n * 1000) : null;
+  }
+
+  // What an event says, in words, after the camera's name.
+  function words(env) {
+    const d = env && env.data && typeof env.data === 'object' ? env.data : {};
+    const s = (v) => (typeof v === 'string' ? v : v == null ? '' : String(v));
+    switch (env && env.type) {
+      case 'image_captured': {
+        const parts = [d.image_count != null ? 'captured image ' + fmt(d.image_count) : 'captured an image'];
+        if (d.day_number != null) parts.push('day ' + fmt(d.day_number));
+        return parts.join(', ');
+      }
+      case 'camera_status_changed':
+        return 'is ' + (s(d.status) || 'unknown') + (d.health_status ? ', ' + s(d.health_status) : '')
+          + (d.name ? ' (named ' + s(d.name) + ')' : '');
+      case 'timelapse_status_changed':
+        return (d.timelapse_id != null ? 'timelapse #' + s(d.timelapse_id) : 'its timelapse') + ' is ' + (s(d.status) || 'unknown');
+      case 'camera_stale': {
+        const silent = secs(d.silent_secs), usual = secs(d.expected_interval_secs);
+        return 'is stale' + (silent ? ': silent for ' + silent : '') + (usual ? ', usually every ' + usual : '');
+      }
+      case 'camera_recovered': {
+        const silent = secs(d.silent_secs);
+        return 'recovered' + (silent ? ' after ' + silent + ' of silence' : '');
+      }
+      case 'camera_registered':
+        return d.name ? 'is named ' + s(d.name) : 'registered';
+      case 'camera_forgotten':
+        return 'was forgotten';
+      default:
+        return String(env && env.type).replace(/_/g, ' ');
+    }
   }
 
   function makeRow(r) {
@@ -245,17 +493,33 @@
     if (r.env && r.env.id != null) li.dataset.id = r.env.id;
     const t = el('time', '', clock(r.env && r.env.timestamp));
     t.dateTime = (r.env && r.env.timestamp) || '';
-    const cam = r.env && r.env.data && r.env.data.camera_id != null ? 'camera ' + r.env.data.camera_id : '';
+    if (r.local) {
+      li.append(t, el('span', 'type', type),
+        el('span', 'data', 'stream reset: ' + ((r.env.data && r.env.data.reason) || '') + '; state reloaded'));
+      return li;
+    }
+    const key = rowCamera(r.env);
+    if (key) li.dataset.camera = key;
+    const c = key ? cams.get(key) : null;
+    const id = r.env.data.camera_id;
+    // A registration names the camera by its number: "Camera 1 is named Garden".
+    const named = r.env.type === 'camera_registered' ? null : c ? c.data : { name: names.get(key) };
+    const name = key ? camLabel(named, id) : '';
     // Another host's line says whose it is; this hub's own look as they always did.
-    const who = host === null ? cam : host + (cam ? ' · ' + cam : '');
-    li.append(t, el('span', 'type', type), el('span', 'cam', who));
-    const s = r.local ? 'stream reset: ' + ((r.env.data && r.env.data.reason) || '') + '; state reloaded' : summary(r.env);
-    if (s) li.append(el('span', 'data', s));
+    const who = host === null ? name : host + (name ? ' · ' + name : '');
+    const line = el('span', 'line');
+    line.append(el('span', 'cam', who), document.createTextNode(who ? ' ' : ''), el('span', 'say', words(r.env)));
+    li.append(t, line, el('span', 'type', type));
+    // The event itself, behind a disclosure.
+    const json = el('details', 'json');
+    json.append(el('summary', '', 'JSON'), el('pre', 'data', JSON.stringify(r.env.data ?? {}, null, 1)));
+    li.append(json);
     return li;
   }
 
   function shown(r) {
-    return (!filter || (r.env && r.env.type === filter)) && shownHost(r);
+    return (!filter || (r.env && r.env.type === filter)) && shownHost(r)
+      && (!camFilter || r.local || rowCamera(r.env) === camFilter);
   }
 
   // A note of the page's own (a stream reset) belongs to no host: shown under every one.
@@ -263,6 +527,18 @@
     if (!hostFilter || r.local) return true;
     const h = hostOf(r.env);
     return hostFilter === OWN ? h === null : h === hostFilter;
+  }
+
+  // One option per camera seen (by its name), in the order of their cards.
+  function addCameraOption(key, text) {
+    let o = [...camFilterEl.options].find((x) => x.value === key);
+    if (!o) {
+      o = el('option', '', text);
+      o.value = key;
+      const before = [...camFilterEl.options].find((x) => x.value && x.value.localeCompare(key, 'en', { numeric: true }) > 0);
+      camFilterEl.insertBefore(o, before || null);
+    }
+    put(o, text);
   }
 
   function addTypes(list) {
@@ -325,7 +601,7 @@
   function frame() {
     const t0 = performance.now();
     frameQueued = false;
-    for (const id of dirtyCams) renderCard(cams.get(id));
+    for (const id of dirtyCams) if (cams.has(id)) renderCard(cams.get(id));
     dirtyCams.clear();
     if (cardsMoved || hostsDirty) placeCards();
     cardsMoved = hostsDirty = false;
@@ -365,6 +641,7 @@
       cardsMoved = true;
     }
     c.data = d;
+    if (typeof d.name === 'string' && d.name) names.set(key, d.name);
     dirtyCams.add(key);
   }
 
@@ -395,9 +672,18 @@
     else newRows = newRows.concat(fresh);
   }
 
+  // The moment the page lost the hub: the cards' data is as of then.
+  function noteConn() {
+    const was = lostAt;
+    if (conn.state === 'live') lostAt = null;
+    else if (lostAt === null && loaded && conn.state !== 'connecting') lostAt = conn.since || Date.now();
+    if (was !== lostAt) for (const key of cams.keys()) dirtyCams.add(key);
+  }
+
   function handle(msg) {
     if (!msg || typeof msg !== 'object') return;
     if (msg.t === 'sync') {
+      loaded = !!msg.loaded;
       const keep = new Set(msg.cameras.map((c) => cameraKey(hostOf(c), Number(c.camera_id))));
       for (const [key, c] of cams) if (!keep.has(key)) { c.el.remove(); cams.delete(key); dirtyCams.delete(key); }
       msg.cameras.forEach(upsertCamera);
@@ -408,14 +694,22 @@
       held = 0;
       skewMs = msg.skewMs || 0;
       conn = msg.conn || conn;
+      noteConn();
       connDirty = true;
       cardsMoved = true;
+      loadHistory();
     } else if (msg.t === 'delta') {
+      for (const key of msg.removed || []) {
+        const c = cams.get(key);
+        if (c) { c.el.remove(); cams.delete(key); dirtyCams.delete(key); cardsMoved = true; }
+      }
       msg.cameras.forEach(upsertCamera);
+      if (msg.events.some((r) => r.env && r.env.type === 'image_captured')) historySoon();
       takeRows(msg.events);
       if (msg.events.some((r) => hostOf(r.env) !== null)) hostsHeard();
     } else if (msg.t === 'conn') {
       conn = msg.conn;
+      noteConn();
       connDirty = true;
     }
     queueFrame();
@@ -423,6 +717,11 @@
 
   filterEl.addEventListener('change', () => {
     filter = filterEl.value;
+    rebuildLog = true;
+    queueFrame();
+  });
+  camFilterEl.addEventListener('change', () => {
+    camFilter = camFilterEl.value;
     rebuildLog = true;
     queueFrame();
   });
@@ -499,6 +798,41 @@
   function fallback() {
     if (self.BroadcastChannel && navigator.locks && want !== 'own') leaderTab();
     else ownCore();
+  }
+
+  // Capture history: GET /api/history when the page syncs, every minute, and a few seconds
+  // after captures arrive (at most one request at a time).
+  const HISTORY_POLL_MS = 60000, HISTORY_SOON_MS = 3000;
+  let historyBusy = false, historyAgain = false, historyTimer = null, historySoonTimer = null;
+  function takeHistory(doc) {
+    if (!doc || !Array.isArray(doc.cameras)) return;
+    history.clear();
+    for (const h of doc.cameras) {
+      if (!h || !Array.isArray(h.hourly) || !Array.isArray(h.daily)) continue;
+      history.set(cameraKey(hostOf(h), Number(h.camera_id)), { hourly: h.hourly.map(Number), daily: h.daily.map(Number) });
+    }
+    for (const key of cams.keys()) dirtyCams.add(key);
+    queueFrame();
+  }
+  function loadHistory() {
+    if (!historyOn) return;
+    clearTimeout(historyTimer);
+    if (historyBusy) { historyAgain = true; return; }
+    historyBusy = true;
+    fetch('/api/history', { credentials: 'same-origin', cache: 'no-store' })
+      .then((r) => { if (r.status === 404) historyOn = false; return r.ok ? r.json() : null; })
+      .then(takeHistory)
+      .catch(() => {})
+      .finally(() => {
+        historyBusy = false;
+        if (historyAgain) { historyAgain = false; loadHistory(); return; }
+        if (historyOn) historyTimer = setTimeout(loadHistory, HISTORY_POLL_MS);
+      });
+  }
+  function historySoon() {
+    if (historySoonTimer === null) {
+      historySoonTimer = setTimeout(() => { historySoonTimer = null; loadHistory(); }, HISTORY_SOON_MS);
+    }
   }
 
   // The sink health line: GET /api/sinks every few seconds (the cookie goes with it), one
