@@ -11,7 +11,8 @@
 //! fleet page's test also needs Mosquitto, skipped without it as in `mqtt.rs`
 //! (`TLE_REQUIRE_MQTT=1` fails it instead).
 //! Screenshots go to `target/tmp/browser/` on every run; `TLE_UPDATE_SCREENSHOT=1` also
-//! refreshes `docs/dashboard.png`, the one the README shows.
+//! refreshes `docs/dashboard.png` and `docs/dashboard-phone.png`, the ones the README shows
+//! (taken by `owner.rs`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -46,7 +47,7 @@ fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
-fn shots_dir() -> PathBuf {
+pub(crate) fn shots_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser")
 }
 
@@ -55,7 +56,7 @@ fn required() -> bool {
 }
 
 /// Node + Chromium through `tests/browser/driver.mjs`; quits the browser on drop.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     stdin: ChildStdin,
     replies: Receiver<String>,
@@ -137,7 +138,7 @@ impl Browser {
         self.reply(guard)
     }
 
-    fn must(&mut self, cmd: Value) -> Value {
+    pub(crate) fn must(&mut self, cmd: Value) -> Value {
         let what = cmd.to_string();
         self.call(cmd).unwrap_or_else(|e| {
             panic!(
@@ -147,17 +148,17 @@ impl Browser {
         })
     }
 
-    fn open(&mut self, url: &str, count: usize) -> Vec<u64> {
+    pub(crate) fn open(&mut self, url: &str, count: usize) -> Vec<u64> {
         let v = self.must(json!({"cmd": "open", "url": url, "count": count}));
         serde_json::from_value(v).expect("tab ids")
     }
 
-    fn eval(&mut self, tab: u64, js: &str) -> Value {
+    pub(crate) fn eval(&mut self, tab: u64, js: &str) -> Value {
         self.must(json!({"cmd": "eval", "tab": tab, "js": js}))
     }
 
     /// Waits until `js` is truthy in the tab; on timeout, fails with `what` and the page.
-    fn wait(&mut self, tab: u64, js: &str, what: &str) -> Value {
+    pub(crate) fn wait(&mut self, tab: u64, js: &str, what: &str) -> Value {
         let ms = PAGE_WAIT.as_millis() as u64;
         match self.call(json!({"cmd": "wait", "tab": tab, "js": js, "timeout_ms": ms})) {
             Ok(v) => v,
@@ -174,7 +175,7 @@ impl Browser {
         }
     }
 
-    fn screenshot(&mut self, tab: u64, path: &Path) {
+    pub(crate) fn screenshot(&mut self, tab: u64, path: &Path) {
         self.must(json!({"cmd": "screenshot", "tab": tab, "path": path, "full_page": true}));
     }
 
@@ -183,7 +184,7 @@ impl Browser {
     }
 
     /// Asserts that no page logged an error; `what` is the assertion's message.
-    fn assert_no_page_errors(&mut self, what: &str) {
+    pub(crate) fn assert_no_page_errors(&mut self, what: &str) {
         assert_eq!(self.page_errors(), Vec::<String>::new(), "{what}");
     }
 }
@@ -201,7 +202,7 @@ impl Drop for Browser {
 }
 
 /// The browser, or `None` after printing why the test is skipped (a failure when required).
-fn browser_or_skip(test: &str) -> Option<Browser> {
+pub(crate) fn browser_or_skip(test: &str) -> Option<Browser> {
     init_logging();
     // A test that panicked while holding it leaves nothing behind to protect.
     let one = ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
@@ -259,13 +260,13 @@ fn wait_live(b: &mut Browser, tab: u64) {
 }
 
 /// Opens the dashboard of the hub at `addr` in one tab and waits until it is live.
-fn open_live(b: &mut Browser, addr: SocketAddr) -> u64 {
+pub(crate) fn open_live(b: &mut Browser, addr: SocketAddr) -> u64 {
     let tab = b.open(&format!("http://{addr}/"), 1)[0];
     wait_live(b, tab);
     tab
 }
 
-fn card(b: &mut Browser, tab: u64, camera_id: i64) -> Value {
+pub(crate) fn card(b: &mut Browser, tab: u64, camera_id: i64) -> Value {
     b.eval(
         tab,
         &format!(
@@ -601,12 +602,37 @@ fn hub_restart_shows_reconnecting_then_live_with_nothing_lost_or_doubled() {
             .is_some_and(|t| t.contains("attempt") && t.contains("next try")),
         "the state names the attempt and the next retry: {shown}"
     );
+    // Every card says its data is as of the moment the page lost the hub, and dims.
+    let lost = b.wait(
+        tab,
+        "(() => { const cs = [...document.querySelectorAll('.card')];
+           return cs.length === 2 && cs.every(c => c.classList.contains('lost')
+             && !c.querySelector('[data-field=\"asof\"]').hidden)
+             && cs.map(c => c.querySelector('[data-field=\"asof\"]').textContent); })()",
+        "each card says its data is as of the loss",
+    );
+    for t in lost.as_array().into_iter().flatten() {
+        let t = t.as_str().unwrap_or_default();
+        assert!(
+            t.starts_with("As of ") && t.ends_with("the page has lost the hub"),
+            "{t}"
+        );
+    }
     emit_batch(&em, 6); // stored while nobody serves them
     let hub = child_hub(&db, addr);
     wait_live(&mut b, tab);
     emit_batch(&em, 11);
     wait_rows(&mut b, tab, 15);
     std::thread::sleep(Duration::from_millis(300)); // a late duplicate would show up by now
+    assert_eq!(
+        b.eval(
+            tab,
+            "[...document.querySelectorAll('.card')].some(c => c.classList.contains('lost')
+               || !c.querySelector('[data-field=\"asof\"]').hidden)"
+        ),
+        json!(false),
+        "live again: no card says it is out of date"
+    );
 
     let rows = log_rows(&mut b, tab);
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
@@ -777,77 +803,6 @@ fn eight_tabs_share_one_stream_through_a_leader_tab() {
         open_streams(hub.addr())
     );
     b.assert_no_page_errors("no errors in the pages");
-}
-
-#[test]
-fn screenshot_of_four_simulated_cameras() {
-    let Some(mut b) = browser_or_skip("screenshot_of_four_simulated_cameras") else {
-        return;
-    };
-    let hub = TestHub::start();
-    let em = hub.emitter();
-    let look = [
-        (1, "online", "healthy", "running", 412, 3),
-        (2, "online", "degraded", "running", 1290, 9),
-        (3, "offline", "unhealthy", "paused", 77, 1),
-        (4, "online", "healthy", "running", 2604, 18),
-    ];
-    for (cam, status, health, tl_status, images, day) in look {
-        let tl = 100 + cam;
-        em.emit_ok(NewEvent::camera_status_changed(cam, "online", "healthy"));
-        em.emit_ok(NewEvent::timelapse_status_changed(cam, tl, "running"));
-        for i in (0..3).rev() {
-            em.emit_ok(NewEvent::image_captured(cam, tl, images - i, day));
-        }
-        if status != "online" || health != "healthy" {
-            em.emit_ok(NewEvent::camera_status_changed(cam, status, health));
-        }
-        if tl_status != "running" {
-            em.emit_ok(NewEvent::timelapse_status_changed(cam, tl, tl_status));
-        }
-    }
-    em.emit_ok(NewEvent::new(
-        "camera_stale",
-        json!({"camera_id": 3, "silent_secs": 900, "expected_interval_secs": 60}),
-    ));
-    let tab = open_live(&mut b, hub.addr());
-    b.wait(
-        tab,
-        "document.querySelectorAll('.card').length === 4",
-        "4 cards",
-    );
-    for n in 1..=2 {
-        em.emit_ok(NewEvent::image_captured(4, 104, 2604 + n, 18));
-    }
-    b.wait(
-        tab,
-        "document.querySelector('.card[data-camera-id=\"4\"] [data-field=\"image_count\"]').textContent === '2606'",
-        "live update",
-    );
-    let dir = shots_dir();
-    let wide = dir.join("dashboard.png");
-    b.screenshot(tab, &wide);
-    b.must(json!({"cmd": "color_scheme", "tab": tab, "scheme": "dark"}));
-    b.screenshot(tab, &dir.join("dashboard-dark.png"));
-    b.must(json!({"cmd": "color_scheme", "tab": tab, "scheme": "light"}));
-    b.must(json!({"cmd": "viewport", "tab": tab, "width": 390, "height": 844}));
-    let overflow = b.eval(
-        tab,
-        "document.documentElement.scrollWidth > document.documentElement.clientWidth",
-    );
-    assert_eq!(overflow, false, "no sideways scrolling on a phone");
-    b.screenshot(tab, &dir.join("dashboard-phone.png"));
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
-    if std::env::var("TLE_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") || !docs.exists() {
-        std::fs::create_dir_all(docs.parent().expect("docs/ has a parent")).expect("mkdir docs");
-        std::fs::copy(&wide, &docs).expect("copy the screenshot to docs/");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "dashboard screenshots in {}",
-        dir.display()
-    );
-    b.assert_no_page_errors("no errors in the page");
 }
 
 #[test]
@@ -1158,7 +1113,7 @@ fn a_fleet_dashboard_groups_cameras_by_host_and_shows_a_dead_host_offline() {
         &format!("garden's event {} in the log, saying its host", live.0),
     );
     assert_eq!(
-        line, "garden · camera 1",
+        line, "garden · Camera 1",
         "a line of another host says the host"
     );
 

@@ -20,6 +20,7 @@ mod lan;
 mod mqtt;
 #[cfg(feature = "tls")]
 mod mqtt_tls;
+mod owner;
 mod package;
 mod perf;
 mod pipeline;
