@@ -216,6 +216,9 @@ pub(crate) trait Transport: Send {
     }
     /// The hub's current state of these cameras.
     fn cameras(&mut self, _cameras: Vec<CameraState>) {}
+    /// Cameras a batch touched that the hub's state no longer has (forgotten): whatever
+    /// the transport published about them is to be withdrawn.
+    fn gone(&mut self, _camera_ids: Vec<i64>) {}
     /// After a reconnect, the seq from which to send again events already acknowledged by
     /// a far side that may have lost them (an MQTT broker's unwritten memory); taken once.
     fn take_resend(&mut self) -> Option<i64> {
@@ -763,7 +766,14 @@ impl Runner {
         ids.dedup();
         if !ids.is_empty() {
             let cameras = store::state_rows::cameras(&*store.conn()?, Some(&ids))?;
+            let gone: Vec<i64> = ids
+                .into_iter()
+                .filter(|id| !cameras.iter().any(|c| c.camera_id == *id))
+                .collect();
             self.transport.cameras(cameras);
+            if !gone.is_empty() {
+                self.transport.gone(gone);
+            }
         }
         Ok(())
     }

@@ -552,3 +552,50 @@ fn api_sinks_follows_the_broker_while_nothing_is_sent() {
         down["last_error"]
     );
 }
+
+#[test]
+fn a_forgotten_camera_leaves_home_assistant_and_its_retained_state_goes() {
+    if !mosquitto_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Broker::start(dir.path(), None);
+    let db = dir.path().join("events.db");
+    let url = broker.url(None);
+    let hub = ChildHub::start(&db, &["--mqtt", url.as_str(), "--mqtt-host-name", "fghost"]);
+    let em = Emitter::open(&db).expect("emitter");
+    em.emit_ok(shot(5, 42));
+    em.emit_ok(shot(6, 7));
+    let port = broker.port;
+    // At most `n` retained messages under `filter` (a fresh subscriber gets them at once).
+    let topics = |filter: &str, n: usize| -> Vec<String> {
+        let mut t: Vec<String> = retained(port, None, filter, n)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        t.sort();
+        t
+    };
+    assert!(wait_until(WAIT, || topics("homeassistant/#", 16).len() == 16));
+    assert_eq!(topics("timelapse/fghost/cameras/+/state", 2).len(), 2);
+    let r = crate::support::http(hub.addr, "DELETE", "/api/cameras/5", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An empty retained message clears a topic: what is left is camera 6's.
+    assert!(
+        wait_until(Duration::from_secs(30), || topics(
+            "timelapse/fghost/cameras/+/state",
+            2
+        ) == [
+            "timelapse/fghost/cameras/6/state"
+        ]),
+        "camera 5's retained state is cleared: {:?}",
+        topics("timelapse/fghost/cameras/+/state", 2)
+    );
+    let left = topics("homeassistant/#", 16);
+    assert_eq!(left.len(), 8, "{left:?}");
+    assert!(
+        left.iter().all(|t| t.contains("/camera_6_")),
+        "only camera 6's entities are left for Home Assistant: {left:?}"
+    );
+    assert!(hub.log().contains("camera 5 forgotten"), "{}", hub.log());
+}

@@ -45,6 +45,9 @@ pub(crate) struct Mqtt {
     cameras: BTreeMap<i64, CameraState>,
     /// Cameras whose discovery was sent on this connection.
     announced: BTreeSet<i64>,
+    /// Forgotten cameras whose retained topics are still to be cleared (when a connection
+    /// is up again).
+    to_clear: BTreeSet<i64>,
     /// The state body last published per camera on this connection (sent again only
     /// when it changes).
     published: HashMap<i64, String>,
@@ -97,6 +100,7 @@ pub(crate) fn transport(sink: &SinkConfig, m: &MqttTarget) -> Result<Box<dyn Tra
         timeout: sink.timeout,
         client: None,
         cameras: BTreeMap::new(),
+        to_clear: BTreeSet::new(),
         announced: BTreeSet::new(),
         published: HashMap::new(),
         last_try: None,
@@ -160,6 +164,7 @@ impl Mqtt {
     fn announce_all(&mut self) -> Result<()> {
         self.announced.clear();
         self.published.clear();
+        self.clear_gone()?;
         let ids: Vec<i64> = self.cameras.keys().copied().collect();
         for id in ids {
             self.announce(id)?;
@@ -196,6 +201,26 @@ impl Mqtt {
             true,
         )?;
         self.published.insert(camera_id, body);
+        Ok(())
+    }
+
+    /// Withdraws what was retained about forgotten cameras: an empty retained message
+    /// clears a topic, and Home Assistant removes an entity whose config is cleared.
+    fn clear_gone(&mut self) -> Result<()> {
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        while let Some(&id) = self.to_clear.first() {
+            client.publish(&self.topics.camera_state(id), b"", 1, true)?;
+            for (topic, _) in self.topics.discovery(id) {
+                client.publish(&topic, b"", 1, true)?;
+            }
+            self.to_clear.remove(&id);
+            log::info!(
+                "sink {}: camera {id} forgotten: its retained topics cleared",
+                self.name
+            );
+        }
         Ok(())
     }
 
@@ -345,6 +370,22 @@ impl Transport for Mqtt {
     fn cameras(&mut self, cameras: Vec<CameraState>) {
         if let Err(e) = self.take_cameras(cameras) {
             // Sent again with everything after the next connect.
+            self.drop_connection();
+            log::warn!("sink {}: MQTT connection lost: {e}", self.name);
+        }
+    }
+
+    fn gone(&mut self, camera_ids: Vec<i64>) {
+        for id in camera_ids {
+            // Only what this sink announced or was handed: a camera over the hub's cap
+            // never had topics of ours.
+            if self.cameras.remove(&id).is_some() {
+                self.announced.remove(&id);
+                self.published.remove(&id);
+                self.to_clear.insert(id);
+            }
+        }
+        if let Err(e) = self.clear_gone() {
             self.drop_connection();
             log::warn!("sink {}: MQTT connection lost: {e}", self.name);
         }
