@@ -672,9 +672,14 @@
     else newRows = newRows.concat(fresh);
   }
 
+  // While the stream is down the hub is not asked anything else either (each refused
+  // request is a console error, and the answer would be stale the moment it came).
+  const hubDown = () => conn.state === 'reconnecting' || conn.state === 'offline';
+
   // The moment the page lost the hub: the cards' data is as of then.
   function noteConn() {
     const was = lostAt;
+    if (conn.state === 'live' && was !== null) loadHistory();
     if (conn.state === 'live') lostAt = null;
     else if (lostAt === null && loaded && conn.state !== 'connecting') lostAt = conn.since || Date.now();
     if (was !== lostAt) for (const key of cams.keys()) dirtyCams.add(key);
@@ -815,7 +820,7 @@
     queueFrame();
   }
   function loadHistory() {
-    if (!historyOn) return;
+    if (!historyOn || hubDown()) return; // asked again when the stream is back
     clearTimeout(historyTimer);
     if (historyBusy) { historyAgain = true; return; }
     historyBusy = true;
@@ -856,6 +861,7 @@
     sinksEl.replaceChildren(...parts);
   }
   function pollSinks() {
+    if (hubDown()) return void setTimeout(pollSinks, SINK_POLL_MS);
     fetch('/api/sinks', { credentials: 'same-origin', cache: 'no-store' })
       .then((r) => (r.ok ? r.json() : []))
       .then((list) => renderSinks(Array.isArray(list) ? list : []))
@@ -881,6 +887,7 @@
   }
   function pollHosts() {
     clearTimeout(hostsTimer);
+    if (hubDown()) { hostsTimer = setTimeout(pollHosts, HOSTS_POLL_MS); return; }
     if (hostsBusy) { hostsAgain = true; return; }
     hostsBusy = true;
     fetch('/api/hosts', { credentials: 'same-origin', cache: 'no-store' })

@@ -451,9 +451,7 @@ impl RawRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
     use crate::store::Store;
-    use std::time::Duration;
 
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn
@@ -470,13 +468,7 @@ mod tests {
 
     #[test]
     fn batch_replay_and_stats_queries_use_indexes_not_scans() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(
-            &dir.path().join("e.db"),
-            Synchronous::Normal,
-            Duration::from_secs(1),
-        )
-        .expect("open");
+        let (_dir, store) = Store::scratch().expect("open");
         let conn = store.conn().expect("conn");
         let pending = plan(&conn, SELECT_PENDING);
         assert!(
@@ -512,12 +504,7 @@ mod tests {
 
     #[test]
     fn a_remote_event_is_stored_once_and_dispatched_with_its_host() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(crate::error::io("tmp"))?;
-        let store = Store::open(
-            &dir.path().join("e.db"),
-            Synchronous::Normal,
-            Duration::from_secs(1),
-        )?;
+        let (_dir, store) = Store::scratch()?;
         let mut conn = store.dedicated()?;
         let remote = |n: i64| Remote {
             host: "garden".into(),

@@ -86,22 +86,15 @@ pub(crate) fn camera(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
     use crate::event::Event;
     use crate::history::{DAY_SECS, HOUR_SECS, prune_before};
     use crate::state::{IMAGE_CAPTURED, parse_utc_ms};
     use crate::store::Store;
     use serde_json::json;
-    use std::time::Duration;
 
     #[test]
     fn tallies_add_up_forgotten_cameras_go_and_old_buckets_are_pruned() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
-        let store = Store::open(
-            &dir.path().join("e.db"),
-            Synchronous::Normal,
-            Duration::from_secs(1),
-        )?;
+        let (_dir, store) = Store::scratch()?;
         let conn = store.dedicated()?;
         let shot = |camera: i64, at: &str| {
             Event::for_test(1, IMAGE_CAPTURED, at, json!({"camera_id": camera}))

@@ -90,6 +90,19 @@ impl Store {
         Store::open_as(path, synchronous, busy_timeout, OpenMode::Create)
     }
 
+    /// A store in a fresh temporary directory, for unit tests (the directory goes when
+    /// the returned guard drops).
+    #[cfg(test)]
+    pub(crate) fn scratch() -> Result<(tempfile::TempDir, Store)> {
+        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
+        let store = Store::open(
+            &dir.path().join("e.db"),
+            Synchronous::Normal,
+            Duration::from_secs(1),
+        )?;
+        Ok((dir, store))
+    }
+
     /// [`Store::open`], creating the file only in [`OpenMode::Create`]. Every refusal is an
     /// [`Error::DbFile`] naming the path and what is wrong, found before anything is written:
     /// a missing file or directory, permissions, a file that is not SQLite, one without our

@@ -248,9 +248,7 @@ fn records<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
     use crate::store::Store;
-    use std::time::Duration;
 
     fn camera_row(id: i64, at: &str) -> String {
         serde_json::to_string(&CameraState {
@@ -263,12 +261,7 @@ mod tests {
 
     #[test]
     fn a_load_keeps_the_most_recent_cameras_and_the_most_dispatched_types() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(crate::error::io("make a temp dir"))?;
-        let store = Store::open(
-            &dir.path().join("e.db"),
-            Synchronous::Normal,
-            Duration::from_secs(1),
-        )?;
+        let (_dir, store) = Store::scratch()?;
         let mut conn = store.dedicated()?;
         let at = |s: i64| format!("2026-11-26T10:00:{s:02}.000Z");
         for (id, second) in [(1, 5), (2, 9), (3, 1), (4, 9), (5, 7)] {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use timelapse_events::{Config, Hub, NewEvent};
 
-use crate::support::{EmitOk, HttpResponse, TestHub, WAIT, http, run_bin, wait_until};
+use crate::support::{EmitOk, HttpResponse, TestHub, WAIT, http, wait_until};
 
 /// A small JPEG by its markers: SOI, an APP0 segment, `fill`, EOI.
 fn jpeg(fill: &[u8]) -> Vec<u8> {
@@ -306,47 +306,34 @@ fn a_missing_images_dir_is_created_and_a_file_in_its_place_is_a_start_error() {
         };
         let e = Hub::start(config).expect_err("refused");
         assert!(e.to_string().contains("images_dir"), "{e}");
-        let db = tmp.path().join("cli.db");
-        let (status, _, stderr) = run_bin(&[
-            "serve",
-            "--db",
-            db.to_str().expect("UTF-8"),
-            "--bind",
-            "127.0.0.1:0",
-            "--images-dir",
-            dir.to_str().expect("UTF-8"),
-        ]);
-        assert_eq!(status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("images_dir"), "{stderr}");
+        refused(&["--images-dir", dir.to_str().expect("UTF-8")], None);
     }
     // The same setting from the environment and from the config file.
-    let db = tmp.path().join("cli.db");
-    let out = std::process::Command::new(crate::support::bin())
-        .args([
-            "serve",
-            "--db",
-            db.to_str().expect("UTF-8"),
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .env("TIMELAPSE_EVENTS_IMAGES_DIR", &file)
-        .output()
-        .expect("run the hub");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("images_dir"), "{stderr}");
+    refused(&[], Some(&file));
     let toml = tmp.path().join("config.toml");
     let line = format!("images_dir = {:?}\n", file.to_str().expect("UTF-8"));
     write(&toml, line.as_bytes());
-    let (status, _, stderr) = run_bin(&[
+    refused(&["--config", toml.to_str().expect("UTF-8")], None);
+}
+
+/// `serve` with `extra` (and `TIMELAPSE_EVENTS_IMAGES_DIR=env`) exits 2, naming `images_dir`.
+fn refused(extra: &[&str], env: Option<&Path>) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let db = tmp.path().join("cli.db");
+    let mut cmd = std::process::Command::new(crate::support::bin());
+    cmd.args([
         "serve",
         "--db",
         db.to_str().expect("UTF-8"),
         "--bind",
         "127.0.0.1:0",
-        "--config",
-        toml.to_str().expect("UTF-8"),
-    ]);
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    ])
+    .args(extra);
+    if let Some(dir) = env {
+        cmd.env("TIMELAPSE_EVENTS_IMAGES_DIR", dir);
+    }
+    let out = cmd.output().expect("run the hub");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
     assert!(stderr.contains("images_dir"), "{stderr}");
 }
