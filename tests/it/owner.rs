@@ -180,7 +180,11 @@ fn an_owner_sees_frames_names_history_and_honest_cards_and_can_forget_one() {
         "camera 1 is called Garden",
     );
     assert_eq!(field(&mut b, tab, 1, "sub"), "camera 1");
-    assert_eq!(card(&mut b, tab, 2)["title"], "Window");
+    b.wait(
+        tab,
+        "document.querySelector('.card[data-camera-id=\"2\"] h3').textContent === 'Window'",
+        "camera 2 is called Window",
+    );
     assert_eq!(card(&mut b, tab, 3)["title"], "Camera 3", "unnamed");
     // The latest frame, then the next one in its place.
     const FRAME: &str = "document.querySelector('.card[data-camera-id=\"1\"] .frame img')";
@@ -397,9 +401,10 @@ fn an_owner_sees_frames_names_history_and_honest_cards_and_can_forget_one() {
         .collect();
     assert_eq!(left, vec![1, 3], "{state}");
     assert_eq!(
-        b.eval(
+        b.wait(
             tab,
-            "document.querySelector('#log li[data-type=\"camera_forgotten\"] .line').textContent"
+            "document.querySelector('#log li[data-type=\"camera_forgotten\"] .line')?.textContent",
+            "the log says camera 2 was forgotten",
         ),
         "Window was forgotten"
     );
