@@ -146,7 +146,8 @@ CREATE TABLE IF NOT EXISTS remote_camera_state (
 -- poller for each dispatched image_captured, in its dispatch transaction. Retention of
 -- events never touches it, so the counts outlive the events; the retention thread deletes
 -- hour buckets older than 48 hours and day buckets older than 60 days. `host` is '' for this
--- host's cameras. Written by the hub only; GET /api/history reads it by primary key.
+-- host's cameras. Written by the hub only; GET /api/history reads it by primary key. The
+-- upgrade from version 5 fills it from the captures still stored.
 CREATE TABLE IF NOT EXISTS capture_history (
     host      TEXT    NOT NULL DEFAULT '',
     camera_id INTEGER NOT NULL,
