@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-
 use crate::sse;
 
 /// How often a blocked read wakes to look at the stop flag and the deadline.
@@ -67,15 +65,15 @@ pub struct Seen {
     pub error: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    data: Payload,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    n: u64,
-    t: i64,
+/// The producer's `{"n": …, "t": …}`, found wherever it sits in an event's data: the hub
+/// wraps what was stored in its envelope (`{"id": …, "data": {"n": …}}`), a peer such as
+/// nchan passes on the POSTed body as it is (`{"type": …, "data": {"n": …}}`).
+fn payload(v: &serde_json::Value) -> Option<(u64, i64)> {
+    let object = v.as_object()?;
+    if let (Some(n), Some(t)) = (object.get("n"), object.get("t")) {
+        return Some((n.as_u64()?, t.as_i64()?));
+    }
+    object.values().find_map(payload)
 }
 
 /// Runs one client to the end; never panics on what the server sends.
@@ -228,14 +226,15 @@ impl Parser {
     }
 
     fn event(&mut self, data: &str, now_ns: i64, seen: &mut Seen) {
-        let Ok(Envelope { data: p }) = serde_json::from_str::<Envelope>(data) else {
+        let Some((n, t)) = serde_json::from_str::<serde_json::Value>(data)
+            .ok()
+            .as_ref()
+            .and_then(payload)
+        else {
             seen.unexpected += 1;
             return;
         };
-        let Some(slot) = usize::try_from(p.n)
-            .ok()
-            .and_then(|i| self.seen_n.get_mut(i))
-        else {
+        let Some(slot) = usize::try_from(n).ok().and_then(|i| self.seen_n.get_mut(i)) else {
             seen.unexpected += 1;
             return;
         };
@@ -245,11 +244,11 @@ impl Parser {
         }
         *slot = true;
         seen.distinct += 1;
-        if self.max_n.is_some_and(|m| p.n < m) {
+        if self.max_n.is_some_and(|m| n < m) {
             seen.out_of_order += 1;
         }
-        self.max_n = Some(self.max_n.map_or(p.n, |m| m.max(p.n)));
-        seen.latencies_ns.push(now_ns - p.t);
+        self.max_n = Some(self.max_n.map_or(n, |m| m.max(n)));
+        seen.latencies_ns.push(now_ns - t);
     }
 }
 
@@ -283,5 +282,18 @@ mod tests {
             assert_eq!((seen.distinct, seen.duplicated, seen.comments), (2, 0, 2));
             assert_eq!(seen.latencies_ns, vec![5, 5]);
         }
+    }
+
+    #[test]
+    fn a_peer_s_identity_body_with_the_posted_json_parses() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n: hi\n\n\
+            id: 1:0\ndata: {\"type\":\"bench\",\"data\":{\"n\":0,\"t\":2}}\n\n\
+            event: ping\n\nid: 1:1\ndata: {\"type\":\"bench\",\"data\":{\"n\":1,\"t\":3}}\n\n";
+        let mut p = Parser::new(2);
+        let mut seen = Seen::default();
+        p.feed(wire, 5, &mut seen).expect("valid stream");
+        assert!(p.prelude_seen);
+        assert_eq!((seen.distinct, seen.unexpected, seen.comments), (2, 0, 1));
+        assert_eq!(seen.latencies_ns, vec![3, 2]);
     }
 }
