@@ -14,9 +14,12 @@
 //! cargo run --release --example bench -- all                 # every scenario, ~3 min
 //! cargo run --release --example bench -- s1 --seed-mode      # S1, and the old design's figures
 //! cargo run --release --example bench -- all --quick         # a small run of each (tests use it)
+//! cargo run --release --example bench -- peer --rounds 3     # side by side with nginx + nchan, ~25 min
 //! ```
 //!
-//! Scenarios: s1, emitter, s2, s3, s3-fanout, idle, streams500, burst, rss10, startup.
+//! Scenarios: s1, emitter, s2, s3, s3-fanout, idle, streams500, burst, rss10, startup, and
+//! `peer` (not part of `all`): the issue #17 scenarios against the hub and nginx + nchan,
+//! interleaved, with hub/nchan ratios (see `peer.rs`).
 //! Clients connect one after another (each once the previous was served), except in
 //! `burst`, where they all connect at once (see `Fleet::connect_with` for why). `--seed-mode` also runs the delivery and idle scenarios with the old
 //! design's parameters (0.5 s poll, 50 rows a batch; external producers only, which get no
@@ -30,6 +33,7 @@ mod child;
 #[path = "../common/cli.rs"]
 mod cli;
 mod client;
+mod peer;
 #[allow(dead_code)] // ProcStats and cpu_s, not threads_cpu_s
 #[path = "../common/procfs.rs"]
 mod procfs;
@@ -80,6 +84,10 @@ struct Args {
     /// Shrink every scenario (for tests and smoke runs).
     #[arg(long)]
     quick: bool,
+    /// Rounds of the `peer` scenario (each runs every scenario against the hub, then
+    /// nchan); the table gives the medians. `--quick` makes it 1.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Heartbeat interval of the `idle` scenario, in seconds.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
@@ -119,6 +127,8 @@ enum Which {
     Burst,
     Rss10,
     Startup,
+    /// Side by side with nginx + nchan (not part of `all`).
+    Peer,
 }
 
 fn main() -> ExitCode {
@@ -230,6 +240,9 @@ fn run(args: &Args) -> Result<(), BoxError> {
             );
         }
     }
+    if which == Which::Peer {
+        check(peer::run(q, args.rounds), "peer");
+    }
     println!("bench finished in {:.1} s", started.elapsed().as_secs_f64());
     if failed > 0 {
         return Err(format!("{failed} scenario(s) failed").into());
@@ -285,7 +298,7 @@ fn delivery(
     let (_dir, db, mut hub) = fresh_hub(params)?;
     let planned = Duration::from_secs_f64(count as f64 / rate);
     let target = format!("/api/events?last_event_id={}-0", stream_id(&db)?);
-    let fleet = Fleet::connect(&hub, &target, clients, count, planned + SETTLE_WAIT * 4)?;
+    let fleet = Fleet::connect(hub.addr, &target, clients, count, planned + SETTLE_WAIT * 4)?;
     fleet.wait_served(SETTLE_WAIT)?;
     std::thread::sleep(Duration::from_millis(200));
     let before = hub.stats()?;
@@ -340,7 +353,13 @@ fn idle_pair(clients: usize, secs: u64, heartbeat_secs: u64, seed: bool) -> Resu
 fn idle(clients: usize, secs: u64, params: &HubParams) -> Result<Summary, BoxError> {
     let (_dir, _, hub) = fresh_hub(params)?;
     let window = Duration::from_secs(secs);
-    let fleet = Fleet::connect(&hub, "/api/events", clients, 0, window + SETTLE_WAIT * 2)?;
+    let fleet = Fleet::connect(
+        hub.addr,
+        "/api/events",
+        clients,
+        0,
+        window + SETTLE_WAIT * 2,
+    )?;
     fleet.wait_served(SETTLE_WAIT)?;
     std::thread::sleep(Duration::from_millis(500));
     let before = hub.stats()?;
@@ -370,7 +389,7 @@ fn many_streams(n: usize, stagger: bool) -> Result<Summary, BoxError> {
     let (_dir, _, hub) = fresh_hub(&params)?;
     std::thread::sleep(Duration::from_millis(200));
     let baseline = hub.stats()?;
-    let fleet = Fleet::connect_with(&hub, "/api/events", n, 0, SETTLE_WAIT * 3, stagger)?;
+    let fleet = Fleet::connect_with(hub.addr, "/api/events", n, 0, SETTLE_WAIT * 3, stagger)?;
     let served = fleet.wait_served(if stagger { SETTLE_WAIT } else { BURST_WAIT });
     std::thread::sleep(Duration::from_secs(1));
     let held = hub.stats()?;
@@ -401,7 +420,7 @@ fn many_streams(n: usize, stagger: bool) -> Result<Summary, BoxError> {
 /// RSS of a hub holding 10 idle streams.
 fn rss_idle(clients: usize, settle_secs: u64) -> Result<Summary, BoxError> {
     let (_dir, _, hub) = fresh_hub(&HubParams::normal())?;
-    let fleet = Fleet::connect(&hub, "/api/events", clients, 0, SETTLE_WAIT * 2)?;
+    let fleet = Fleet::connect(hub.addr, "/api/events", clients, 0, SETTLE_WAIT * 2)?;
     fleet.wait_served(SETTLE_WAIT)?;
     std::thread::sleep(Duration::from_secs(settle_secs));
     let held = hub.stats()?;
@@ -540,13 +559,13 @@ struct Fleet {
 
 impl Fleet {
     fn connect(
-        hub: &HubChild,
+        addr: std::net::SocketAddr,
         target: &str,
         n: usize,
         expect: u64,
         limit: Duration,
     ) -> Result<Fleet, BoxError> {
-        Fleet::connect_with(hub, target, n, expect, limit, true)
+        Fleet::connect_with(addr, target, n, expect, limit, true)
     }
 
     /// `stagger`: each client connects once the one before it was served. Without it, all
@@ -555,7 +574,7 @@ impl Fleet {
     /// queues tasks behind threads that are about to take a stream for life; those
     /// connections are accepted but never read (measured: 4 of 30 served, Recv-Q full).
     fn connect_with(
-        hub: &HubChild,
+        addr: std::net::SocketAddr,
         target: &str,
         n: usize,
         expect: u64,
@@ -568,7 +587,7 @@ impl Fleet {
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
             let spec = Spec {
-                addr: hub.addr,
+                addr,
                 target: target.to_owned(),
                 expect,
                 stop: stop.clone(),

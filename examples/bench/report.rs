@@ -62,6 +62,22 @@ pub struct Summary {
     pub db_rows: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_mib: Option<f64>,
+    /// Peer mode: server CPU microseconds per delivered event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_delivery: Option<f64>,
+    /// Peer mode: context switches per second of every thread of the server process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wakeups_per_s: Option<f64>,
+    /// Peer mode: open descriptors of the server process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds: Option<u64>,
+    /// Peer mode, many streams: threads, descriptors and KiB of RSS each open stream adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads_per_stream: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds_per_stream: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_stream: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -153,11 +169,17 @@ impl Summary {
             ("producer commit p50 ms", self.producer_commit_p50_ms),
             ("producer commit p99 ms", self.producer_commit_p99_ms),
             ("db MiB", self.db_mib),
+            ("cpu us/delivery", self.cpu_us_per_delivery),
+            ("wakeups/s", self.wakeups_per_s),
+            ("threads/stream", self.threads_per_stream),
+            ("fds/stream", self.fds_per_stream),
+            ("KiB/stream", self.rss_kib_per_stream),
         ]
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k} {v:.2}")))
         .chain(self.threads_before.map(|t| format!("threads before {t}")))
         .chain(self.threads_after.map(|t| format!("threads after {t}")))
+        .chain(self.fds.map(|f| format!("fds {f}")))
         .chain(self.note.clone())
         .collect();
         if !extra.is_empty() {

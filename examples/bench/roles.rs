@@ -110,7 +110,7 @@ pub fn producer(db: &Path, rate: f64, count: u64, synchronous: &str) -> Result<(
 /// Calls `produce(n)` for n in 0..count on a fixed schedule of `rate` per second (catching
 /// up without sleeping when behind). Bounded by `count` and by three times the planned time
 /// plus 30 s.
-fn pace<E>(
+pub fn pace<E>(
     rate: f64,
     count: u64,
     mut produce: impl FnMut(u64) -> Result<(), E>,

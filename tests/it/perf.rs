@@ -177,3 +177,16 @@ fn rss_and_startup_scenarios_complete() {
         assert!(s["startup_ms"].as_f64().is_some(), "startup measured: {s}");
     }
 }
+
+#[test]
+fn peer_mode_delivers_exactly_once_to_the_hub_and_to_nchan_when_present() {
+    let runs = run("peer");
+    // Four scenarios against the hub, and as many against nchan where nginx has it.
+    assert!(
+        runs.len() == 4 || runs.len() == 8,
+        "one run per scenario and server: {runs:?}"
+    );
+    for s in runs {
+        assert_exact_delivery(&s);
+    }
+}
