@@ -141,7 +141,16 @@ fn post_while(db: &Path, kept: &Path, take: impl FnOnce()) -> Lost {
             })
         })
         .collect();
+    // Until the hub has acknowledged a POST (300 ms at least): under qemu on a loaded
+    // machine 300 ms alone were once not enough for the first answer.
     std::thread::sleep(Duration::from_millis(300));
+    wait_until(WAIT, || {
+        posts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|p| matches!(p.answer, Some((201, _))))
+    });
     take();
     let at = Instant::now();
     let mut exit = None;

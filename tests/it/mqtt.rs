@@ -266,7 +266,7 @@ fn ten_thousand_events_through_a_broker_kill_and_a_hub_kill_arrive_all_in_order(
         EVENTS / 3,
         seen.len(),
         counts.len(),
-        3 * WINDOW,
+        4 * WINDOW,
         lost.len(),
         elapsed.as_secs_f64()
     );
@@ -280,7 +280,11 @@ fn ten_thousand_events_through_a_broker_kill_and_a_hub_kill_arrive_all_in_order(
         ids[2 * EVENTS / 3]
     );
     assert_eq!(out_of_order, 0, "first arrivals in seq order");
-    assert!(dups <= 3 * WINDOW, "{dups} duplicates over the bound");
+    // At least once: what was in flight when the broker died (a window), what it had
+    // acknowledged in the 2 s before (sent again, at most a window), what was in flight when
+    // the hub died (a window), and what the broker itself delivers again to the subscriber
+    // from its last autosave (1 s): 195 once on a loaded machine, over 3 windows.
+    assert!(dups <= 4 * WINDOW, "{dups} duplicates over the bound");
     assert!(
         availability.contains(&"offline"),
         "the will published offline: {availability:?}"
