@@ -251,7 +251,13 @@ fn four_64_mib_headers_at_once_cost_a_few_mib() {
             "answered {status:?}"
         );
     }
-    assert!(peak - before < 16 * 1024, "peak RSS {before} → {peak} KiB");
+    // The kernel's RSS counters are per-CPU and read approximately, so a peak read after
+    // the flood may come out a little below the one read before it (seen under qemu: 71,104
+    // then 70,936 KiB): no growth, not an overflow.
+    assert!(
+        peak.saturating_sub(before) < 16 * 1024,
+        "peak RSS {before} → {peak} KiB"
+    );
     // Under qemu-user the emulator's own memory (near 60 MiB) is in the hub's RSS.
     let emulated = std::fs::read_link(format!("/proc/{pid}/exe"))
         .is_ok_and(|exe| exe.to_string_lossy().contains("qemu"));

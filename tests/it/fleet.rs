@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,12 @@ pub(crate) fn fleet_hub(db: &Path, bind: &str, url: &str) -> ChildHub {
 }
 
 /// A stream client of the fleet hub that follows it across its restarts (Last-Event-ID),
-/// collecting (host, n) of every event, until `done`.
-fn follow(addr: SocketAddr, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(String, i64)>> {
+/// collecting (host, n) of every event, until `done`; `seen` counts them as they come.
+fn follow(
+    addr: SocketAddr,
+    done: Arc<AtomicBool>,
+    seen: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<(String, i64)>> {
     std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut last: Option<String> = None;
@@ -67,6 +71,7 @@ fn follow(addr: SocketAddr, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Ve
                     v["host"].as_str().unwrap_or("").to_owned(),
                     v["data"]["n"].as_i64().unwrap_or(-1),
                 ));
+                seen.store(got.len(), SeqCst);
             }
             if c.ended {
                 std::thread::sleep(Duration::from_millis(100));
@@ -137,11 +142,12 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
     let mut garden = camera_host(&db_a, &url, "garden");
     let window = camera_host(&db_b, &url, "window");
     // The fleet's session exists before anything is published (what it holds survives).
-    assert!(wait_until(WAIT, || {
+    assert!(wait_until(WAIT * 3, || {
         http(fleet_addr, "GET", "/api/hosts", &[], b"").json()["fleet"]["connected"] == json!(true)
     }));
     let done = Arc::new(AtomicBool::new(false));
-    let client = follow(fleet_addr, done.clone());
+    let seen_so_far = Arc::new(AtomicUsize::new(0));
+    let client = follow(fleet_addr, done.clone(), seen_so_far.clone());
     let (em_a, em_b) = (
         Emitter::open(&db_a).expect("garden emitter"),
         Emitter::open(&db_b).expect("window emitter"),
@@ -197,7 +203,10 @@ fn a_fleet_hub_stores_every_event_of_two_hosts_once_through_three_kills() {
             .unwrap_or(0)
             >= total as u64
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until it has as many as were stored (under qemu on a loaded machine a fixed 1.5 s was
+    // not always enough), then a little longer, for any event it would get twice.
+    wait_until(WAIT * 3, || seen_so_far.load(SeqCst) >= total);
+    std::thread::sleep(Duration::from_millis(1000));
     done.store(true, SeqCst);
     let seen = client.join().expect("the stream client");
     let table = stored(&db_f);
