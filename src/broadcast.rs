@@ -12,13 +12,15 @@
 //! (measured with perf: 16 % of the hub's CPU at 100 events/s to 10 clients). A
 //! `VecDeque` also grows only as far as a subscriber lags, instead of allocating 1,024
 //! slots per stream up front.
+//!
+//! Whoever learns that a subscriber's reader is gone ([`Queue::hang_up`]: the HTTP
+//! server's departure watcher) wakes its waiting stream at once, so its place is free
+//! without the stream having to look now and then.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::error::{Error, Result};
 use crate::sse::{Filter, Frame};
@@ -58,6 +60,19 @@ pub(crate) struct Queue {
 struct QueueState {
     items: VecDeque<Arc<Frame>>,
     closed: bool,
+    /// The subscriber's reader is gone ([`Queue::hang_up`]).
+    gone: bool,
+}
+
+/// Why [`Queue::recv_timeout`] returned no frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecvError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The queue was closed (cut off, or the broadcast closed) and is drained.
+    Closed,
+    /// The subscriber's reader is gone ([`Queue::hang_up`]); what is queued is not wanted.
+    Gone,
 }
 
 enum Push {
@@ -99,20 +114,30 @@ impl Queue {
         self.ready.notify_all();
     }
 
+    /// Marks the subscriber's reader gone and wakes its waiting stream, which then gets
+    /// [`RecvError::Gone`] at once. Called from another thread than the stream's.
+    pub(crate) fn hang_up(&self) {
+        self.lock().gone = true;
+        self.ready.notify_all();
+    }
+
     /// The next frame, waiting up to `timeout`.
-    pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<Arc<Frame>, RecvTimeoutError> {
+    pub(crate) fn recv_timeout(&self, timeout: Duration) -> Result<Arc<Frame>, RecvError> {
         let deadline = Instant::now() + timeout;
         let mut q = self.lock();
         loop {
+            if q.gone {
+                return Err(RecvError::Gone);
+            }
             if let Some(f) = q.items.pop_front() {
                 return Ok(f);
             }
             if q.closed {
-                return Err(RecvTimeoutError::Disconnected);
+                return Err(RecvError::Closed);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(RecvTimeoutError::Timeout);
+                return Err(RecvError::Timeout);
             }
             q = self
                 .ready
@@ -326,12 +351,36 @@ mod tests {
         b.close();
         assert!(matches!(
             s.rx.recv_timeout(Duration::from_secs(1)),
-            Err(RecvTimeoutError::Disconnected)
+            Err(RecvError::Closed)
         ));
         assert!(matches!(
             b.subscribe(Filter::default(), "b".into()),
             Err(Error::Closed)
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_hang_up_wakes_a_waiting_stream_at_once() -> Result<()> {
+        let b = Arc::new(Broadcast::default());
+        let s = b.subscribe(Filter::default(), "a".into())?;
+        b.publish(&[frame(1, "x", 1)]);
+        let q = s.rx.clone();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            q.hang_up();
+        });
+        assert_eq!(s.rx.recv_timeout(Duration::ZERO).map(|f| f.seq), Ok(1));
+        let t = Instant::now();
+        assert_eq!(
+            s.rx.recv_timeout(Duration::from_secs(30)).err(),
+            Some(RecvError::Gone)
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "woken, not timed out"
+        );
+        let _ = waker.join();
         Ok(())
     }
 }

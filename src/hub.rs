@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
 use crate::fleet::Fleet;
-use crate::http::{self, Ctx, Listener, Server};
+use crate::http::{self, Ctx, Departures, Listener, Server};
 use crate::mdns::Advert;
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
@@ -52,6 +52,9 @@ pub struct Hub {
     poller_stop: Option<Sender<()>>,
     out: Outputs,
     streams: Arc<Group>,
+    /// `tle-departures`, which tells streams their client left (`None`: it could not
+    /// start, and streams ask every 500 ms); stopped after the streams.
+    departures: Option<Departures>,
     http: Option<Server>,
     addr: SocketAddr,
     failures: Receiver<String>,
@@ -163,6 +166,16 @@ impl Hub {
         let poller_quiet = poller::max_quiet(pace.poll_interval);
         let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
         let streams = http::streams(&config);
+        let departures = match Departures::start(fatal.clone()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                log::warn!(
+                    "{}; each stream asks every 500 ms whether its client left instead",
+                    e.chain()
+                );
+                None
+            }
+        };
         let ctx = Arc::new(Ctx {
             config: config.clone(),
             store: store.clone(),
@@ -191,6 +204,7 @@ impl Hub {
             poller_stop: Some(stop_tx),
             out,
             streams,
+            departures,
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
             failures,
@@ -202,7 +216,7 @@ impl Hub {
             _lock: lock,
         };
         // On failure here, `hub` drops and stops what already runs.
-        let server = http::start(ctx, listener, fatal)?;
+        let server = http::start(ctx, listener, fatal, hub.departures.as_ref())?;
         hub.addr = server.addr();
         hub.http = Some(server);
         // Only now that the port is known (and taken): never a failed start.
@@ -363,6 +377,9 @@ impl Hub {
             log::warn!(
                 "{left} streams still writing at shutdown (their send timeout will end them)"
             );
+        }
+        if let Some(d) = self.departures.take() {
+            keep(d.stop());
         }
         if !self.stopped {
             self.stopped = true;

@@ -23,13 +23,19 @@ use crate::error::Result;
 use crate::thread::Fatal;
 
 pub(crate) use ctx::{Ctx, stream_peers, streams};
-pub(crate) use server::{Listener, Server};
+pub(crate) use server::{Departures, Listener, Server};
 
-/// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]).
+/// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]); streams learn
+/// from `departures` when their client left (without it, they ask every 500 ms).
 ///
 /// # Errors
 /// A thread cannot start.
-pub(crate) fn start(ctx: Arc<Ctx>, listener: Listener, fatal: Fatal) -> Result<Server> {
+pub(crate) fn start(
+    ctx: Arc<Ctx>,
+    listener: Listener,
+    fatal: Fatal,
+    departures: Option<&Departures>,
+) -> Result<Server> {
     let config = ctx.config.clone();
     // Before the first request can arrive: the Host check needs the bound port.
     let _ = ctx.bound.set(listener.addr()?); // Err: already set, to the same listener
@@ -38,5 +44,6 @@ pub(crate) fn start(ctx: Arc<Ctx>, listener: Listener, fatal: Fatal) -> Result<S
         listener,
         Box::new(move |rq| routes::handle(rq, &ctx)),
         fatal,
+        departures.map(Departures::watch),
     )
 }

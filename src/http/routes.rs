@@ -1054,6 +1054,9 @@ mod tests {
         fn left(&self) -> bool {
             false
         }
+        fn on_leave(&mut self, _wake: crate::http::server::Wake) -> bool {
+            false
+        }
     }
 
     #[test]

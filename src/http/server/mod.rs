@@ -1,7 +1,8 @@
 //! The HTTP server, the one wall between the network and our handlers: our own listener,
 //! the door (`tle-door`, [`door`]) that holds every connection until a whole request has
-//! arrived within the limits, and the workers (`tle-http-N`) that run the handler on it and
-//! write the answer with tiny_http's response writer ([`render`]). The rest of `http/`
+//! arrived within the limits, the workers (`tle-http-N`) that run the handler on it and
+//! write the answer with tiny_http's response writer ([`render`]), and the departure
+//! watcher (`tle-departures`, [`departures`]) that tells each stream when its client left. The rest of `http/`
 //! sees only [`Request`] in and [`Answer`] out, in the spirit of rouille's
 //! `start_server(addr, handler)`.
 //!
@@ -26,10 +27,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
+mod departures;
 mod door;
 mod render;
 mod wire;
 
+pub(crate) use departures::{Departures, Wake, Watch};
 pub(crate) use door::Conn;
 pub(crate) use render::EVERY_ANSWER;
 
@@ -53,14 +56,14 @@ pub(crate) enum Answer {
 
 /// A connection taken over by a handler: written to, and asked whether its client left.
 pub(crate) trait Client: Write + Send {
-    /// True once the client has closed or reset the connection. Never blocks.
+    /// True once the client has closed or reset the connection (bytes it sent meanwhile
+    /// are dropped). Never blocks.
     fn left(&self) -> bool;
-}
 
-impl Client for Conn {
-    fn left(&self) -> bool {
-        Conn::left(self)
-    }
+    /// Asks for `wake` to be called, once and from another thread, when the client closes
+    /// or resets the connection (at once if it already has). False when nobody watches
+    /// (no departure watcher runs): then the owner asks [`Client::left`] now and then.
+    fn on_leave(&mut self, wake: Wake) -> bool;
 }
 
 /// See [`Answer::Takeover`].
@@ -92,6 +95,9 @@ struct Shared {
     jobs: Receiver<Job>,
     /// When a worker last took a request, in ms since the hall's epoch.
     taken_ms: AtomicU64,
+    /// Where taken-over connections are watched for their client leaving (`None`: the
+    /// watcher could not start).
+    departures: Option<Arc<Watch>>,
 }
 
 /// A listener bound by [`Listener::bind`] and not yet served. Binding comes first in
@@ -145,7 +151,8 @@ fn accept_alive(now_ms: u64, beat_ms: u64, taken_ms: u64, queue_empty: bool) -> 
 impl Server {
     /// Starts the door and `config.http_workers` workers on `listener`, with at most
     /// `config.max_conns` connections (fewer if the process has fewer descriptors).
-    /// `fatal` hears when the door dies.
+    /// `fatal` hears when the door dies. Taken-over connections go into `departures`'
+    /// watch, if there is one.
     ///
     /// # Errors
     /// A thread cannot start, or the listener cannot be set up.
@@ -154,6 +161,7 @@ impl Server {
         listener: Listener,
         handler: Box<Handler>,
         fatal: Fatal,
+        departures: Option<Arc<Watch>>,
     ) -> Result<Server> {
         let Listener(listener) = listener;
         let addr = listener
@@ -191,6 +199,7 @@ impl Server {
             back: back_tx,
             jobs: jobs_rx.clone(),
             taken_ms: AtomicU64::new(0),
+            departures,
         });
         let door = spawn_named("door", Some(256 * 1024), move || {
             let ran = catch_unwind(AssertUnwindSafe(|| {
@@ -328,7 +337,10 @@ fn serve(job: Job, shared: &Shared) {
                 shared.hall.ring();
             }
         }
-        Answer::Takeover(start) => start(Box::new(conn)),
+        Answer::Takeover(start) => start(Box::new(departures::Taken::new(
+            conn,
+            shared.departures.clone(),
+        ))),
     }
 }
 
