@@ -41,8 +41,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Connections accepted per wake-up, so that reading the held ones goes on under a flood.
 const ACCEPTS_PER_ROUND: usize = 256;
-/// The door sleeps at most this long (it beats for the liveness check each round).
-const ROUND: Duration = Duration::from_millis(500);
+/// What `Hall::beat_ms` holds while the door sleeps in `poll` (see [`Hall::beat_ms`]).
+pub(crate) const PARKED: u64 = u64::MAX;
 /// How soon requests waiting for room in the workers' queue are offered again.
 const WAITING_ROUND: Duration = Duration::from_millis(2);
 /// A warning about refused connections at most this often.
@@ -112,7 +112,10 @@ pub(crate) struct Hall {
     /// until `stop_by_ms` to arrive.
     pub(crate) stopping: AtomicBool,
     pub(crate) stop_by_ms: AtomicU64,
-    /// When the door last went round its loop, in ms since `epoch`.
+    /// When the door last went round its loop, in ms since `epoch`; [`PARKED`] while it
+    /// sleeps in `poll`, which returns as soon as anything is to be done (a connection,
+    /// a byte, the bell, a deadline), so a parked door is never a wedged one and needs
+    /// no wake-up of its own to beat.
     pub(crate) beat_ms: AtomicU64,
     pub(crate) epoch: Instant,
     /// Wakes the door: a byte written here.
@@ -213,24 +216,27 @@ pub(crate) fn run(
             door.welcome(conn, rest, now + rules.idle_timeout);
         }
         door.queue_waiting(now);
-        // Requests waiting for the workers are offered again soon.
-        let round = if door.waiting.is_empty() {
-            ROUND
-        } else {
-            WAITING_ROUND
-        };
+        // Sleeps until the next deadline: a held connection's, the stop's, or soon when
+        // requests wait for the workers; with none, until something happens.
+        let stop_by = stopping.then(|| {
+            let by = hall.stop_by_ms.load(Ordering::SeqCst);
+            Duration::from_millis(by.saturating_sub(hall.now_ms()))
+        });
         let wait = door
             .held
             .iter()
             .map(|h| h.deadline.saturating_duration_since(now))
-            .min()
-            .unwrap_or(round)
-            .min(round);
+            .chain(stop_by)
+            .chain((!door.waiting.is_empty()).then_some(WAITING_ROUND))
+            .min();
         // Rounded up a millisecond: a deadline is never polled for early and spun on.
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: i64::from(wait.subsec_millis() + 1) * 1_000_000,
-        };
+        let timeout = wait.map(|wait| {
+            let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2) + 1;
+            Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: (ms % 1000) * 1_000_000,
+            }
+        });
         {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(door.held.len() + 2);
             let taking = if stopping {
@@ -245,7 +251,10 @@ pub(crate) fn run(
                     .iter()
                     .map(|h| PollFd::new(&h.conn.stream, PollFlags::IN)),
             );
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
+            hall.beat_ms.store(PARKED, Ordering::Relaxed);
+            let polled = rustix::event::poll(&mut fds, timeout.as_ref());
+            hall.beat_ms.store(hall.now_ms(), Ordering::Relaxed);
+            match polled {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {

@@ -141,10 +141,11 @@ impl Liveness {
     }
 }
 
-/// Whether the accept path works: the door beat within [`WEDGED_MS`], and no request has
-/// waited that long for a worker (queued ones, and no worker has taken one since).
+/// Whether the accept path works: the door sleeps in `poll` ([`door::PARKED`]) or beat
+/// within [`WEDGED_MS`], and no request has waited that long for a worker (queued ones,
+/// and no worker has taken one since).
 fn accept_alive(now_ms: u64, beat_ms: u64, taken_ms: u64, queue_empty: bool) -> bool {
-    now_ms.saturating_sub(beat_ms) <= WEDGED_MS
+    (beat_ms == door::PARKED || now_ms.saturating_sub(beat_ms) <= WEDGED_MS)
         && (queue_empty || now_ms.saturating_sub(taken_ms) <= WEDGED_MS)
 }
 
@@ -382,6 +383,7 @@ mod tests {
             (0, 0, 0, true, true),
             (w, 0, 0, true, true),
             (w + 1, 0, 0, true, false), // the door stopped going round
+            (w + 1, door::PARKED, 0, true, true), // it sleeps in poll: nothing to do
             (w + 100, w + 50, 0, true, true), // idle: nothing queued
             (w + 100, w + 50, 0, false, false), // queued, no worker took any for long
             (w + 100, w + 50, 200, false, true), // queued, a worker took one recently
