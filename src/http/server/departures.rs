@@ -235,3 +235,51 @@ impl Client for Taken {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().expect("bound address");
+        let client = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
+    #[test]
+    fn a_departure_wakes_once_and_bytes_or_a_removed_socket_never_do() {
+        let (fatal, failures) = Fatal::channel();
+        let departures = Departures::start(fatal).expect("an epoll set");
+        let watch = departures.watch();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake = |name: &'static str| -> Wake {
+            let tx = tx.clone();
+            Box::new(move || {
+                let _ = tx.send(name);
+            })
+        };
+
+        let (mut talker, talker_end) = pair(&listener);
+        watch.add(&talker_end, wake("talker")).expect("add");
+        let (removed, removed_end) = pair(&listener);
+        let token = watch.add(&removed_end, wake("removed")).expect("add");
+        // Pipelined bytes are not leaving.
+        std::io::Write::write_all(&mut talker, b"GET / HTTP/1.1\r\n\r\n").expect("send");
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        // Taken out before it closes: its departure is nobody's.
+        watch.remove(&removed_end, token);
+        drop(removed);
+        drop(removed_end);
+        drop(talker);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("talker"));
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "once");
+
+        departures.stop().expect("stops cleanly");
+        assert!(failures.try_recv().is_err());
+        drop(talker_end);
+    }
+}
