@@ -23,7 +23,7 @@ use crate::state::Limits;
 use crate::store::identity::DbLock;
 use crate::store::{OpenMode, SCHEMA_VERSION, Store, events};
 use crate::thread::{Fatal, Group, join_thread, spawn_critical, spawn_named};
-use crate::watch::WalWatch;
+use crate::watch::{WalWatch, WatchStop};
 
 /// The poller's backstop check when WAL notifications work (they do the real waking).
 const WATCHED_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -45,6 +45,8 @@ pub struct Hub {
     retention: Option<JoinHandle<Result<()>>>,
     checkpointer: Option<JoinHandle<Result<()>>>,
     watcher: Option<JoinHandle<Result<()>>>,
+    /// Dropped to stop `tle-watch` (it sleeps in `poll` on the WAL and on this, no timeout).
+    watch_stop: Option<WatchStop>,
     /// The `tle-sink-<name>` threads.
     sinks: Sinks,
     /// The `tle-fleet` thread, with `--mqtt-subscribe`.
@@ -134,14 +136,14 @@ impl Hub {
             stale_floor: config.stale_floor,
             limits: Limits::new(config.max_cameras, config.max_event_types),
         };
-        let watcher = match watch {
-            Some(w) => {
-                let stop = stop_rx.clone();
+        let (watcher, watch_stop) = match watch {
+            Some((w, stop)) => (
                 Some(spawn_critical("watch", Some(fatal.clone()), move || {
-                    w.run(&wake_tx, &stop)
-                })?)
-            }
-            None => None,
+                    w.run(&wake_tx)
+                })?),
+                Some(stop),
+            ),
+            None => (None, None),
         };
         // Loads the state before any request is served, so /api/state always has an answer.
         let poller = Poller::open(&store, &pace, out.clone(), intake, wake_rx, stop_rx.clone())?;
@@ -199,6 +201,7 @@ impl Hub {
             retention: Some(retention),
             checkpointer: Some(checkpointer),
             watcher,
+            watch_stop,
             sinks,
             fleet,
             poller_stop: Some(stop_tx),
@@ -366,6 +369,7 @@ impl Hub {
         if let Some(r) = self.retention.take() {
             keep(join_thread("retention", r));
         }
+        drop(self.watch_stop.take());
         if let Some(w) = self.watcher.take() {
             keep(join_thread("watch", w));
         }
