@@ -1,8 +1,9 @@
 //! Every statement on `sse_events` and `hub_meta`.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
+use super::tx::WriteTx;
 use super::{history, state_rows};
 use crate::error::{Error, Result, db};
 use crate::event::{Cursor, Event, EventId, NewEvent, Priority, validate_type};
@@ -15,6 +16,9 @@ pub(crate) struct Insert<'a> {
     pub(crate) data: &'a str,
 }
 
+/// Per group of rows, in order: the ids it was stored under, or why it was not.
+pub(crate) type Stored = Vec<Result<Vec<EventId>>>;
+
 const INSERT: &str = "INSERT INTO sse_events (event_type, event_data, priority, source) \
                       VALUES (?1, ?2, ?3, ?4)";
 
@@ -22,30 +26,22 @@ const INSERT: &str = "INSERT INTO sse_events (event_type, event_data, priority, 
 /// atomic on its own (a savepoint): if SQLite refuses one of its rows, that group's rows
 /// are rolled back and it gets the error, while the other groups commit. A failed BEGIN or
 /// COMMIT fails them all.
-pub(crate) fn insert_groups(
-    conn: &mut Connection,
-    groups: &[Vec<Insert<'_>>],
-) -> Result<Vec<Result<Vec<EventId>>>> {
-    let mut tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db("begin writing events"))?;
-    let results = insert_in(&mut tx, groups)?;
+pub(crate) fn insert_groups(conn: &mut Connection, groups: &[Vec<Insert<'_>>]) -> Result<Stored> {
+    let tx = WriteTx::begin(conn).map_err(db("begin writing events"))?;
+    let results = insert_in(&tx, groups)?;
     tx.commit().map_err(db("commit events"))?;
     Ok(results)
 }
 
 /// The groups of [`insert_groups`], each in a savepoint of `tx`.
-fn insert_in(
-    tx: &mut Transaction<'_>,
-    groups: &[Vec<Insert<'_>>],
-) -> Result<Vec<Result<Vec<EventId>>>> {
+fn insert_in(tx: &WriteTx<'_>, groups: &[Vec<Insert<'_>>]) -> Result<Stored> {
     let mut results = Vec::with_capacity(groups.len());
     for rows in groups {
         let sp = tx.savepoint().map_err(db("begin an event group"))?;
         let inserted = insert_rows(&sp, rows);
         match inserted {
             Ok(ids) => {
-                sp.commit().map_err(db("finish an event group"))?;
+                sp.release().map_err(db("finish an event group"))?;
                 results.push(Ok(ids));
             }
             Err(e) => {
@@ -100,9 +96,7 @@ const INSERT_REMOTE: &str = "INSERT INTO sse_events \
 /// skipped by the schema; returns how many were new. All or none: the caller acknowledges
 /// them to the broker only after this returns.
 pub(crate) fn insert_remote(conn: &mut Connection, rows: &[Remote]) -> Result<usize> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db("begin storing remote events"))?;
+    let tx = WriteTx::begin(conn).map_err(db("begin storing remote events"))?;
     let mut new = 0;
     {
         let mut stmt = tx
@@ -165,11 +159,9 @@ pub(crate) fn store_and_dispatch(
     head: &mut i64,
     limit: usize,
     state: &mut State,
-) -> Result<(Vec<Result<Vec<EventId>>>, Dispatched)> {
-    let mut tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db("begin dispatch"))?;
-    let stored = insert_in(&mut tx, groups)?;
+) -> Result<(Stored, Dispatched)> {
+    let tx = WriteTx::begin(conn).map_err(db("begin dispatch"))?;
+    let stored = insert_in(&tx, groups)?;
     let mut events = Vec::new();
     let mut rejected = 0;
     let mut seq = *head;

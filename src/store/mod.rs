@@ -13,6 +13,7 @@ pub(crate) mod maintenance;
 mod schema;
 pub(crate) mod sinks;
 pub(crate) mod state_rows;
+mod tx;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
