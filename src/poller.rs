@@ -199,6 +199,9 @@ impl Poller {
         let mut speculated = Instant::now();
         // A nudge arrived within SPECULATIVE_EVERY of the last speculative dispatch.
         let mut deferred = false;
+        // The step is for a nudge whose commit was not visible: it dispatches only if, once
+        // it holds the write lock, another connection has committed.
+        let mut speculative = false;
         loop {
             // Idle or busy, each round is a beat; a step stuck in a busy wait is not.
             self.out.status.beat();
@@ -216,6 +219,10 @@ impl Poller {
                 // write transaction for every nudge at 1,000 events/s, p99 141 ms).
                 // A nudge the rate limit held back is not dropped: it runs when the
                 // limit allows (2 ms later at most), not at the next backstop poll.
+                // That dispatch reads nothing unless data_version moved by the time it
+                // holds the lock: the nudge of our own commit costs BEGIN, one pragma and
+                // ROLLBACK (measured with 200 events from another process: 426 full
+                // dispatch transactions before; 201 after, beside 208 such probes).
                 let timeout = if deferred {
                     SPECULATIVE_EVERY.saturating_sub(speculated.elapsed())
                 } else {
@@ -249,6 +256,7 @@ impl Poller {
                     Ok(_) if nudged && speculated.elapsed() >= SPECULATIVE_EVERY => {
                         speculated = Instant::now();
                         pending = true;
+                        speculative = true;
                     }
                     Ok(_) if nudged => deferred = true,
                     Ok(_) => {}
@@ -265,7 +273,7 @@ impl Poller {
             if !pending && self.group.is_empty() {
                 continue;
             }
-            let outcome = self.drain();
+            let outcome = self.drain(std::mem::take(&mut speculative));
             // Back from the database, whatever it said: not stuck.
             self.out.status.beat();
             // The step took the write lock, so it saw every commit a held-back nudge was
@@ -331,7 +339,7 @@ impl Poller {
             if self.group.is_empty() {
                 break;
             }
-            if let Err(e) = self.step() {
+            if let Err(e) = self.step(false) {
                 log::error!("poller at shutdown: {}", e.chain());
             }
         }
@@ -358,10 +366,11 @@ impl Poller {
     }
 
     /// Steps until no batch is full and no emit waits. Returns false if asked to stop
-    /// between steps.
-    fn drain(&mut self) -> Result<bool> {
+    /// between steps. `speculative`: the first step dispatches only if another connection
+    /// has committed since the last (see [`events::store_and_dispatch`]).
+    fn drain(&mut self, mut speculative: bool) -> Result<bool> {
         loop {
-            let full = self.step()?;
+            let full = self.step(std::mem::take(&mut speculative))?;
             // A long backlog is many quick steps: each one is progress.
             self.out.status.beat();
             emitter::take_queued(&self.jobs, &mut self.group);
@@ -376,7 +385,8 @@ impl Poller {
 
     /// One transaction: stores the group (and empties it, answering every job), dispatches
     /// a batch, publishes it. Returns true when the batch was full (more may be pending).
-    fn step(&mut self) -> Result<bool> {
+    /// `speculative` with no emits waiting: only if `data_version` moved.
+    fn step(&mut self, speculative: bool) -> Result<bool> {
         let started = Instant::now();
         // The batch has room for every new row, so an emit is dispatched in its own commit
         // unless a backlog of higher priority is ahead of it.
@@ -390,11 +400,17 @@ impl Poller {
                 &mut self.head,
                 limit,
                 &mut self.state,
+                speculative.then_some(self.data_version),
             )
         };
         // Committed, but perhaps into a file deleted or replaced meanwhile: then nothing of
         // this step is acknowledged or published (one stat per transaction).
-        let outcome = outcome.and_then(|done| self.verify_identity().map(|()| done));
+        let outcome = match outcome {
+            // Nothing committed by anyone else: nothing was read, stored or committed.
+            Ok(None) => return Ok(false),
+            Ok(Some(done)) => self.verify_identity().map(|()| done),
+            Err(e) => Err(e),
+        };
         let out = &self.out;
         let (stored, batch) = match outcome {
             Ok(done) => done,
@@ -414,6 +430,8 @@ impl Poller {
             let failed = emitter::answer(&mut self.group, Ok(stored), Some(&out.metrics));
             out.status.set_writes(failed);
         }
+        // Every commit up to here has been read: only a later one needs a dispatch.
+        self.data_version = batch.data_version;
         if batch.state_changed {
             self.state_version += 1;
             out.cache

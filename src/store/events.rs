@@ -144,6 +144,9 @@ pub(crate) struct Dispatched {
     pub(crate) state_changed: bool,
     /// Events of the batch over the state's limits (stored and dispatched all the same).
     pub(crate) not_folded: NotFolded,
+    /// `PRAGMA data_version` as the transaction saw it: every commit it stands for was
+    /// read by this dispatch.
+    pub(crate) data_version: i64,
 }
 
 /// The hub's step: in one IMMEDIATE transaction, stores `groups` (each atomic on its own,
@@ -152,6 +155,12 @@ pub(crate) struct Dispatched {
 /// both, so an event from the hub's own process costs one commit, not two. `head` and
 /// `state` are updated only when the commit succeeds; a failed BEGIN or COMMIT fails every
 /// group and dispatches nothing.
+///
+/// With `unless_seen` (the `data_version` the caller last saw) and no groups, it returns
+/// `None` once it holds the write lock if no other connection has committed since, and
+/// rolls back having read nothing: BEGIN IMMEDIATE waited for any commit in progress, so
+/// a file event whose commit was not yet visible costs the full dispatch only if there
+/// was one, and the event of the caller's own last commit costs three cached statements.
 pub(crate) fn store_and_dispatch(
     conn: &mut Connection,
     groups: &[Vec<Insert<'_>>],
@@ -159,8 +168,13 @@ pub(crate) fn store_and_dispatch(
     head: &mut i64,
     limit: usize,
     state: &mut State,
-) -> Result<(Stored, Dispatched)> {
+    unless_seen: Option<i64>,
+) -> Result<Option<(Stored, Dispatched)>> {
     let tx = WriteTx::begin(conn).map_err(db("begin dispatch"))?;
+    let version = data_version(&tx)?;
+    if groups.is_empty() && unless_seen == Some(version) {
+        return Ok(None);
+    }
     let stored = insert_in(&tx, groups)?;
     let mut events = Vec::new();
     let mut rejected = 0;
@@ -244,15 +258,16 @@ pub(crate) fn store_and_dispatch(
     if let (true, Some(next)) = (state_changed, next_state) {
         *state = next;
     }
-    Ok((
+    Ok(Some((
         stored,
         Dispatched {
             events,
             rejected,
             state_changed,
             not_folded,
+            data_version: version,
         },
-    ))
+    )))
 }
 
 const SELECT_SEQ_OF: &str = "SELECT seq FROM sse_events WHERE id = ?1";
@@ -495,6 +510,45 @@ mod tests {
     }
 
     #[test]
+    fn a_dispatch_unless_seen_runs_only_after_another_connections_commit() -> Result<()> {
+        let (_dir, store) = Store::scratch()?;
+        let mut conn = store.dedicated()?;
+        let other = store.dedicated()?;
+        let mut head = 0;
+        let mut state = State::default();
+        let log_id = store.log_id();
+        let mut dispatch = |conn: &mut Connection, groups: &[Vec<Insert<'_>>], seen| {
+            store_and_dispatch(conn, groups, log_id, &mut head, 100, &mut state, seen)
+                .map(|d| d.map(|(_, d)| (d.events.len(), d.data_version)))
+        };
+        let Some((0, seen)) = dispatch(&mut conn, &[], None)? else {
+            panic!("a dispatch without `unless_seen` always runs");
+        };
+        assert_eq!(dispatch(&mut conn, &[], Some(seen))?, None, "nothing new");
+        // Its own commit (an emit stored by the same step) is not another's.
+        let own = NewEvent::new("own", serde_json::json!({}));
+        let data = own.data.to_string();
+        let group = vec![vec![Insert {
+            event: &own,
+            data: &data,
+        }]];
+        assert_eq!(dispatch(&mut conn, &group, Some(seen))?, Some((1, seen)));
+        assert_eq!(dispatch(&mut conn, &[], Some(seen))?, None, "own commit");
+        other
+            .execute(
+                "INSERT INTO sse_events (event_type, event_data) VALUES ('theirs', '{}')",
+                [],
+            )
+            .map_err(db("test insert"))?;
+        let Some((1, after)) = dispatch(&mut conn, &[], Some(seen))? else {
+            panic!("another connection's row is dispatched");
+        };
+        assert_ne!(after, seen);
+        assert_eq!(dispatch(&mut conn, &[], Some(after))?, None, "seen now");
+        Ok(())
+    }
+
+    #[test]
     fn a_remote_event_is_stored_once_and_dispatched_with_its_host() -> Result<()> {
         let (_dir, store) = Store::scratch()?;
         let mut conn = store.dedicated()?;
@@ -512,8 +566,18 @@ mod tests {
         assert_eq!(insert_remote(&mut conn, &[remote(2), remote(3)])?, 1);
         let mut head = 0;
         let mut state = State::default();
-        let (_, d) =
-            store_and_dispatch(&mut conn, &[], store.log_id(), &mut head, 100, &mut state)?;
+        let Some((_, d)) = store_and_dispatch(
+            &mut conn,
+            &[],
+            store.log_id(),
+            &mut head,
+            100,
+            &mut state,
+            None,
+        )?
+        else {
+            panic!("a dispatch without `unless_seen` always runs");
+        };
         let got: Vec<(Option<&str>, Value)> = d
             .events
             .iter()
