@@ -1,6 +1,6 @@
-//! [`Bell`]: the poller rings it after each dispatched batch; each listener (a sink) holds a
-//! channel of one place, so rings coalesce and a ring that comes while a listener is busy
-//! wakes it as soon as it waits. Imports nothing of ours.
+//! [`Bell`]: the poller rings it after each dispatched batch; each listener (a sink, the
+//! checkpointer) holds a channel of one place, so rings coalesce and a ring that comes
+//! while a listener is busy wakes it as soon as it waits. Imports nothing of ours.
 
 use std::sync::{Mutex, PoisonError};
 

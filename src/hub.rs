@@ -149,8 +149,9 @@ impl Hub {
         let poller = Poller::open(&store, &pace, out.clone(), intake, wake_rx, stop_rx.clone())?;
         let checkpointer = {
             let (store, stop) = (store.clone(), stop_rx.clone());
+            let dispatched = out.dispatched.listen();
             spawn_critical("checkpoint", Some(fatal.clone()), move || {
-                crate::checkpoint::run(&store, &stop)
+                crate::checkpoint::run(&store, &stop, &dispatched)
             })?
         };
         // Registers the sinks' cursors before retention's first round, which they hold.

@@ -52,7 +52,7 @@ pub(crate) fn max_quiet(poll_interval: Duration) -> Duration {
 #[derive(Clone, Default)]
 pub(crate) struct Outputs {
     pub(crate) broadcast: Arc<Broadcast>,
-    /// Rung after each dispatched batch: the sinks wait on it.
+    /// Rung after each dispatched batch: the sinks and the checkpointer wait on it.
     pub(crate) dispatched: Arc<crate::bell::Bell>,
     pub(crate) status: Arc<PollerStatus>,
     pub(crate) cache: Arc<StateCache>,

@@ -316,17 +316,38 @@ pub(crate) fn replay(
 
 /// Stops this connection from checkpointing the WAL inside its own commits (SQLite's
 /// default every 1,000 pages, an fsync on the commit path). The hub's poller runs this;
-/// the checkpoint thread checkpoints beside it instead ([`checkpoint_passive`]).
+/// the checkpoint thread checkpoints beside it instead ([`checkpoint`]).
 pub(crate) fn disable_autocheckpoint(conn: &Connection) -> Result<()> {
     conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))
         .map_err(db("turn off automatic checkpoints"))
 }
 
-/// Copies what it can of the WAL into the database without waiting for any reader or
-/// writer (`PASSIVE`).
-pub(crate) fn checkpoint_passive(conn: &Connection) -> Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+/// How a checkpoint treats the writers and readers it meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckpointMode {
+    /// Copies what it can, waiting for no one.
+    Passive,
+    /// Takes the write lock for the copy, and waits until no reader uses the WAL, so that
+    /// the next writer starts the WAL again from its beginning (each wait bounded by the
+    /// connection's busy timeout; past it, it carries on as `Passive`).
+    Restart,
+}
+
+/// One checkpoint. Returns the frames in the WAL and how many of them are now in the
+/// database (SQLite's `log` and `checkpointed` columns).
+pub(crate) fn checkpoint(conn: &Connection, mode: CheckpointMode) -> Result<(i64, i64)> {
+    let sql = match mode {
+        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
+    };
+    conn.query_row(sql, [], |r| Ok((r.get(1)?, r.get(2)?)))
         .map_err(db("checkpoint the WAL"))
+}
+
+/// Sets how long this connection waits for a lock before it gives up (`SQLITE_BUSY`).
+pub(crate) fn set_busy_timeout(conn: &Connection, timeout: std::time::Duration) -> Result<()> {
+    conn.busy_timeout(timeout)
+        .map_err(db("set the busy timeout"))
 }
 
 /// Changes whenever another connection (or process) commits; the caller's own commits do not

@@ -687,11 +687,12 @@ impl ChildHub {
             }
             None => Command::new(bin()),
         };
+        // The caller's environment after the default, so that a test may ask for more log.
         let mut child = cmd
+            .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .arg("serve")
             .args(args)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
