@@ -43,16 +43,20 @@ pub(crate) fn fleet_hub(db: &Path, bind: &str, url: &str) -> ChildHub {
     )
 }
 
-/// A stream client of the fleet hub that follows it across its restarts (Last-Event-ID),
-/// collecting (host, n) of every event, until `done`; `seen` counts them as they come.
+/// A stream client of the fleet hub that follows it from the start of its log and across
+/// its restarts (Last-Event-ID), collecting (host, n) of every event, until `done`; `seen`
+/// counts them as they come.
 fn follow(
     addr: SocketAddr,
     done: Arc<AtomicBool>,
     seen: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<Vec<(String, i64)>> {
+    // From the start rather than live: under qemu the client's first connect came after
+    // the fleet hub had dispatched the first event, which it then never saw.
+    let from_start = format!("{}-0", stream_id(addr));
     std::thread::spawn(move || {
         let mut got = Vec::new();
-        let mut last: Option<String> = None;
+        let mut last: Option<String> = Some(from_start);
         while !done.load(SeqCst) {
             let headers: Vec<(&str, &str)> = match &last {
                 Some(id) => vec![("Last-Event-ID", id.as_str())],
