@@ -1,8 +1,10 @@
 //! [`Bell`]: the poller rings it after each dispatched batch; each listener (a sink, the
 //! checkpointer) holds a channel of one place, so rings coalesce and a ring that comes
-//! while a listener is busy wakes it as soon as it waits. Imports nothing of ours.
+//! while a listener is busy wakes it as soon as it waits. And [`Reader`]: how a thread that
+//! serves many broadcast subscribers at once (the stream writer) is told which of them have
+//! something to take. Imports nothing of ours.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -31,6 +33,22 @@ impl Bell {
             .unwrap_or_else(PoisonError::into_inner);
         listeners.retain(|tx| !matches!(tx.try_send(()), Err(TrySendError::Disconnected(()))));
     }
+}
+
+/// A reader of many subscribers' queues: the publisher `mark`s each subscriber that has
+/// something new (no system call), then `ring`s once per published batch.
+pub(crate) trait Reader: Send + Sync {
+    /// Notes that subscriber `token` has something to take.
+    fn mark(&self, token: u64);
+    /// Wakes the reader for what was marked (cheap when it is already awake).
+    fn ring(&self);
+}
+
+/// One subscriber's place with its [`Reader`].
+#[derive(Clone)]
+pub(crate) struct Ready {
+    pub(crate) reader: Arc<dyn Reader>,
+    pub(crate) token: u64,
 }
 
 #[cfg(test)]

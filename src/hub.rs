@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::emitter::Emitter;
 use crate::error::Result;
 use crate::fleet::Fleet;
-use crate::http::{self, Ctx, Departures, Listener, Server};
+use crate::http::{self, Ctx, Listener, Server, StreamWriter};
 use crate::mdns::Advert;
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
@@ -54,9 +54,9 @@ pub struct Hub {
     poller_stop: Option<Sender<()>>,
     out: Outputs,
     streams: Arc<Group>,
-    /// `tle-departures`, which tells streams their client left (`None`: it could not
-    /// start, and streams ask every 500 ms); stopped after the streams.
-    departures: Option<Departures>,
+    /// `tle-streams`, which writes every following stream; stopped after the streams
+    /// have ended (or their grace is up).
+    writer: Option<StreamWriter>,
     http: Option<Server>,
     addr: SocketAddr,
     failures: Receiver<String>,
@@ -169,16 +169,12 @@ impl Hub {
         let poller_quiet = poller::max_quiet(pace.poll_interval);
         let poller = spawn_critical("poller", Some(fatal.clone()), move || poller.run())?;
         let streams = http::streams(&config);
-        let departures = match Departures::start(fatal.clone()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                log::warn!(
-                    "{}; each stream asks every 500 ms whether its client left instead",
-                    e.chain()
-                );
-                None
-            }
-        };
+        let writer = StreamWriter::start(
+            config.heartbeat_interval,
+            config.send_timeout,
+            fatal.clone(),
+        )?;
+        let writer_handle = writer.handle();
         let ctx = Arc::new(Ctx {
             config: config.clone(),
             store: store.clone(),
@@ -208,7 +204,7 @@ impl Hub {
             poller_stop: Some(stop_tx),
             out,
             streams,
-            departures,
+            writer: Some(writer),
             http: None,
             addr: ([0, 0, 0, 0], 0).into(),
             failures,
@@ -220,7 +216,7 @@ impl Hub {
             _lock: lock,
         };
         // On failure here, `hub` drops and stops what already runs.
-        let server = http::start(ctx, listener, fatal, hub.departures.as_ref())?;
+        let server = http::start(ctx, listener, fatal, &writer_handle)?;
         hub.addr = server.addr();
         hub.http = Some(server);
         // Only now that the port is known (and taken): never a failed start.
@@ -383,8 +379,8 @@ impl Hub {
                 "{left} streams still writing at shutdown (their send timeout will end them)"
             );
         }
-        if let Some(d) = self.departures.take() {
-            keep(d.stop());
+        if let Some(w) = self.writer.take() {
+            keep(w.stop());
         }
         if !self.stopped {
             self.stopped = true;

@@ -113,9 +113,10 @@ pub(crate) fn join_thread(name: &str, handle: JoinHandle<Result<()>>) -> Result<
     }
 }
 
-/// At most `max` threads of one kind at once, each kept until it is joined: stream
-/// threads (`--max-clients`) and body threads. A place is reserved before the thread is
-/// spawned (so a refusal can be answered first) and given back as the thread's last act.
+/// At most `max` of one kind at once (event streams, `--max-clients`): a place is reserved
+/// before anything starts, so a refusal can be answered first, and given back when it
+/// drops. Threads started for them ([`Group::spawn`]: a stream's catch-up) are kept until
+/// joined by [`Group::wait`].
 pub(crate) struct Group {
     name: &'static str,
     max: usize,
@@ -124,32 +125,13 @@ pub(crate) struct Group {
     handles: Mutex<Vec<JoinHandle<Result<()>>>>,
 }
 
-/// A reserved place in a [`Group`]; given back on drop (or when its thread ends).
+/// A reserved place in a [`Group`]; given back on drop.
 pub(crate) struct Reserved(Arc<Group>);
 
 impl Drop for Reserved {
     fn drop(&mut self) {
         *self.0.count() -= 1;
         self.0.freed.notify_all();
-    }
-}
-
-impl Reserved {
-    /// Spawns `tle-<name>` holding this place until `f` returns.
-    ///
-    /// # Errors
-    /// The thread cannot start (the place is given back).
-    pub(crate) fn spawn<F>(self, name: &str, stack_bytes: usize, f: F) -> Result<()>
-    where
-        F: FnOnce() -> Result<()> + Send + 'static,
-    {
-        let group = self.0.clone();
-        let handle = spawn_named(name, Some(stack_bytes), move || {
-            let _place = self;
-            f()
-        })?;
-        group.keep(handle);
-        Ok(())
     }
 }
 
@@ -169,7 +151,21 @@ impl Group {
         self.used.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place, unless `max` threads hold one.
+    /// Spawns `tle-<name>`, kept until [`Group::wait`] joins it. What it runs for should
+    /// hold a place ([`Group::try_reserve`]) and give it back when done.
+    ///
+    /// # Errors
+    /// The thread cannot start.
+    pub(crate) fn spawn<F>(&self, name: &str, stack_bytes: usize, f: F) -> Result<()>
+    where
+        F: FnOnce() -> Result<()> + Send + 'static,
+    {
+        let handle = spawn_named(name, Some(stack_bytes), f)?;
+        self.keep(handle);
+        Ok(())
+    }
+
+    /// A place, unless `max` are held.
     pub(crate) fn try_reserve(self: &Arc<Self>) -> Option<Reserved> {
         let mut used = self.count();
         if *used >= self.max {
@@ -192,7 +188,7 @@ impl Group {
     }
 
     /// Waits (until `deadline`) for every place to be free, joins the threads that ended,
-    /// and returns how many were still running (left to end on their own).
+    /// and returns how many places were still held (left to end on their own).
     pub(crate) fn wait(&self, deadline: Instant) -> usize {
         let mut used = self.count();
         while *used > 0 {
@@ -206,23 +202,21 @@ impl Group {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let all_done = *used == 0;
+        let held = *used;
         drop(used);
         let handles =
             std::mem::take(&mut *self.handles.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut running = 0;
         for h in handles {
-            // A thread gives its place back as its last act, so once every place is free
-            // the threads are returning: join them, even if one is not marked finished yet.
-            if all_done || h.is_finished() {
-                if let Err(e) = join_thread(self.name, h) {
-                    log::warn!("{}", e.chain());
-                }
-            } else {
-                running += 1;
+            // A thread gives its place back (or hands it on) as its last act, so once every
+            // place is free the threads are returning: join them, even if one is not marked
+            // finished yet. Others are left to end on their own.
+            if (held == 0 || h.is_finished())
+                && let Err(e) = join_thread(self.name, h)
+            {
+                log::warn!("{}", e.chain());
             }
         }
-        running
+        held
     }
 }
 
@@ -238,8 +232,9 @@ mod tests {
         for _ in 0..2 {
             let go = go_rx.clone();
             let place = group.try_reserve().expect("a free place");
-            place
+            group
                 .spawn("test", 64 * 1024, move || {
+                    let _place = place;
                     let _ = go.recv();
                     Ok(())
                 })

@@ -1,6 +1,6 @@
 //! The HTTP side: [`server`] is the one wall between the network and our handlers (listener,
-//! door, workers, limits); [`routes`] turns a [`request::Request`] into an answer; [`stream`] runs
-//! each event stream on a thread of its own; [`reply`] holds responses as values and the
+//! door, workers, limits, the stream writer); [`routes`] turns a [`request::Request`] into an
+//! answer; [`stream`] starts each event stream and is the source the writer follows; [`reply`] holds responses as values and the
 //! one mapping from errors to statuses; [`dashboard`] serves the compiled-in page; [`ctx`]
 //! holds what handlers share; [`guard`] holds the pure checks against other sites' pages
 //! (`Host`, `Origin`, tokens); [`images`] serves a camera's latest image from
@@ -23,10 +23,10 @@ use crate::error::Result;
 use crate::thread::Fatal;
 
 pub(crate) use ctx::{Ctx, stream_peers, streams};
-pub(crate) use server::{Departures, Listener, Server};
+pub(crate) use server::{Listener, Server, StreamWriter, WriterHandle};
 
-/// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]); streams learn
-/// from `departures` when their client left (without it, they ask every 500 ms).
+/// Starts serving `ctx`'s routes on `listener` (bound by [`Listener::bind`]); following
+/// streams are written by `writer`.
 ///
 /// # Errors
 /// A thread cannot start.
@@ -34,7 +34,7 @@ pub(crate) fn start(
     ctx: Arc<Ctx>,
     listener: Listener,
     fatal: Fatal,
-    departures: Option<&Departures>,
+    writer: &WriterHandle,
 ) -> Result<Server> {
     let config = ctx.config.clone();
     // Before the first request can arrive: the Host check needs the bound port.
@@ -44,6 +44,6 @@ pub(crate) fn start(
         listener,
         Box::new(move |rq| routes::handle(rq, &ctx)),
         fatal,
-        departures.map(Departures::watch),
+        writer.0.clone(),
     )
 }

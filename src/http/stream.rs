@@ -1,6 +1,5 @@
-//! `GET /api/events`: one thread per stream (`tle-stream`), writing the whole response
-//! itself to the connection the server hands over (an `Answer::Takeover`). Every write is
-//! one `write_all` + `flush` of whole frames.
+//! `GET /api/events`: the handler that starts a stream, and [`Following`], the source the
+//! stream writer (`tle-streams`, in `server`) follows once it has caught up.
 //!
 //! A stream starts by catching up from SQLite (when the client has a cursor), then follows
 //! its broadcast subscription. The handover is gap- and duplicate-free: the subscription is
@@ -8,42 +7,37 @@
 //! after it and so reaches the queue, and queued frames at or below the last seq written are
 //! skipped.
 //!
-//! A following stream sleeps until a frame arrives, its next heartbeat is due, or its
-//! client leaves: the server's departure watcher (`tle-departures`) hangs up its queue
-//! then, so its place is free at once. Without the watcher it asks every [`LEFT_CHECK`].
+//! A live stream (no cursor) needs no catch-up: the worker that took the request writes its
+//! head and hands it to the writer at once. A resume or a snapshot catches up on a
+//! short-lived thread of its own (`tle-stream`: SQLite reads are blocking and a back-fill
+//! can be long), which hands it over and ends. Either way an open stream costs no thread.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ctx::Ctx;
-use super::peers::Full;
+use super::peers::{Full, PeerSlot};
 use super::reply::HttpError;
 use super::request::Request;
-use super::server::{Client, EVERY_ANSWER, Takeover};
-use crate::broadcast::{Broadcast, RecvError, Subscription};
+use super::server::{Client, EVERY_ANSWER, Ending, Fill, Source, Takeover};
+use crate::bell::Ready;
+use crate::broadcast::{Broadcast, Subscription};
 use crate::error::{Result, io};
 use crate::event::Cursor;
-use crate::sse::{self, Filter, Frame, Resume};
+use crate::sse::{self, Filter, Resume};
 use crate::state::StateCache;
 use crate::store::{Store, events};
+use crate::thread::{Group, Reserved};
 
-/// Stream threads mostly wait on a channel; SQLite's back-fill needs the most stack.
+/// A catch-up thread's stack: SQLite's back-fill needs the most.
 const STREAM_STACK_BYTES: usize = 256 * 1024;
 /// Rows read per back-fill query.
 const REPLAY_PAGE_ROWS: usize = 500;
-/// Without a departure watcher, a stream with nothing to send checks this often whether
-/// its client has left.
-const LEFT_CHECK: Duration = Duration::from_millis(500);
 /// Most frames gathered into one write.
 const MAX_FRAMES_PER_WRITE: usize = 256;
-/// A stream's buffers start empty and grow to what it writes at once (a heartbeat, a few
-/// frames); after a larger write (a back-fill page, a burst) they are let go rather than
-/// kept for the stream's life. Two 4 KiB buffers allocated up front cost an idle stream
-/// about 8 of its 27 KiB of RSS (500 streams: 22.0 MiB, 18.0 MiB without them).
-const KEPT_BUF_BYTES: usize = 16 * 1024;
 
-/// What the stream thread needs from the request.
+/// What a stream needs from the request.
 struct Plan {
     filter: Filter,
     named: bool,
@@ -54,8 +48,24 @@ struct Plan {
     cors: Vec<(&'static str, String)>,
 }
 
-/// Answers `GET /api/events`: a refusal, or the takeover that starts the stream's thread
-/// (`tle-stream`) once the server hands over the connection.
+/// A stream on its way to the writer: its plan, its places and the handles it reads from.
+struct Opening {
+    plan: Plan,
+    places: Places,
+    store: Store,
+    broadcast: Arc<Broadcast>,
+    cache: Arc<StateCache>,
+    send_timeout: Duration,
+}
+
+/// The places a stream holds for its life (`--max-clients`, `--max-streams-per-addr`).
+struct Places {
+    _total: Reserved,
+    _peer: Option<PeerSlot>,
+}
+
+/// Answers `GET /api/events`: a refusal, or the takeover that starts the stream once the
+/// server hands over the connection.
 pub(super) fn open(
     rq: &Request<'_>,
     ctx: &Ctx,
@@ -92,39 +102,27 @@ pub(super) fn open(
                 .with_header("Retry-After", "5"),
         );
     };
-    let plan = Plan {
-        filter,
-        named: rq.query_flag("named"),
-        snapshot: rq.query_flag("snapshot"),
-        resume,
-        http10: rq.http10,
-        peer: rq.peer_text(),
-        cors,
+    let opening = Opening {
+        plan: Plan {
+            filter,
+            named: rq.query_flag("named"),
+            snapshot: rq.query_flag("snapshot"),
+            resume,
+            http10: rq.http10,
+            peer: rq.peer_text(),
+            cors,
+        },
+        places: Places {
+            _total: place,
+            _peer: peer_place,
+        },
+        store: ctx.store.clone(),
+        broadcast: ctx.broadcast.clone(),
+        cache: ctx.cache.clone(),
+        send_timeout: ctx.config.send_timeout,
     };
-    let (store, broadcast, cache) = (ctx.store.clone(), ctx.broadcast.clone(), ctx.cache.clone());
-    let (heartbeat, send_timeout) = (ctx.config.heartbeat_interval, ctx.config.send_timeout);
-    Ok(Box::new(move |writer| {
-        let spawned = place.spawn("stream", STREAM_STACK_BYTES, move || {
-            let _peer_place = peer_place;
-            let peer = plan.peer.clone();
-            let mut out = Out::new(writer, plan.http10, send_timeout);
-            match run(&mut out, &plan, &store, &broadcast, heartbeat, &cache) {
-                Ok(End::Closed) => {
-                    log::debug!("stream to {peer} ended: hub shutting down");
-                    out.finish();
-                }
-                Ok(End::CutOff) => log::info!("stream to {peer} ended: too slow, cut off"),
-                Ok(End::Left) => log::debug!("stream to {peer} ended: the client left"),
-                Err(e) => log::debug!("stream to {peer} ended: {}", e.chain()),
-            }
-            Ok(())
-        });
-        // The writer went into the closure and was dropped with it; the client sees a
-        // closed connection and retries.
-        if let Err(e) = spawned {
-            log::error!("{}", e.chain());
-        }
-    }))
+    let group = ctx.streams.clone();
+    Ok(Box::new(move |client| opening.begin(client, &group)))
 }
 
 /// Builds a filter from query pairs: `?types=a,b` (or `type`), `?camera_id=N` and
@@ -176,14 +174,15 @@ enum Start {
     Reset(&'static str),
 }
 
-enum End {
-    Closed,
-    CutOff,
-    /// The client closed its end; its place is free at once, not at the next write.
-    Left,
+impl Start {
+    /// Whether the stream reads SQLite before it follows (then on a thread of its own).
+    fn catches_up(&self) -> bool {
+        matches!(self, Start::Snapshot(_) | Start::After(_))
+    }
 }
 
-/// The response body writer: chunked for HTTP/1.1, raw for HTTP/1.0 (then `Connection:
+/// The response head and any catch-up, written straight to the connection (blocking,
+/// within the send timeout): chunked for HTTP/1.1, raw for HTTP/1.0 (then `Connection:
 /// close`). Every `send` is one write and one flush.
 struct Out {
     w: Box<dyn Client>,
@@ -232,118 +231,163 @@ impl Out {
     }
 
     fn send(&mut self, payload: &[u8]) -> Result<()> {
-        let sent = self.write_frames(payload);
-        release_if_large(&mut self.buf);
-        sent.map_err(io("write to the client"))
-    }
-
-    fn write_frames(&mut self, payload: &[u8]) -> std::io::Result<()> {
         self.buf.clear();
         if self.chunked {
             sse::push_chunk(&mut self.buf, payload);
         } else {
             self.buf.extend_from_slice(payload);
         }
-        // SO_SNDTIMEO (inherited from the listener) bounds each write() call, but a peer
-        // that takes a few bytes now and then would keep write_all going for ever
-        // (measured: 12 s past a 5 s timeout). So the whole write has a deadline too.
-        let deadline = Instant::now() + self.send_timeout;
-        let mut rest = &self.buf[..];
-        while !rest.is_empty() {
-            match self.w.write(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            if !rest.is_empty() && Instant::now() >= deadline {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client took no data for the send timeout",
-                ));
-            }
-        }
-        self.w.flush()
-    }
-
-    /// Ends the body cleanly (best effort: the client may be gone).
-    fn finish(&mut self) {
-        if self.chunked {
-            let _ = self
-                .w
-                .write_all(sse::LAST_CHUNK)
-                .and_then(|()| self.w.flush());
-        }
+        write_within(&mut *self.w, &self.buf, self.send_timeout).map_err(io("write to the client"))
     }
 }
 
-fn run(
-    out: &mut Out,
-    plan: &Plan,
-    store: &Store,
-    broadcast: &Arc<Broadcast>,
-    heartbeat: Duration,
-    cache: &StateCache,
-) -> Result<End> {
-    let log_id = store.log_id();
-    let head = |store: &Store| -> Result<i64> { events::head_seq(&*store.conn()?) };
-    let start = match &plan.resume {
-        // `?snapshot=1` without a cursor: the state, then everything after the cursor it
-        // reflects (the same handover as a resume, so nothing is missed or doubled).
-        Resume::Live if plan.snapshot => match cache.get() {
-            Some(snap) => Start::Snapshot(snap),
-            None => Start::Live,
-        },
-        Resume::Live => Start::Live,
-        Resume::Malformed(raw) => {
-            log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
-            Start::Reset("malformed cursor")
+/// Writes all of `buf` and flushes. SO_SNDTIMEO (inherited from the listener) bounds each
+/// write() call, but a peer that takes a few bytes now and then would keep write_all going
+/// for ever (measured: 12 s past a 5 s timeout). So the whole write has a deadline too.
+fn write_within(w: &mut dyn Write, buf: &[u8], send_timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + send_timeout;
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match w.write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Resume::After(c) if c.log_id != log_id => Start::Reset("cursor is from another database"),
-        Resume::After(c) => {
-            let (h, pruned) = {
-                let conn = store.conn()?;
-                (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
-            };
-            if c.seq > h {
-                Start::Reset("cursor is ahead of this database")
-            } else if c.seq < pruned {
-                Start::Reset("events after this cursor were deleted by retention")
-            } else {
-                Start::After(c.seq)
+        if !rest.is_empty() && Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client took no data for the send timeout",
+            ));
+        }
+    }
+    w.flush()
+}
+
+impl Opening {
+    /// Starts the stream on `client`: at once on this worker when it needs no catch-up,
+    /// else on a `tle-stream` thread kept by `group`.
+    fn begin(self, client: Box<dyn Client>, group: &Group) {
+        let peer = self.plan.peer.clone();
+        let start = match self.start() {
+            Ok(start) => start,
+            Err(e) => {
+                log::debug!("stream to {peer} not started: {}", e.chain());
+                return;
             }
+        };
+        if !start.catches_up() {
+            if let Err(e) = self.follow(client, start) {
+                log::debug!("stream to {peer} ended: {}", e.chain());
+            }
+            return;
         }
-    };
-    let (sub, mut last_seq) = match start {
-        // Subscribe before the response head goes out: once a client has its 200, every
-        // event committed afterwards reaches it.
-        Start::Live => {
-            let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
-            let h = head(store)?;
-            out.head(plan)?;
-            (sub, h)
+        let spawned = group.spawn("stream", STREAM_STACK_BYTES, move || {
+            if let Err(e) = self.follow(client, start) {
+                log::debug!("stream to {peer} ended: {}", e.chain());
+            }
+            Ok(())
+        });
+        // The connection went into the closure and was dropped with it; the client sees a
+        // closed connection and retries.
+        if let Err(e) = spawned {
+            log::error!("{}", e.chain());
         }
-        Start::Reset(reason) => {
-            let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
-            let h = head(store)?;
-            out.head(plan)?;
-            out.send(&sse::reset_frame(Cursor { log_id, seq: h }, reason))?;
-            (sub, h)
-        }
-        Start::Snapshot(snap) => {
-            out.head(plan)?;
-            out.send(&sse::snapshot_frame(snap.cursor, &snap.body))?;
-            resume_after(out, plan, store, broadcast, snap.cursor.seq)?
-        }
-        Start::After(seq) => {
-            out.head(plan)?;
-            resume_after(out, plan, store, broadcast, seq)?
-        }
-    };
-    sub.info
-        .delivered
-        .store(last_seq, std::sync::atomic::Ordering::Relaxed);
-    follow(out, plan, &sub, broadcast, heartbeat, &mut last_seq)
+    }
+
+    /// Where the stream starts, from its cursor (or `?snapshot=1`).
+    fn start(&self) -> Result<Start> {
+        let plan = &self.plan;
+        let log_id = self.store.log_id();
+        Ok(match &plan.resume {
+            // `?snapshot=1` without a cursor: the state, then everything after the cursor
+            // it reflects (the same handover as a resume, so nothing is missed or doubled).
+            Resume::Live if plan.snapshot => match self.cache.get() {
+                Some(snap) => Start::Snapshot(snap),
+                None => Start::Live,
+            },
+            Resume::Live => Start::Live,
+            Resume::Malformed(raw) => {
+                log::debug!("stream from {}: malformed cursor {raw:?}", plan.peer);
+                Start::Reset("malformed cursor")
+            }
+            Resume::After(c) if c.log_id != log_id => {
+                Start::Reset("cursor is from another database")
+            }
+            Resume::After(c) => {
+                let (h, pruned) = {
+                    let conn = self.store.conn()?;
+                    (events::head_seq(&conn)?, events::pruned_seq(&conn)?)
+                };
+                if c.seq > h {
+                    Start::Reset("cursor is ahead of this database")
+                } else if c.seq < pruned {
+                    Start::Reset("events after this cursor were deleted by retention")
+                } else {
+                    Start::After(c.seq)
+                }
+            }
+        })
+    }
+
+    /// Writes the head (and catches up), then hands the connection to the writer.
+    fn follow(self, client: Box<dyn Client>, start: Start) -> Result<()> {
+        let Opening {
+            plan,
+            places,
+            store,
+            broadcast,
+            send_timeout,
+            ..
+        } = self;
+        let mut out = Out::new(client, plan.http10, send_timeout);
+        let head = |store: &Store| -> Result<i64> { events::head_seq(&*store.conn()?) };
+        let (sub, last_seq) = match start {
+            // Subscribe before the response head goes out: once a client has its 200,
+            // every event committed afterwards reaches it.
+            Start::Live => {
+                let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
+                let h = head(&store)?;
+                out.head(&plan)?;
+                (sub, h)
+            }
+            Start::Reset(reason) => {
+                let sub = broadcast.subscribe(plan.filter.clone(), plan.peer.clone())?;
+                let h = head(&store)?;
+                out.head(&plan)?;
+                let cursor = Cursor {
+                    log_id: store.log_id(),
+                    seq: h,
+                };
+                out.send(&sse::reset_frame(cursor, reason))?;
+                (sub, h)
+            }
+            Start::Snapshot(snap) => {
+                out.head(&plan)?;
+                out.send(&sse::snapshot_frame(snap.cursor, &snap.body))?;
+                resume_after(&mut out, &plan, &store, &broadcast, snap.cursor.seq)?
+            }
+            Start::After(seq) => {
+                out.head(&plan)?;
+                resume_after(&mut out, &plan, &store, &broadcast, seq)?
+            }
+        };
+        sub.info
+            .delivered
+            .store(last_seq, std::sync::atomic::Ordering::Relaxed);
+        let chunked = out.chunked;
+        out.w.follow(
+            Box::new(Following {
+                sub,
+                broadcast,
+                named: plan.named,
+                last_seq,
+                peer: plan.peer,
+                _places: places,
+            }),
+            chunked,
+        )
+    }
 }
 
 /// Catches up from SQLite, subscribes, and catches up once more: everything committed
@@ -391,73 +435,56 @@ fn catch_up(out: &mut Out, plan: &Plan, store: &Store, mut after: i64) -> Result
     }
 }
 
-fn follow(
-    out: &mut Out,
-    plan: &Plan,
-    sub: &Subscription,
-    broadcast: &Broadcast,
-    heartbeat: Duration,
-    last_seq: &mut i64,
-) -> Result<End> {
-    let mut batch: Vec<u8> = Vec::new();
-    let mut last_write = Instant::now();
-    let queue = sub.rx.clone();
-    let check = if out.w.on_leave(Box::new(move || queue.hang_up())) {
-        heartbeat
-    } else {
-        LEFT_CHECK
-    };
-    loop {
-        let quiet = heartbeat.saturating_sub(last_write.elapsed());
-        let first = match sub.rx.recv_timeout(quiet.min(check)) {
-            Ok(f) => f,
-            Err(RecvError::Gone) => return Ok(End::Left),
-            Err(RecvError::Timeout) => {
-                // Also drops what the client sent meanwhile (pipelined bytes left unread
-                // would turn the final close into a reset).
-                if out.w.left() {
-                    return Ok(End::Left);
-                }
-                if last_write.elapsed() >= heartbeat {
-                    out.send(sse::HEARTBEAT)?;
-                    last_write = Instant::now();
-                }
-                continue;
-            }
-            Err(RecvError::Closed) => {
-                return Ok(if broadcast.is_closed() {
-                    End::Closed
-                } else {
-                    End::CutOff
-                });
-            }
-        };
-        batch.clear();
-        let mut take = |f: &Frame, batch: &mut Vec<u8>| {
-            if f.seq > *last_seq {
-                batch.extend_from_slice(f.bytes(plan.named));
-                *last_seq = f.seq;
-            }
-        };
-        take(&first, &mut batch);
-        for f in sub.rx.try_iter().take(MAX_FRAMES_PER_WRITE - 1) {
-            take(&f, &mut batch);
-        }
-        if !batch.is_empty() {
-            out.send(&batch)?;
-            last_write = Instant::now();
-            sub.info
-                .delivered
-                .store(*last_seq, std::sync::atomic::Ordering::Relaxed);
-        }
-        release_if_large(&mut batch);
-    }
+/// A stream that has caught up: what the writer follows. It holds the stream's places and
+/// its subscription, so both go when the writer drops it.
+struct Following {
+    sub: Subscription,
+    broadcast: Arc<Broadcast>,
+    named: bool,
+    /// The last seq handed to the writer: queued frames at or below it are skipped.
+    last_seq: i64,
+    peer: String,
+    _places: Places,
 }
 
-/// Lets a buffer's memory go once it has grown past [`KEPT_BUF_BYTES`].
-fn release_if_large(buf: &mut Vec<u8>) {
-    if buf.capacity() > KEPT_BUF_BYTES {
-        *buf = Vec::new();
+impl Source for Following {
+    fn attach(&mut self, ready: Ready) {
+        self.sub.rx.attach(ready);
+    }
+
+    fn fill(&mut self, out: &mut Vec<u8>) -> Fill {
+        let (named, last_seq) = (self.named, &mut self.last_seq);
+        let drained = self.sub.rx.drain(MAX_FRAMES_PER_WRITE, |f| {
+            if f.seq > *last_seq {
+                out.extend_from_slice(f.bytes(named));
+                *last_seq = f.seq;
+            }
+        });
+        if !out.is_empty() {
+            self.sub
+                .info
+                .delivered
+                .store(self.last_seq, std::sync::atomic::Ordering::Relaxed);
+        }
+        if drained.more || !out.is_empty() {
+            return Fill::Data;
+        }
+        if !drained.closed {
+            return Fill::Empty;
+        }
+        Fill::End(if self.broadcast.is_closed() {
+            Ending::Closed
+        } else {
+            Ending::CutOff
+        })
+    }
+
+    fn heartbeat(&self) -> &'static [u8] {
+        sse::HEARTBEAT
+    }
+
+    fn peer(&self) -> &str {
+        &self.peer
     }
 }
 

@@ -1,9 +1,9 @@
 //! The HTTP server, the one wall between the network and our handlers: our own listener,
 //! the door (`tle-door`, [`door`]) that holds every connection until a whole request has
 //! arrived within the limits, the workers (`tle-http-N`) that run the handler on it and
-//! write the answer with tiny_http's response writer ([`render`]), and the departure
-//! watcher (`tle-departures`, [`departures`]) that tells each stream when its client left. The rest of `http/`
-//! sees only [`Request`] in and [`Answer`] out, in the spirit of rouille's
+//! write the answer with tiny_http's response writer ([`render`]), and the stream writer
+//! (`tle-streams`, [`streams`]) that writes every following event stream from one thread.
+//! The rest of `http/` sees only [`Request`] in and [`Answer`] out, in the spirit of rouille's
 //! `start_server(addr, handler)`.
 //!
 //! Why not tiny_http's own `Server` (0.12.0; measured, see the README's security notes):
@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
-mod departures;
 mod door;
 mod render;
+mod streams;
 mod wire;
 
-pub(crate) use departures::{Departures, Wake, Watch};
 pub(crate) use door::Conn;
 pub(crate) use render::EVERY_ANSWER;
+pub(crate) use streams::{Ending, Fill, Source, StreamWriter, Writer, WriterHandle};
 
 use self::door::{Hall, Job, Rules};
 use self::render::render;
@@ -54,16 +54,16 @@ pub(crate) enum Answer {
     Takeover(Takeover),
 }
 
-/// A connection taken over by a handler: written to, and asked whether its client left.
+/// A connection taken over by a handler: written to (blocking, for the head and any
+/// catch-up), then handed to the stream writer.
 pub(crate) trait Client: Write + Send {
-    /// True once the client has closed or reset the connection (bytes it sent meanwhile
-    /// are dropped). Never blocks.
-    fn left(&self) -> bool;
-
-    /// Asks for `wake` to be called, once and from another thread, when the client closes
-    /// or resets the connection (at once if it already has). False when nobody watches
-    /// (no departure watcher runs): then the owner asks [`Client::left`] now and then.
-    fn on_leave(&mut self, wake: Wake) -> bool;
+    /// Hands the connection to `tle-streams`, which from then on writes what `source`
+    /// gives, each write one HTTP/1.1 chunk if `chunked`, until the source or the client
+    /// ends it.
+    ///
+    /// # Errors
+    /// The writer has stopped (the hub is shutting down): the connection closes.
+    fn follow(self: Box<Self>, source: Box<dyn Source>, chunked: bool) -> Result<()>;
 }
 
 /// See [`Answer::Takeover`].
@@ -95,9 +95,8 @@ struct Shared {
     jobs: Receiver<Job>,
     /// When a worker last took a request, in ms since the hall's epoch.
     taken_ms: AtomicU64,
-    /// Where taken-over connections are watched for their client leaving (`None`: the
-    /// watcher could not start).
-    departures: Option<Arc<Watch>>,
+    /// Where taken-over connections go to follow their stream.
+    writer: Arc<Writer>,
 }
 
 /// A listener bound by [`Listener::bind`] and not yet served. Binding comes first in
@@ -152,8 +151,8 @@ fn accept_alive(now_ms: u64, beat_ms: u64, taken_ms: u64, queue_empty: bool) -> 
 impl Server {
     /// Starts the door and `config.http_workers` workers on `listener`, with at most
     /// `config.max_conns` connections (fewer if the process has fewer descriptors).
-    /// `fatal` hears when the door dies. Taken-over connections go into `departures`'
-    /// watch, if there is one.
+    /// `fatal` hears when the door dies. Taken-over connections follow their streams on
+    /// `writer`.
     ///
     /// # Errors
     /// A thread cannot start, or the listener cannot be set up.
@@ -162,7 +161,7 @@ impl Server {
         listener: Listener,
         handler: Box<Handler>,
         fatal: Fatal,
-        departures: Option<Arc<Watch>>,
+        writer: Arc<Writer>,
     ) -> Result<Server> {
         let Listener(listener) = listener;
         let addr = listener
@@ -200,7 +199,7 @@ impl Server {
             back: back_tx,
             jobs: jobs_rx.clone(),
             taken_ms: AtomicU64::new(0),
-            departures,
+            writer,
         });
         let door = spawn_named("door", Some(256 * 1024), move || {
             let ran = catch_unwind(AssertUnwindSafe(|| {
@@ -338,10 +337,9 @@ fn serve(job: Job, shared: &Shared) {
                 shared.hall.ring();
             }
         }
-        Answer::Takeover(start) => start(Box::new(departures::Taken::new(
-            conn,
-            shared.departures.clone(),
-        ))),
+        Answer::Takeover(start) => {
+            start(Box::new(streams::Taken::new(conn, shared.writer.clone())))
+        }
     }
 }
 
