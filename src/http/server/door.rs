@@ -64,6 +64,20 @@ impl Conn {
         &self.stream
     }
 
+    /// A connection as the door would hand it on, for the stream writer's tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(stream: TcpStream) -> Option<Conn> {
+        let peer = stream.peer_addr().ok()?;
+        let slot = crate::http::peers::PeerSlots::new(64, 64)
+            .take(peer.ip())
+            .ok()?;
+        Some(Conn {
+            stream,
+            peer,
+            _slot: slot,
+        })
+    }
+
     /// Whether the client has closed or reset the connection; bytes it sent meanwhile
     /// are read and dropped (nothing more is read from a connection that streams).
     /// Never blocks.

@@ -304,7 +304,7 @@ impl Writer {
                 {
                     Some(Ending::Left)
                 } else if flags.contains(EventFlags::OUT) {
-                    self.pump(link, &mut scratch, now)
+                    self.pump(link, &mut scratch, now, &mut next_scan)
                 } else {
                     None
                 };
@@ -349,7 +349,7 @@ impl Writer {
                     continue;
                 };
                 if link.pending.is_empty()
-                    && let Some(ending) = self.pump(link, &mut scratch, now)
+                    && let Some(ending) = self.pump(link, &mut scratch, now, &mut next_scan)
                 {
                     self.end(&mut links, token, ending);
                 }
@@ -364,14 +364,6 @@ impl Writer {
                 }
                 return Ok(());
             }
-            for link in links.values() {
-                if let Some(s) = link.stuck_since {
-                    let due = s + self.send_timeout;
-                    if next_scan.is_none_or(|t| due < t) {
-                        next_scan = Some(due);
-                    }
-                }
-            }
             if links.is_empty() {
                 next_scan = None;
             } else if next_scan.is_some_and(|t| now >= t) {
@@ -381,8 +373,15 @@ impl Writer {
     }
 
     /// Writes what is pending, then what the source gives, until the socket is full or the
-    /// source has nothing more. Returns the ending, if the stream is over.
-    fn pump(&self, link: &mut Link, scratch: &mut Vec<u8>, now: Instant) -> Option<Ending> {
+    /// source has nothing more. Returns the ending, if the stream is over. A write that
+    /// cannot finish brings `next_scan` forward to its send deadline.
+    fn pump(
+        &self,
+        link: &mut Link,
+        scratch: &mut Vec<u8>,
+        now: Instant,
+        next_scan: &mut Option<Instant>,
+    ) -> Option<Ending> {
         loop {
             while link.sent < link.pending.len() {
                 match link.conn.stream().write(&link.pending[link.sent..]) {
@@ -390,7 +389,8 @@ impl Writer {
                     Ok(n) => link.sent += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        link.stuck_since.get_or_insert(now);
+                        let due = *link.stuck_since.get_or_insert(now) + self.send_timeout;
+                        *next_scan = Some(next_scan.map_or(due, |t| t.min(due)));
                         if !link.out_armed {
                             self.interest(link, true);
                         }
@@ -454,7 +454,8 @@ impl Writer {
             }
             if link.last_write + self.heartbeat <= now + slack {
                 frame(link.chunked, link.source.heartbeat(), &mut link.pending);
-                if let Some(ending) = self.pump(link, scratch, now) {
+                let mut stuck = None;
+                if let Some(ending) = self.pump(link, scratch, now, &mut stuck) {
                     ended.push((token, ending));
                     continue;
                 }
@@ -555,5 +556,173 @@ impl Client for Taken {
     fn follow(self: Box<Self>, source: Box<dyn Source>, chunked: bool) -> Result<()> {
         let Taken { conn, writer } = *self;
         writer.adopt(conn, chunked, source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{Receiver, Sender};
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A source that gives whatever the test puts in `data`, and says when it is dropped.
+    struct Tap {
+        data: Arc<Mutex<Vec<u8>>>,
+        ready: Sender<Ready>,
+        dropped: Sender<&'static str>,
+        name: &'static str,
+    }
+
+    impl Source for Tap {
+        fn attach(&mut self, ready: Ready) {
+            let _ = self.ready.send(ready);
+        }
+        fn fill(&mut self, out: &mut Vec<u8>) -> Fill {
+            let mut data = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+            if data.is_empty() {
+                return Fill::Empty;
+            }
+            let n = data.len().min(64 * 1024);
+            out.extend(data.drain(..n));
+            Fill::Data
+        }
+        fn heartbeat(&self) -> &'static [u8] {
+            b":\n"
+        }
+        fn peer(&self) -> &str {
+            self.name
+        }
+    }
+
+    impl Drop for Tap {
+        fn drop(&mut self) {
+            let _ = self.dropped.send(self.name);
+        }
+    }
+
+    struct Stream {
+        client: TcpStream,
+        data: Arc<Mutex<Vec<u8>>>,
+        ready: Ready,
+    }
+
+    impl Stream {
+        fn send(&self, bytes: &[u8]) {
+            self.data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            self.ready.reader.mark(self.ready.token);
+            self.ready.reader.ring();
+        }
+
+        /// Reads until `want` has arrived (HTTP/1.0 framing: raw bytes), within 10 s.
+        fn expect(&mut self, want: &[u8]) {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            self.client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("a read timeout");
+            while got.len() < want.len() {
+                let n = self.client.read(&mut buf).expect("bytes within 10 s");
+                assert!(n > 0, "closed after {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, want);
+        }
+    }
+
+    fn adopt(
+        writer: &Arc<Writer>,
+        listener: &TcpListener,
+        name: &'static str,
+        dropped: &Sender<&'static str>,
+    ) -> Stream {
+        let client = TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let conn = Conn::for_test(server).expect("a connection");
+        let data = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let tap = Tap {
+            data: data.clone(),
+            ready: tx,
+            dropped: dropped.clone(),
+            name,
+        };
+        writer.adopt(conn, false, Box::new(tap)).expect("adopted");
+        let ready = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("attached by the writer");
+        Stream {
+            client,
+            data,
+            ready,
+        }
+    }
+
+    fn start(heartbeat: Duration, send_timeout: Duration) -> (StreamWriter, Receiver<String>) {
+        let (fatal, failures) = Fatal::channel();
+        let w = StreamWriter::start(heartbeat, send_timeout, fatal).expect("a writer");
+        (w, failures)
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_cut_off_and_never_delays_another() {
+        let (w, failures) = start(Duration::from_secs(60), Duration::from_secs(1));
+        let writer = w.handle().0;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (dropped_tx, dropped) = crossbeam_channel::unbounded();
+        let stuck = adopt(&writer, &listener, "stuck", &dropped_tx);
+        let mut reader = adopt(&writer, &listener, "reader", &dropped_tx);
+        // Far more than the socket buffers hold: the stuck one's writes cannot finish.
+        stuck.send(&vec![b'x'; 32 * 1024 * 1024]);
+        let t = Instant::now();
+        for i in 0..20u8 {
+            reader.send(&[b'a' + i]);
+            reader.expect(&[b'a' + i]);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the other stream waited: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            dropped.recv_timeout(Duration::from_secs(10)),
+            Ok("stuck"),
+            "cut off after the send timeout"
+        );
+        assert!(dropped.try_recv().is_err(), "the reader lives on");
+        reader.send(b"still here");
+        reader.expect(b"still here");
+        w.stop().expect("stops cleanly");
+        assert_eq!(dropped.recv_timeout(Duration::from_secs(5)), Ok("reader"));
+        assert!(failures.try_recv().is_err());
+        drop(stuck);
+    }
+
+    #[test]
+    fn heartbeats_keep_coming_and_a_client_leaving_ends_its_stream_at_once() {
+        let (w, _failures) = start(Duration::from_millis(200), Duration::from_secs(5));
+        let writer = w.handle().0;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (dropped_tx, dropped) = crossbeam_channel::unbounded();
+        let mut idle = adopt(&writer, &listener, "idle", &dropped_tx);
+        let talker = adopt(&writer, &listener, "talker", &dropped_tx);
+        for _ in 0..3 {
+            idle.expect(b":\n");
+        }
+        // Bytes from a client are not leaving.
+        (&talker.client)
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .expect("send");
+        assert!(dropped.recv_timeout(Duration::from_millis(300)).is_err());
+        let t = Instant::now();
+        drop(talker);
+        assert_eq!(dropped.recv_timeout(Duration::from_secs(5)), Ok("talker"));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        drop(idle);
+        assert_eq!(dropped.recv_timeout(Duration::from_secs(5)), Ok("idle"));
+        w.stop().expect("stops cleanly");
     }
 }
