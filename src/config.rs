@@ -88,7 +88,7 @@ pub struct Config {
     pub send_timeout: Duration,
     /// Rows inserted by other processes are noticed through file notifications on the WAL
     /// (Linux inotify) when `watch_wal` is on and they work; the poller then also checks
-    /// `PRAGMA data_version` every 250 ms as a backstop. Without notifications it checks
+    /// `PRAGMA data_version` every 2 s as a backstop. Without notifications it checks
     /// every `poll_interval`. Defaults to 5 ms.
     pub poll_interval: Duration,
     /// Use inotify on the `-wal` file to notice other processes' commits. Defaults to true

@@ -26,7 +26,7 @@ use crate::thread::{Fatal, Group, join_thread, spawn_critical, spawn_named};
 use crate::watch::{WalWatch, WatchStop};
 
 /// The poller's backstop check when WAL notifications work (they do the real waking).
-const WATCHED_POLL_INTERVAL: Duration = Duration::from_millis(250);
+const WATCHED_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A running hub. Stop it with [`Hub::shutdown`] (dropping it does the same, best effort).
 ///
@@ -132,6 +132,7 @@ impl Hub {
             } else {
                 config.poll_interval
             },
+            watched: watch.is_some(),
             batch_rows: config.batch_rows,
             stale_floor: config.stale_floor,
             limits: Limits::new(config.max_cameras, config.max_event_types),

@@ -37,8 +37,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// At most one warning this often about events over the state's limits.
 const OVER_LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// How often an idle poller checks that the database file is still at its path (one
-/// `stat`); every commit checks too, before anything is acknowledged or published.
+/// `stat`) when nothing watches the file; every commit checks too, before anything is
+/// acknowledged or published, and so does every nudge of the watcher (which also watches
+/// the database file for being removed, renamed or replaced).
 const IDENTITY_EVERY: Duration = Duration::from_millis(250);
+/// The same, when the watcher watches the file.
+const WATCHED_IDENTITY_EVERY: Duration = Duration::from_secs(2);
 
 /// The longest a live poller goes without [`PollerStatus::beat`]: its idle wait or its
 /// longest backoff, plus a second for the step between two beats. Longer means it is stuck
@@ -63,6 +67,9 @@ pub(crate) struct Outputs {
 pub(crate) struct Pace {
     /// The `data_version` check interval when nothing wakes it.
     pub(crate) poll_interval: Duration,
+    /// Whether the WAL watcher runs (it nudges the poller on every change to the database's
+    /// files, its removal included): the idle identity check is then a backstop.
+    pub(crate) watched: bool,
     /// Most pending rows dispatched in one transaction.
     pub(crate) batch_rows: usize,
     /// The watchdog's floor (see [`Watchdog::new`]).
@@ -121,6 +128,8 @@ pub(crate) struct Poller {
     wake: Receiver<()>,
     stop: Receiver<()>,
     poll_interval: Duration,
+    /// How often an idle poller checks the database file's identity.
+    identity_every: Duration,
     batch_rows: usize,
     /// How long a dispatch waits for another connection's write lock.
     busy_timeout: Duration,
@@ -173,6 +182,11 @@ impl Poller {
             wake,
             stop,
             poll_interval: pace.poll_interval,
+            identity_every: if pace.watched {
+                WATCHED_IDENTITY_EVERY
+            } else {
+                IDENTITY_EVERY
+            },
             batch_rows: pace.batch_rows,
             busy_timeout: store.busy_timeout(),
             watchdog: Watchdog::new(pace.stale_floor),
@@ -223,10 +237,14 @@ impl Poller {
                 // holds the lock: the nudge of our own commit costs BEGIN, one pragma and
                 // ROLLBACK (measured with 200 events from another process: 426 full
                 // dispatch transactions before; 201 after, beside 208 such probes).
+                // Idle, it sleeps until the backstop check, the identity check or the
+                // watchdog's next deadline, whichever is first.
                 let timeout = if deferred {
                     SPECULATIVE_EVERY.saturating_sub(speculated.elapsed())
                 } else {
-                    self.poll_interval.min(IDENTITY_EVERY)
+                    self.poll_interval
+                        .min(self.identity_every)
+                        .min(self.watchdog.due(&self.state, crate::state::now_ms()))
                 };
                 let nudged = select! {
                     recv(self.jobs) -> job => {
@@ -263,7 +281,7 @@ impl Poller {
                     Err(_) => pending = true, // let the step report it
                 }
                 emitter::take_queued(&self.jobs, &mut self.group);
-                if self.identity_checked.elapsed() >= IDENTITY_EVERY
+                if (nudged || self.identity_checked.elapsed() >= self.identity_every)
                     && let Err(e) = self.verify_identity()
                 {
                     return Err(self.lost(e));

@@ -1,5 +1,6 @@
 //! The WAL watcher thread (`tle-watch`): turns writes to the database's `-wal` file, by any
-//! process, into a nudge for the poller, through Linux inotify. With it the poller needs no
+//! process, into a nudge for the poller, through Linux inotify (and the database file's
+//! removal or renaming, so that the poller checks its identity at once). With it the poller needs no
 //! fast polling: an idle hub wakes a few times a second instead of 200 (measured: the 5 ms
 //! `data_version` poll alone was 1.9 % of a core), and rows from other processes are picked
 //! up within a millisecond or two. Where inotify is unavailable (another OS, a network file
@@ -68,6 +69,17 @@ impl WalWatch {
         inotify
             .add_watch(&path, AddWatchFlags::IN_MODIFY)
             .map_err(fail)?;
+        // The database file itself, for being removed (its link count drops: IN_ATTRIB),
+        // renamed or freed: the poller then checks its identity at once, not at its next
+        // idle look.
+        inotify
+            .add_watch(
+                db_path,
+                AddWatchFlags::IN_ATTRIB
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_DELETE_SELF,
+            )
+            .map_err(fail)?;
         let stop_fail = |source: std::io::Error| Error::Io {
             op: "make the WAL watcher's stop signal",
             source,
@@ -111,7 +123,7 @@ impl WalWatch {
             // commit is visible (SQLite publishes a commit in shared memory after its last
             // write), so whatever arrived meanwhile earns a second nudge, after the wait.
             std::thread::sleep(COALESCE);
-            // Only whether anything arrived matters: the one watch is on the one file.
+            // Only whether anything arrived matters: the poller looks at what changed.
             match rustix::io::read(self.inotify.as_fd(), &mut self.buf[..]) {
                 Ok(n) if n > 0 => {
                     let _ = wake.try_send(());

@@ -38,50 +38,85 @@ impl Watchdog {
         }
     }
 
+    /// The least time between two checks.
+    fn tick(&self) -> Duration {
+        (self.floor / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
     /// Checks the cameras if a check is due, and moves the events it made into `group`.
     pub(crate) fn poll(&mut self, state: &State, group: &mut Vec<Job>) {
-        let tick = (self.floor / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        if self.last_check.elapsed() >= tick {
+        if self.last_check.elapsed() >= self.tick() {
             self.check(state, state::now_ms());
         }
         group.append(&mut self.queued);
     }
 
+    /// How long an idle poller may sleep before a check could find something: until the
+    /// first watched camera's silence passes its limit (at least one tick), a tick while
+    /// its own events wait to be stored, and for ever with no camera to watch.
+    pub(crate) fn due(&self, state: &State, now_ms: i64) -> Duration {
+        let tick = self.tick();
+        if !self.queued.is_empty() || !self.waiting.is_empty() {
+            return tick;
+        }
+        let soonest = state
+            .cameras
+            .values()
+            .filter_map(|cam| self.watched(cam))
+            .map(|(last, limit_ms)| last.saturating_add(limit_ms as i64))
+            .min();
+        match soonest {
+            None => Duration::MAX,
+            Some(at) => {
+                let wait_ms = u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0) + 1;
+                Duration::from_millis(wait_ms).max(tick)
+            }
+        }
+    }
+
+    /// A camera the watchdog watches now: its last capture (ms since the epoch) and how
+    /// long it may stay silent.
+    fn watched(&self, cam: &state::CameraState) -> Option<(i64, f64)> {
+        if cam.stale || self.asked.contains(&cam.camera_id) {
+            return None;
+        }
+        // A camera known to be offline, or whose timelapse is paused or done, is not
+        // expected to capture.
+        if cam.status.as_deref() == Some("offline")
+            || !matches!(cam.timelapse_status.as_deref(), None | Some("running"))
+        {
+            return None;
+        }
+        let interval = cam.capture_interval_ms?;
+        let last = cam.last_capture_at.as_deref().and_then(parse_utc_ms)?;
+        Some((last, (3.0 * interval).max(self.floor.as_millis() as f64)))
+    }
+
     /// Emits `camera_stale` for cameras overdue now.
     fn check(&mut self, state: &State, now_ms: i64) {
         self.last_check = Instant::now();
-        for cam in state.cameras.values() {
-            if cam.stale || self.asked.contains(&cam.camera_id) {
-                continue;
-            }
-            // A camera known to be offline, or whose timelapse is paused or done, is not
-            // expected to capture.
-            if cam.status.as_deref() == Some("offline")
-                || !matches!(cam.timelapse_status.as_deref(), None | Some("running"))
-            {
-                continue;
-            }
-            let (Some(interval), Some(last)) = (
-                cam.capture_interval_ms,
-                cam.last_capture_at.as_deref().and_then(parse_utc_ms),
-            ) else {
-                continue;
-            };
-            let limit_ms = (3.0 * interval).max(self.floor.as_millis() as f64);
-            let silent_ms = (now_ms - last) as f64;
-            if silent_ms > limit_ms {
-                let event = NewEvent::new(
-                    state::CAMERA_STALE,
-                    serde_json::json!({
-                        "camera_id": cam.camera_id,
-                        "silent_secs": (silent_ms / 10.0).round() / 100.0,
-                        "expected_interval_secs": (interval / 10.0).round() / 100.0,
-                    }),
-                )
-                .with_priority(Priority::High)
-                .with_source("watchdog");
-                self.send(cam.camera_id, event);
-            }
+        let overdue: Vec<_> = state
+            .cameras
+            .values()
+            .filter_map(|cam| {
+                let (last, limit_ms) = self.watched(cam)?;
+                let silent_ms = (now_ms - last) as f64;
+                let interval = cam.capture_interval_ms?;
+                (silent_ms > limit_ms).then_some((cam.camera_id, silent_ms, interval))
+            })
+            .collect();
+        for (camera_id, silent_ms, interval) in overdue {
+            let event = NewEvent::new(
+                state::CAMERA_STALE,
+                serde_json::json!({
+                    "camera_id": camera_id,
+                    "silent_secs": (silent_ms / 10.0).round() / 100.0,
+                    "expected_interval_secs": (interval / 10.0).round() / 100.0,
+                }),
+            )
+            .with_priority(Priority::High)
+            .with_source("watchdog");
+            self.send(camera_id, event);
         }
     }
 
@@ -149,5 +184,44 @@ impl Watchdog {
                     false
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::CameraState;
+
+    fn camera(id: i64, last: &str, interval_ms: f64) -> CameraState {
+        CameraState {
+            camera_id: id,
+            last_capture_at: Some(last.to_owned()),
+            capture_interval_ms: Some(interval_ms),
+            ..CameraState::default()
+        }
+    }
+
+    #[test]
+    fn an_idle_poller_sleeps_until_the_first_camera_could_go_stale() {
+        let dog = Watchdog::new(Duration::from_secs(60));
+        let mut state = State::default();
+        let now = parse_utc_ms("2026-12-02T00:10:00Z").unwrap_or_default();
+        assert_eq!(dog.due(&state, now), Duration::MAX, "no camera: nothing to watch");
+        // 3 × 30 s = 90 s after 00:09:00 is 00:10:30; the floor (60 s) for camera 2 is
+        // 00:10:50.
+        state.cameras.insert(1, camera(1, "2026-12-02T00:09:00Z", 30_000.0));
+        state.cameras.insert(2, camera(2, "2026-12-02T00:09:50Z", 1_000.0));
+        assert_eq!(dog.due(&state, now), Duration::from_millis(30_001));
+        // Overdue already: at least one tick (a quarter of the floor, at most 1 s).
+        assert_eq!(dog.due(&state, now + 200_000), Duration::from_secs(1));
+        // A stale or paused camera is not waited for.
+        if let Some(c) = state.cameras.get_mut(&1) {
+            c.stale = true;
+        }
+        assert_eq!(dog.due(&state, now), Duration::from_millis(50_001));
+        if let Some(c) = state.cameras.get_mut(&2) {
+            c.timelapse_status = Some("paused".into());
+        }
+        assert_eq!(dog.due(&state, now), Duration::MAX);
     }
 }

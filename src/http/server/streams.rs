@@ -172,7 +172,14 @@ impl StreamWriter {
         let shared = writer.clone();
         let thread = spawn_critical("streams", Some(fatal), move || {
             let ran = shared.run();
-            shared.lock().running = false;
+            // Streams handed over as it stopped close here: each holds a `Ready` that
+            // holds this writer, so left in the inbox they would never be freed.
+            let late = {
+                let mut inbox = shared.lock();
+                inbox.running = false;
+                std::mem::take(&mut inbox.adopted)
+            };
+            drop(late);
             ran
         })?;
         Ok(StreamWriter {
