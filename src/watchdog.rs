@@ -206,11 +206,19 @@ mod tests {
         let dog = Watchdog::new(Duration::from_secs(60));
         let mut state = State::default();
         let now = parse_utc_ms("2026-12-02T00:10:00Z").unwrap_or_default();
-        assert_eq!(dog.due(&state, now), Duration::MAX, "no camera: nothing to watch");
+        assert_eq!(
+            dog.due(&state, now),
+            Duration::MAX,
+            "no camera: nothing to watch"
+        );
         // 3 × 30 s = 90 s after 00:09:00 is 00:10:30; the floor (60 s) for camera 2 is
         // 00:10:50.
-        state.cameras.insert(1, camera(1, "2026-12-02T00:09:00Z", 30_000.0));
-        state.cameras.insert(2, camera(2, "2026-12-02T00:09:50Z", 1_000.0));
+        state
+            .cameras
+            .insert(1, camera(1, "2026-12-02T00:09:00Z", 30_000.0));
+        state
+            .cameras
+            .insert(2, camera(2, "2026-12-02T00:09:50Z", 1_000.0));
         assert_eq!(dog.due(&state, now), Duration::from_millis(30_001));
         // Overdue already: at least one tick (a quarter of the floor, at most 1 s).
         assert_eq!(dog.due(&state, now + 200_000), Duration::from_secs(1));
