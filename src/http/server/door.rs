@@ -79,21 +79,27 @@ impl Conn {
     }
 
     /// Whether the client has closed or reset the connection; bytes it sent meanwhile
-    /// are read and dropped (nothing more is read from a connection that streams).
-    /// Never blocks.
+    /// are read and dropped (nothing more is read from a connection that streams), at most
+    /// [`LEFT_READ_BYTES`] a call, so a client that never stops sending cannot keep the
+    /// caller here: the rest waits for the next call. Never blocks.
     pub(crate) fn left(&self) -> bool {
-        let mut buf = [0u8; 512];
-        loop {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < LEFT_READ_BYTES {
             match rustix::net::recv(&self.stream, &mut buf[..], RecvFlags::DONTWAIT) {
                 Ok((_, 0)) => return true,
-                Ok(_) => {}
+                Ok((n, _)) => read += n,
                 Err(rustix::io::Errno::AGAIN) => return false,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return true,
             }
         }
+        false
     }
 }
+
+/// The most [`Conn::left`] reads and drops in one call.
+const LEFT_READ_BYTES: usize = 64 * 1024;
 
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

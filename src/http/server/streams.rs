@@ -732,4 +732,41 @@ mod tests {
         assert_eq!(dropped.recv_timeout(Duration::from_secs(5)), Ok("idle"));
         w.stop().expect("stops cleanly");
     }
+
+    #[test]
+    fn a_client_that_never_stops_sending_delays_no_other_stream() {
+        let (w, _failures) = start(Duration::from_secs(60), Duration::from_secs(5));
+        let writer = w.handle().0;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (dropped_tx, dropped) = crossbeam_channel::unbounded();
+        let flooder = adopt(&writer, &listener, "flooder", &dropped_tx);
+        let mut reader = adopt(&writer, &listener, "reader", &dropped_tx);
+        let flood = flooder.client.try_clone().expect("a second handle");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flood = stop.clone();
+        let flood = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            while !stop_flood.load(Ordering::SeqCst) {
+                if (&flood).write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        for i in 0..20u8 {
+            reader.send(&[b'a' + i]);
+            reader.expect(&[b'a' + i]);
+        }
+        let took = t.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let _ = flood.join();
+        assert!(
+            took < Duration::from_secs(5),
+            "the other stream waited {took:?}"
+        );
+        assert!(dropped.try_recv().is_err(), "sending is not leaving");
+        w.stop().expect("stops cleanly");
+        drop(flooder);
+    }
 }
